@@ -1,0 +1,84 @@
+"""What the experiment scripts share: the common flags, start-up, and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from jaxgen.errors import JaxgenError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CHECKPOINTS = os.path.join(REPO_ROOT, "checkpoints")
+
+
+def add_run_flags(parser: argparse.ArgumentParser, defaults) -> None:
+    """Flags every training script has; ``defaults`` is the experiment's config class."""
+    from jaxgen.data import DATASETS
+    from jaxgen.parallel import ACCELERATORS
+
+    d = defaults()
+    parser.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS),
+                        help="dataset to train on (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="directory with the four IDX files (train-images-idx3-ubyte[.gz], "
+                             "...); default: load through tensorflow-datasets")
+    parser.add_argument("--epochs", type=int, default=d.epochs,
+                        help="epochs to train in total; rerunning with more continues "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="global batch size, split over all devices (default: %(default)s)")
+    parser.add_argument("--workdir", default=None, metavar="DIR",
+                        help="checkpoints, pictures and logs; rerunning the same command here "
+                             "resumes (default: checkpoints/<model>_<dataset>)")
+    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
+                        help="device platform to run on (default: %(default)s: JAX's default)")
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="root of every random number of the run (default: %(default)s)")
+    parser.add_argument("--log-every", type=int, default=d.log_every,
+                        help="steps between log lines (default: %(default)s)")
+    parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                        help="how many of the newest per-epoch checkpoints to keep "
+                             "(default: %(default)s)")
+    add_distributed_flags(parser)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-host", "Run the same command on every host; see jaxgen.parallel.")
+    group.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                       help="address of process 0 (or 'auto' on SLURM/MPI/TPU-pod clusters); "
+                            "JAX_COORDINATOR_ADDRESS also works")
+    group.add_argument("--num-processes", type=int, default=None)
+    group.add_argument("--process-id", type=int, default=None)
+
+
+def start_devices(args: argparse.Namespace):
+    """Starts the multi-host runtime if asked, then the mesh over the chosen devices."""
+    from jaxgen import parallel
+
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
+    return parallel.make_mesh(parallel.select_devices(args.accelerator))
+
+
+def describe_devices(mesh) -> str:
+    import jax
+
+    kinds = sorted({d.device_kind for d in mesh.devices.flat})
+    return (f"{mesh.size} {'/'.join(kinds)} device(s) on {jax.process_count()} process(es), "
+            f"platform {mesh.devices.flat[0].platform}")
+
+
+def run(main: Callable[[], None]) -> None:
+    """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2."""
+    try:
+        main()
+    except JaxgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint.",
+              file=sys.stderr)
+        sys.exit(130)

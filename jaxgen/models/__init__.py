@@ -1,0 +1,1 @@
+"""Flax linen modules only: no training logic lives here."""

@@ -1,0 +1,45 @@
+"""The infoGAN-style MNIST generator and discriminator of the reference vanilla GAN.
+
+Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen et al. 2016, InfoGAN):
+  G: FC 1024-BN-ReLU, FC 7x7x128-BN-ReLU, deconv 64 (4x4, s2)-BN-ReLU, deconv 1 (4x4, s2)-tanh
+  D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
+Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxgen.models.layers import BatchNorm, Conv4x4Down, ConvTranspose4x4Up, Dense
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> images (N, 28, 28, 1) in [-1, 1]."""
+
+    image_channels: int = 1
+    subpixel: bool = True  # how the transposed convolutions are computed; same parameters
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray, train: bool) -> jnp.ndarray:
+        norm = lambda: BatchNorm(use_running_average=not train)
+        x = nn.relu(norm()(Dense(1024)(z)))
+        x = nn.relu(norm()(Dense(7 * 7 * 128)(x)))
+        x = x.reshape(x.shape[0], 7, 7, 128)
+        x = nn.relu(norm()(ConvTranspose4x4Up(64, subpixel=self.subpixel)(x)))
+        x = ConvTranspose4x4Up(self.image_channels, subpixel=self.subpixel)(x)
+        return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+    """images (N, 28, 28, C) -> logits (N,)."""
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        norm = lambda: BatchNorm(use_running_average=not train)
+        lrelu = lambda v: nn.leaky_relu(v, negative_slope=0.2)
+        x = lrelu(Conv4x4Down(64)(x))
+        x = lrelu(norm()(Conv4x4Down(128)(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = lrelu(norm()(Dense(1024)(x)))
+        return Dense(1)(x)[:, 0]

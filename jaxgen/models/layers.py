@@ -1,0 +1,91 @@
+"""Layers shared by the models, with the reference's initialisation.
+
+The PyTorch reference initialises every conv, transposed conv and linear weight from N(0, 0.02)
+and every bias to zero (``utils.initialize_weights`` of pytorch-generative-model-collections);
+BatchNorm keeps scale 1 and offset 0. Its BatchNorm momentum 0.1 is Flax's momentum 0.9.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+weight_init = nn.initializers.normal(stddev=0.02)
+bias_init = nn.initializers.zeros
+
+Dense = functools.partial(nn.Dense, kernel_init=weight_init, bias_init=bias_init)
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def Conv4x4Down(features: int, name=None) -> nn.Conv:
+    """4x4 stride-2 convolution with padding 1 (PyTorch ``Conv2d(c, features, 4, 2, 1)``)."""
+    return nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                   kernel_init=weight_init, bias_init=bias_init, name=name)
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_transpose_4x4_s2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """(N, H, W, Cin) -> (N, 2H, 2W, Cout): a 4x4 stride-2 transposed convolution, padding 1.
+
+    Written out: y[2u + a] = sum_t x[(2u + a + t - 2) / 2] * kernel[t] over the taps t that make
+    the index an integer in range (per spatial axis). This is XLA's direct form.
+    """
+    return lax.conv_transpose(x, kernel, strides=(2, 2), padding=((2, 2), (2, 2)),
+                              dimension_numbers=_DN)
+
+
+def _subpixel_taps() -> tuple[np.ndarray, np.ndarray]:
+    # Output phase a in {0, 1} of a 3x3 tap v in {0, 1, 2} reads 4x4 tap t = 2v - a (if in range).
+    t = 2 * np.arange(3)[:, None] - np.arange(2)[None, :]  # (v, a)
+    valid = (t >= 0) & (t <= 3)
+    return np.clip(t, 0, 3), valid
+
+
+def subpixel_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+    """The 4x4 transposed-conv kernel (4, 4, Cin, Cout) as a 3x3 conv kernel (3, 3, Cin, 4 Cout).
+
+    Output channel (a, b, c) of the 3x3 convolution computes output pixel (2u + a, 2v + b) of the
+    transposed convolution; taps outside the 4x4 kernel are zero.
+    """
+    taps, valid = _subpixel_taps()
+    cin, cout = kernel.shape[2:]
+    k = kernel[taps][:, :, taps]  # (v1, a, v2, b, Cin, Cout)
+    mask = valid[:, :, None, None] & valid[None, None, :, :]
+    k = k * mask[..., None, None].astype(kernel.dtype)
+    return k.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, cin, 4 * cout)
+
+
+def conv_transpose_4x4_s2_subpixel(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """The same function as :func:`conv_transpose_4x4_s2`, as a 3x3 stride-1 conv to 4 Cout
+    channels followed by depth-to-space. Same parameters and maths; on XLA:CPU its gradient is
+    several times faster than the direct form's (``benchmarks/gan_step.py``)."""
+    n, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    y = lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
+                                 dimension_numbers=_DN)
+    y = y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, cout)
+
+
+class ConvTranspose4x4Up(nn.Module):
+    """4x4 stride-2 transposed convolution, padding 1 (PyTorch ``ConvTranspose2d(c, f, 4, 2, 1)``).
+
+    ``subpixel`` picks the computation, not the model: both forms share the ``kernel`` and ``bias``
+    parameters, so checkpoints are interchangeable.
+    """
+
+    features: int
+    subpixel: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", weight_init, (4, 4, x.shape[-1], self.features))
+        bias = self.param("bias", bias_init, (self.features,))
+        up = conv_transpose_4x4_s2_subpixel if self.subpixel else conv_transpose_4x4_s2
+        return up(x, kernel) + bias

@@ -1,0 +1,120 @@
+"""Devices, the data-parallel mesh, and multi-host start-up.
+
+Sharding is declared here once: a 1-D mesh with axis ``"data"``; batches are split along it,
+everything else (dataset, parameters, optimiser states) is replicated. Train steps are written for
+the global batch and jitted with these shardings, so XLA inserts the gradient and BatchNorm
+all-reduces: N devices compute exactly the update one device would (up to summation order).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxgen.errors import JaxgenError
+
+DATA_AXIS = "data"
+ACCELERATORS = ("auto", "cpu", "gpu", "tpu")
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+    """Starts JAX's multi-process runtime when a multi-host run is asked for; else does nothing.
+
+    Asked for by the arguments (``coordinator_address="HOST:PORT"`` of process 0 with
+    ``num_processes`` and ``process_id``), by ``coordinator_address="auto"`` on clusters JAX
+    detects by itself (SLURM, Open MPI, Cloud TPU pods), or by JAX's own ``JAX_COORDINATOR_ADDRESS``
+    environment variable. Every process runs the same program; process 0 writes logs and pictures.
+    """
+    if coordinator_address is None and "JAX_COORDINATOR_ADDRESS" not in os.environ:
+        if num_processes not in (None, 1) or process_id is not None:
+            raise JaxgenError("--num-processes/--process-id need --coordinator-address "
+                              "HOST:PORT (the address of process 0), or auto on a cluster.")
+        return
+    # CPU processes exchange collectives through gloo; harmless where another backend is used.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address == "auto":
+        coordinator_address = None
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+
+
+def _platforms_present() -> list[str]:
+    present = []
+    for platform in ("cpu", "gpu", "tpu"):
+        try:
+            present.append(f"{platform} ({len(jax.devices(platform))} devices)")
+        except RuntimeError:
+            pass
+    return present
+
+
+def select_devices(accelerator: str = "auto") -> list:
+    """All devices (of every process) of the requested platform; 'auto' takes JAX's default."""
+    if accelerator not in ACCELERATORS:
+        raise JaxgenError(f"unknown accelerator {accelerator!r}; choose one of "
+                          f"{', '.join(ACCELERATORS)}.")
+    if accelerator == "auto":
+        return jax.devices()
+    try:
+        return jax.devices(accelerator)
+    except RuntimeError:
+        raise JaxgenError(
+            f"--accelerator {accelerator} was asked for but this machine has no {accelerator} "
+            f"devices; present: {', '.join(_platforms_present())}. Pass one of those, or auto."
+        ) from None
+
+
+def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_batch(x: jax.Array) -> jax.Array:
+    """Inside a train step: split the leading (batch) axis over the mesh's devices.
+
+    Needs the mesh in context (``jax.set_mesh``), which the training loop provides.
+    """
+    return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    n = mesh.size
+    if batch_size % n:
+        lower, upper = (batch_size // n) * n, (batch_size // n + 1) * n
+        suggestion = f"{lower} or {upper}" if lower else f"{upper}"
+        raise JaxgenError(f"--batch-size {batch_size} is not divisible by the {n} devices; "
+                          f"pass a multiple of {n}, e.g. {suggestion}.")
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Host arrays (identical on every process) -> global arrays replicated over the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+    """Replicated global arrays -> numpy, on any process (reads the local copy)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

@@ -1,0 +1,166 @@
+"""The reference vanilla GAN as a :class:`~jaxgen.train.loop.Task`.
+
+One train step is the reference's: with the same z, one Adam step of D on
+BCE(D(x), 1) + BCE(D(G(z)), 0), then one Adam step of G on BCE(D(G(z)), 1) through the updated D.
+Both networks run in training mode throughout, as in ``GAN.py``: G's BatchNorm running averages
+move in both of its forwards, D's in all three of its forwards (real batch and fake batch
+separately, then the fake batch again in the G step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxgen import losses, parallel, viz
+from jaxgen.errors import JaxgenError
+from jaxgen.models.gan import Discriminator, Generator
+from jaxgen.train.loop import Task, TrainConfig, TrainState, epoch_images, named_key
+
+PRIORS = ("uniform", "normal")
+SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig(TrainConfig):
+    """The reference's hyper-parameters are the defaults."""
+
+    z_dim: int = 62
+    prior: str = "uniform"  # z ~ U[0, 1)^z_dim as the reference; "normal" for N(0, I)
+    lr_d: float = 2e-4
+    lr_g: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def validate(self) -> None:
+        super().validate()
+        if self.z_dim < 1:
+            raise JaxgenError(f"--z-dim must be a positive integer, got {self.z_dim}.")
+        if self.prior not in PRIORS:
+            raise JaxgenError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}.")
+        for name in ("lr_d", "lr_g"):
+            if not getattr(self, name) > 0:
+                raise JaxgenError(f"--{name.replace('_', '-')} must be positive, got "
+                                  f"{getattr(self, name)}.")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise JaxgenError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
+
+
+class Network(struct.PyTreeNode):
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def variables(self, params=None, batch_stats=None) -> dict:
+        return {"params": self.params if params is None else params,
+                "batch_stats": self.batch_stats if batch_stats is None else batch_stats}
+
+
+class GANModel(struct.PyTreeNode):
+    g: Network
+    d: Network
+
+
+class GANTask(Task):
+    name = "GAN"
+    metric_names = ("D_loss", "G_loss")
+
+    def __init__(self, config: GANConfig, subpixel: bool = True):
+        self.config = config
+        self.generator = Generator(subpixel=subpixel)
+        self.discriminator = Discriminator()
+        self.tx_d = optax.adam(config.lr_d, b1=config.beta1, b2=config.beta2)
+        self.tx_g = optax.adam(config.lr_g, b1=config.beta1, b2=config.beta2)
+        self._generate_fixed = jax.jit(lambda g, rng: self.generate(g, self.fixed_noise(rng)))
+
+    # ---------------------------------------------------------------- pieces
+    def sample_prior(self, key: jax.Array, num: int) -> jax.Array:
+        shape = (num, self.config.z_dim)
+        if self.config.prior == "uniform":
+            return jax.random.uniform(key, shape)
+        return jax.random.normal(key, shape)
+
+    def init(self, key: jax.Array) -> GANModel:
+        g_key, d_key = jax.random.split(key)
+        g_vars = self.generator.init(g_key, jnp.zeros((1, self.config.z_dim)), train=False)
+        d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False)
+        return GANModel(
+            g=Network(g_vars["params"], g_vars["batch_stats"], self.tx_g.init(g_vars["params"])),
+            d=Network(d_vars["params"], d_vars["batch_stats"], self.tx_d.init(d_vars["params"])))
+
+    def generate(self, g: Network, z: jax.Array) -> jax.Array:
+        """G in inference mode (BatchNorm running averages): images in [-1, 1]."""
+        return self.generator.apply(g.variables(), z, train=False)
+
+    # ---------------------------------------------------------------- step
+    def train_step(self, model: GANModel, images: jax.Array, key: jax.Array):
+        g, d = model.g, model.d
+        z = parallel.shard_batch(self.sample_prior(key, images.shape[0]))
+        G, D = self.generator, self.discriminator
+
+        # D step. G's output is a constant here (the reference zeroes G's gradients before its
+        # own step), but G's forward in training mode still moves its running averages.
+        fake, g_mut = G.apply(g.variables(), z, train=True, mutable=["batch_stats"])
+        fake = jax.lax.stop_gradient(fake)
+
+        def d_loss_fn(d_params):
+            real_logits, mut = D.apply(d.variables(d_params), images, train=True,
+                                       mutable=["batch_stats"])
+            fake_logits, mut = D.apply(d.variables(d_params, mut["batch_stats"]), fake,
+                                       train=True, mutable=["batch_stats"])
+            return losses.discriminator_loss(real_logits, fake_logits), mut["batch_stats"]
+
+        (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d.params)
+        d_updates, d_opt = self.tx_d.update(d_grads, d.opt_state, d.params)
+        d = Network(optax.apply_updates(d.params, d_updates), d_stats, d_opt)
+
+        # G step, through the updated D, same z.
+        def g_loss_fn(g_params):
+            fake, g_mut2 = G.apply(g.variables(g_params, g_mut["batch_stats"]), z, train=True,
+                                   mutable=["batch_stats"])
+            logits, d_mut = D.apply(d.variables(), fake, train=True, mutable=["batch_stats"])
+            return losses.generator_loss(logits), (g_mut2["batch_stats"], d_mut["batch_stats"])
+
+        (g_loss, (g_stats, d_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+            g.params)
+        g_updates, g_opt = self.tx_g.update(g_grads, g.opt_state, g.params)
+        g = Network(optax.apply_updates(g.params, g_updates), g_stats, g_opt)
+        d = d.replace(batch_stats=d_stats)
+        return GANModel(g=g, d=d), {"D_loss": d_loss, "G_loss": g_loss}
+
+    # ---------------------------------------------------------------- pictures
+    def fixed_noise(self, rng: jax.Array) -> jax.Array:
+        return self.sample_prior(named_key(rng, "sample"), SAMPLE_GRID)
+
+    def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
+        images = self._generate_fixed(state.model.g, state.rng)
+        if parallel.is_main_process():
+            viz.save_image_grid(parallel.to_host(images),
+                                os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"),
+                                ncols=8)
+
+    def train_end(self, workdir: str, history: dict) -> None:
+        viz.save_gif(epoch_images(workdir, self.name),
+                     os.path.join(workdir, f"{self.name}_generate_animation.gif"))
+
+
+def sample(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None) -> np.ndarray:
+    """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generator of the newest
+    readable checkpoint in ``workdir``, with z drawn from the run's prior with key ``seed``."""
+    from jaxgen.train.restore import restore_run
+
+    if num < 1:
+        raise JaxgenError(f"--num must be a positive integer, got {num}.")
+    task, state = restore_run(workdir, devices=devices)
+    if not isinstance(task, GANTask):
+        raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, not a GAN run.")
+    z = task.sample_prior(jax.random.PRNGKey(seed), num)
+    return parallel.to_host(jax.jit(task.generate)(state.model.g, z))

@@ -1,0 +1,335 @@
+"""The shared training core: state, keys, the sharded step, the epoch loop, resume.
+
+A model plugs in as a :class:`Task`: how to initialise its pytree, one pure train step on a batch
+of images, and what to draw after each epoch. Everything else is here, once: the dataset resident
+on the devices as uint8, a per-epoch shuffle from a ``jax.random`` key, the step jitted once with
+data-parallel shardings over the mesh, logging in the reference's format, the history, NaN checks,
+orbax checkpoints every epoch and exact resume.
+
+Keys: one root key from the seed, stored in the state. Every other key is derived from it by
+purpose and by position (``fold_in`` of the epoch for the shuffle, of the global step for the
+noise), so a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+from jax.sharding import Mesh
+
+from jaxgen import parallel, viz
+from jaxgen.checkpoint import Checkpoints
+from jaxgen.errors import JaxgenError
+
+# fold_in constants naming what a derived key is for.
+KEY_PURPOSES = {"init": 0, "shuffle": 1, "noise": 2, "sample": 3}
+
+
+def named_key(rng: jax.Array, purpose: str, *positions) -> jax.Array:
+    """The key for ``purpose`` (one of KEY_PURPOSES), folded with e.g. the epoch or the step."""
+    key = jax.random.fold_in(rng, KEY_PURPOSES[purpose])
+    for position in positions:
+        key = jax.random.fold_in(key, position)
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Fields every experiment has. Subclasses add the model's; all are saved with checkpoints."""
+
+    dataset: str = "mnist"
+    epochs: int = 50
+    batch_size: int = 64
+    seed: int = 0
+    log_every: int = 100  # steps between log lines
+    keep_checkpoints: int = 3
+
+    # Fields a resumed run may change; every other field must match the checkpoint's.
+    RESUMABLE = ("epochs", "log_every", "keep_checkpoints")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise JaxgenError(f"{flag} must be a positive integer, got {value}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array  # global step, int32
+    rng: jax.Array  # root key (raw uint32[2]); all randomness derives from it
+    model: Any  # the task's pytree: params, batch statistics, optimiser states
+
+
+class Task(abc.ABC):
+    """A model as the training core sees it."""
+
+    name: str  # file prefix and checkpoint tag, e.g. "GAN"
+    metric_names: tuple[str, ...]  # scalars the train step returns, logged as "name: value"
+    config: TrainConfig
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array) -> Any:
+        """The model pytree for a fresh run."""
+
+    @abc.abstractmethod
+    def train_step(self, model: Any, images: jax.Array, key: jax.Array) -> tuple[Any, dict]:
+        """One update on a global batch of images in [-1, 1], shape (B, H, W, C). Pure."""
+
+    def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
+        """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""
+
+    def train_end(self, workdir: str, history: dict) -> None:
+        """Pictures after the last epoch (process 0 only)."""
+
+
+@dataclasses.dataclass
+class History:
+    """The reference's ``train_hist``: per-step metrics, per-epoch times, total time (seconds)."""
+
+    metrics: dict[str, list[float]]
+    per_epoch_time: list[float]
+    total_time: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**self.metrics, "per_epoch_time": self.per_epoch_time,
+                "total_time": [self.total_time]}
+
+    @classmethod
+    def from_dict(cls, d: dict, metric_names) -> "History":
+        total = d.get("total_time") or [0.0]
+        return cls({k: list(d[k]) for k in metric_names}, list(d["per_epoch_time"]), total[0])
+
+
+def ensure_writable(workdir: str) -> str:
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise JaxgenError(f"--workdir {workdir} is not writable ({e.strerror}); pass a directory "
+                          "you can write to.") from None
+    return workdir
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def abstract_state(task: Task, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the task's train state, without computing it."""
+    shapes = jax.eval_shape(lambda: init_state(task, task.config.seed))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+
+def init_state(task: Task, seed: int) -> TrainState:
+    rng = jax.random.PRNGKey(seed)
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=rng,
+                      model=task.init(named_key(rng, "init")))
+
+
+def config_conflicts(saved: dict, config: TrainConfig) -> list[str]:
+    current = config.to_dict()
+    return [f"{k}={saved.get(k)!r} (this command: {v!r})" for k, v in current.items()
+            if k not in config.RESUMABLE and saved.get(k) != v]
+
+
+def _checker(task: Task, workdir: str) -> Callable[[dict], None]:
+    def check(meta: dict) -> None:
+        if meta.get("task") != task.name:
+            raise JaxgenError(f"--workdir {workdir} holds a {meta.get('task')} run, not a "
+                              f"{task.name} run; pass another --workdir.")
+        conflicts = config_conflicts(meta["config"], task.config)
+        if conflicts:
+            raise JaxgenError(
+                f"--workdir {workdir} holds a run with {'; '.join(conflicts)}; rerun with the "
+                "checkpoint's values to resume it, or pass a new --workdir for a new run.")
+    return check
+
+
+def _format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{k}: {float(v):.8f}" for k, v in metrics.items())
+
+
+def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints) -> None:
+    for name, value in metrics.items():
+        value = np.asarray(value, dtype=float)
+        if not np.all(np.isfinite(value)):
+            bad = value.ravel()[~np.isfinite(value.ravel())][0]
+            last_saved = _last_saved(ckpts)
+            kept = (f"the last good checkpoint, epoch {last_saved}, is kept in {ckpts.directory}"
+                    if last_saved else "no checkpoint was written")
+            raise JaxgenError(
+                f"{name} became {bad} at epoch {epoch}, step {step}; training stopped and {kept}. "
+                "Lower the learning rates or change --seed, and use a new --workdir to start over.")
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
+          log: Callable[[str], None] = print) -> tuple[TrainState, History]:
+    """Trains ``task`` on uint8 ``images`` (N, H, W, C) until ``task.config.epochs``; resumes from
+    the newest checkpoint in ``workdir`` if there is one. Returns the final state and history."""
+    config = task.config
+    config.validate()
+    parallel.check_batch_size(config.batch_size, mesh)
+    main = parallel.is_main_process()
+    log = log if main else (lambda _: None)
+    steps_per_epoch = len(images) // config.batch_size  # the last partial batch is dropped
+    if steps_per_epoch == 0:
+        raise JaxgenError(f"--batch-size {config.batch_size} is larger than the {len(images)} "
+                          "training images; pass a smaller batch size.")
+    workdir = ensure_writable(workdir)
+    ckpts = Checkpoints(checkpoint_dir(workdir), max_to_keep=config.keep_checkpoints)
+
+    with jax.set_mesh(mesh):
+        restored = ckpts.restore_latest(abstract_state(task, mesh), _checker(task, workdir),
+                                        log=log)
+        if restored is None:
+            start_epoch = 0
+            state = jax.jit(lambda: init_state(task, config.seed),
+                            out_shardings=parallel.replicated(mesh))()
+            history = History({k: [] for k in task.metric_names}, [])
+        else:
+            start_epoch, state, meta = restored
+            history = History.from_dict(meta["history"], task.metric_names)
+            log(f"Resuming from the checkpoint of epoch {start_epoch} in {ckpts.directory}.")
+        if main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump({"task": task.name, "config": config.to_dict()}, f, indent=2)
+        if start_epoch >= config.epochs:
+            log(f"{workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
+                "nothing to train.")
+            ckpts.close()
+            return state, history
+
+        data = parallel.put_replicated(images, mesh)
+        step_fn, permutation_fn = _compile_step(task, mesh, len(images), steps_per_epoch)
+        session_start = time.time()
+        total_before = history.total_time
+        bar_enabled = main and sys.stderr.isatty()
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            epoch_start = time.time()
+            perm = permutation_fn(state.rng, jnp.int32(epoch))
+            bar = _progress(steps_per_epoch, bar_enabled)
+            write = bar.write if bar else log
+            step_metrics = []
+            for i in range(1, steps_per_epoch + 1):
+                state, metrics = step_fn(state, data, perm)
+                step_metrics.append(metrics)
+                if bar:
+                    bar.update(1)
+                if i % config.log_every == 0:
+                    last = parallel.to_host(metrics)
+                    _check_finite(last, epoch, i, ckpts)
+                    write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
+                          + _format_metrics(last))
+            if bar:
+                bar.close()
+            epoch_metrics = {k: np.array([float(v) for v in vs]) for k, vs in
+                             parallel.to_host(_transpose(step_metrics)).items()}
+            _check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts)
+            history.per_epoch_time.append(time.time() - epoch_start)
+            for k in task.metric_names:
+                history.metrics[k].extend(epoch_metrics[k].tolist())
+            history.total_time = total_before + (time.time() - session_start)
+            task.epoch_end(state, epoch, workdir)
+            ckpts.save(epoch, state, {"task": task.name, "epoch": epoch,
+                                      "config": config.to_dict(), "history": history.to_dict()})
+            if main:
+                _write_epoch_outputs(task, workdir, history, epoch, epoch_metrics,
+                                     config.log_every)
+
+        history.total_time = total_before + (time.time() - session_start)
+        log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
+            f"epochs time: {history.total_time:.2f}")
+        if main:
+            _write_history(task, workdir, history)
+            task.train_end(workdir, history.to_dict())
+        ckpts.wait()
+        ckpts.close()
+    return state, history
+
+
+def _last_saved(ckpts: Checkpoints) -> Optional[int]:
+    ckpts.wait()
+    return (ckpts.epochs() or [None])[-1]
+
+
+def _transpose(step_metrics: list[dict]) -> dict[str, list]:
+    return {k: [m[k] for m in step_metrics] for k in step_metrics[0]}
+
+
+def _compile_step(task: Task, mesh: Mesh, num_images: int, steps_per_epoch: int):
+    """The jitted train step and epoch permutation. Both compile once per run."""
+    batch_size = task.config.batch_size
+    repl = parallel.replicated(mesh)
+
+    def step(state: TrainState, data: jax.Array, perm: jax.Array):
+        i = state.step % steps_per_epoch
+        idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+        batch = parallel.shard_batch(jnp.take(data, idx, axis=0))
+        images = batch.astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
+        model, metrics = task.train_step(state.model, images,
+                                         named_key(state.rng, "noise", state.step))
+        return state.replace(step=state.step + 1, model=model), metrics
+
+    def permutation(rng: jax.Array, epoch: jax.Array) -> jax.Array:
+        return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
+
+    step_fn = jax.jit(step, in_shardings=(repl, repl, repl), out_shardings=(repl, repl),
+                      donate_argnums=0)
+    return step_fn, jax.jit(permutation, out_shardings=repl)
+
+
+def _write_history(task: Task, workdir: str, history: History) -> None:
+    with open(os.path.join(workdir, f"{task.name}_history.json"), "w") as f:
+        json.dump(history.to_dict(), f)
+    viz.plot_curves({k: history.metrics[k] for k in task.metric_names},
+                    os.path.join(workdir, f"{task.name}_loss.png"),
+                    title=f"{task.name} on {task.config.dataset}")
+
+
+def _write_epoch_outputs(task: Task, workdir: str, history: History, epoch: int,
+                         epoch_metrics: dict, log_every: int) -> None:
+    """Machine-readable metrics (``metrics.jsonl``: the logged steps and an epoch summary),
+    the history JSON and the loss plot, refreshed after every epoch."""
+    steps = len(next(iter(epoch_metrics.values())))
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        for i in range(log_every, steps + 1, log_every):
+            row = {"epoch": epoch, "step": i, **{k: float(v[i - 1]) for k, v in
+                                                 epoch_metrics.items()}}
+            f.write(json.dumps(row) + "\n")
+        summary = {"epoch": epoch, "epoch_time": history.per_epoch_time[-1],
+                   **{f"mean_{k}": float(np.mean(v)) for k, v in epoch_metrics.items()}}
+        f.write(json.dumps(summary) + "\n")
+    _write_history(task, workdir, history)
+
+
+def epoch_images(workdir: str, prefix: str) -> list[str]:
+    names = sorted(n for n in os.listdir(workdir)
+                   if n.startswith(prefix + "_epoch") and n.endswith(".png"))
+    return [os.path.join(workdir, n) for n in names]

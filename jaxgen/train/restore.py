@@ -1,0 +1,57 @@
+"""Restoring a finished or running experiment from its workdir, for sampling and evaluation."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+
+from jaxgen import parallel
+from jaxgen.checkpoint import Checkpoints
+from jaxgen.errors import JaxgenError
+from jaxgen.train.gan import GANConfig, GANTask
+from jaxgen.train.loop import Task, TrainState, abstract_state, checkpoint_dir
+
+# Checkpoint tag -> (config class, task class).
+TASKS = {"GAN": (GANConfig, GANTask)}
+
+
+def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:
+    """The task (with the run's own config) and the newest readable train state of ``workdir``,
+    replicated over ``devices`` (default: all), whatever device count trained it."""
+    directory = checkpoint_dir(os.path.abspath(workdir))
+    if not os.path.isdir(directory):
+        raise JaxgenError(f"--workdir {workdir} holds no checkpoints ({directory} is missing); "
+                          "pass the --workdir of a training run.")
+    ckpts = Checkpoints(directory, read_only=True)
+    epochs = ckpts.epochs()
+    if not epochs:
+        raise JaxgenError(f"--workdir {workdir} holds no finished checkpoint yet; train at least "
+                          "one epoch first.")
+    mesh = parallel.make_mesh(devices)
+    task_box = {}
+
+    def check(meta: dict) -> None:
+        if meta.get("task") not in TASKS:
+            raise JaxgenError(f"--workdir {workdir} holds an unknown kind of run "
+                              f"({meta.get('task')!r}).")
+        config_cls, task_cls = TASKS[meta["task"]]
+        task_box["task"] = task_cls(config_cls(**meta["config"]))
+
+    # The config (and so the shapes) come from the checkpoint itself: read the meta first.
+    for epoch in reversed(epochs):
+        try:
+            check(ckpts.read_meta(epoch))
+            break
+        except JaxgenError:
+            raise
+        except Exception:  # noqa: BLE001 - an unreadable meta: restore_latest reports it
+            continue
+    if "task" not in task_box:
+        raise JaxgenError(f"none of the checkpoints in {directory} can be read; the run is lost.")
+    task = task_box["task"]
+    with jax.set_mesh(mesh):
+        _, state, _ = ckpts.restore_latest(abstract_state(task, mesh), check, quarantine=False)
+    ckpts.close()
+    return task, state
