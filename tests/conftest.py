@@ -10,6 +10,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same train step: share compiled programs between them (and with the
+# scripts they start) through JAX's persistent compilation cache, fresh for each test session.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgen-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -64,3 +71,11 @@ def idx_dir(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_images():
     return synthetic_images(64)[0][..., None]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if os.path.basename(cache).startswith("jaxgen-xla-cache-"):
+        shutil.rmtree(cache, ignore_errors=True)

@@ -1,0 +1,140 @@
+"""The scripts as a user runs them: outputs of a real run, sampling, and every bad input."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import run_in_process, run_script
+from conftest import write_idx, write_idx_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """gan_mnist.py for two epochs on a tiny IDX dataset, on this session's 8 CPU devices."""
+    root = tmp_path_factory.mktemp("cli")
+    data_dir = write_idx_dataset(str(root / "idx"))
+    workdir = root / "run"
+    proc = run_script("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 16,
+                      "--log-every", 2, "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data_dir, workdir, proc.stdout
+
+
+def test_run_prints_the_reference_log_lines(trained):
+    _, _, stdout = trained
+    assert re.search(r"^Epoch: \[ 1\] \[   2/   4\] D_loss: \d+\.\d{8}, G_loss: \d+\.\d{8}$",
+                     stdout, re.M), stdout
+    assert re.search(r"^Epoch: \[ 2\] \[   4/   4\] D_loss: ", stdout, re.M)
+    assert re.search(r"^Avg one epoch time: \d+\.\d\d, total 2 epochs time: \d+\.\d\d$", stdout,
+                     re.M)
+    assert "8 cpu device(s)" in stdout.splitlines()[0]
+
+
+def test_run_writes_grids_gif_plot_history_and_checkpoints(trained):
+    _, workdir, _ = trained
+    grid = Image.open(workdir / "GAN_epoch002.png")
+    assert grid.size == (2 * (8 * 30 + 2),) * 2  # 8x8 images of 28 px, 2 px gaps, scaled 2x
+    assert Image.open(workdir / "GAN_generate_animation.gif").n_frames == 2
+    assert Image.open(workdir / "GAN_loss.png").size[0] > 500
+    history = json.load(open(workdir / "GAN_history.json"))
+    assert len(history["D_loss"]) == len(history["G_loss"]) == 8
+    assert len(history["per_epoch_time"]) == 2 and len(history["total_time"]) == 1
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
+
+
+def test_sample_writes_a_grid_and_an_array(trained, tmp_path):
+    _, workdir, _ = trained
+    png, npy = tmp_path / "s.png", tmp_path / "s.npy"
+    for out in (png, npy):
+        proc = run_script("sample.py", "--workdir", workdir, "--num", 10, "--out", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"wrote 10 samples to {out}" in proc.stdout
+    images = np.load(npy)
+    assert images.shape == (10, 28, 28, 1) and images.dtype == np.float32
+    assert -1 <= images.min() < images.max() <= 1
+    assert Image.open(png).size == (2 * (4 * 30 + 2), 2 * (3 * 30 + 2))
+
+
+def test_rerunning_the_same_command_resumes(trained, capsys):
+    data_dir, workdir, _ = trained
+    code, out, err = run_in_process("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2,
+                                    "--batch-size", 16, "--log-every", 2, "--workdir", workdir,
+                                    capsys=capsys)
+    assert code == 0, err
+    assert "already holds 2 epochs" in out
+
+
+def _error(capsys, script, *args):
+    code, out, err = run_in_process(script, *args, capsys=capsys)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and "error: " in lines[-1], err  # ours, or argparse's "<script>: error: ..."
+    return lines[-1]
+
+
+def test_missing_idx_file(tmp_path, capsys):
+    data_dir = write_idx_dataset(str(tmp_path / "idx"))
+    os.remove(os.path.join(data_dir, "train-images-idx3-ubyte.gz"))
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "w")
+    assert re.search(r"train-images-idx3-ubyte\[\.gz\] is missing", line)
+
+
+def test_corrupt_idx_file(tmp_path, capsys):
+    data_dir = write_idx_dataset(str(tmp_path / "idx"), compress=False)
+    path = os.path.join(data_dir, "train-images-idx3-ubyte")
+    with open(path, "r+b") as f:
+        f.write(b"\x12\x34\x56\x78")
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "w")
+    assert "bad magic number" in line and path in line
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--dataset", "cifar10", "--workdir", tmp_path / "w")
+    assert "invalid choice: 'cifar10'" in line
+
+
+def test_accelerator_that_is_not_there(tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--accelerator", "tpu", "--workdir", tmp_path / "w")
+    assert "no tpu devices; present: cpu (8 devices)" in line
+
+
+def test_batch_not_divisible_by_device_count(tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--batch-size", 12, "--workdir", tmp_path / "w")
+    assert "--batch-size 12 is not divisible by the 8 devices" in line and "8 or 16" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", 0), ("--batch-size", -4)])
+def test_non_positive_epochs_or_batch_size(flag, value, tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", flag, value, "--workdir", tmp_path / "w")
+    assert f"{flag} must be a positive integer, got {value}" in line
+
+
+def test_unwritable_workdir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = _error(capsys, "gan_mnist.py", "--workdir", blocker / "run")
+    assert "is not writable" in line
+
+
+def test_resuming_with_a_conflicting_config_changes_nothing(trained, capsys):
+    data_dir, workdir, _ = trained
+    before = {p: os.path.getmtime(workdir / p) for p in os.listdir(workdir)}
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--epochs", 3, "--batch-size",
+                  16, "--seed", 5, "--workdir", workdir)
+    assert "seed=0 (this command: 5)" in line and "new --workdir" in line
+    assert {p: os.path.getmtime(workdir / p) for p in os.listdir(workdir)} == before
+
+
+def test_sample_without_checkpoints(tmp_path, capsys):
+    line = _error(capsys, "sample.py", "--workdir", tmp_path, "--out", tmp_path / "x.png")
+    assert "holds no checkpoints" in line
+
+
+def test_sample_to_an_unknown_format(trained, tmp_path, capsys):
+    _, workdir, _ = trained
+    line = _error(capsys, "sample.py", "--workdir", workdir, "--out", tmp_path / "x.jpg")
+    assert "must end in .png" in line and not (tmp_path / "x.jpg").exists()

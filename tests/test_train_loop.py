@@ -1,0 +1,137 @@
+"""The shared training core: resume, checkpoints, config checks, NaN stop, device counts."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgen import parallel
+from jaxgen.errors import JaxgenError
+from jaxgen.train import loop
+from jaxgen.train.gan import GANConfig, GANTask, sample
+from jaxgen.train.restore import restore_run
+
+CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)
+
+
+def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None):
+    mesh = parallel.make_mesh(jax.devices()[:n_devices])
+    log = logs.append if logs is not None else (lambda _: None)
+    return loop.train(task or GANTask(config), images, str(workdir), mesh, log=log)
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(state))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_images):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    state, history = _train(workdir, tiny_images)
+    return workdir, _leaves(state), history
+
+
+def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
+    _, expected, full_history = uninterrupted
+    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    logs = []
+    state, history = _train(tmp_path, tiny_images, logs=logs)
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
+    for a, b in zip(_leaves(state), expected):
+        np.testing.assert_array_equal(a, b)
+    assert history.metrics == full_history.metrics  # the same losses, step for step
+    assert len(history.per_epoch_time) == 2
+
+
+def test_outputs_of_a_run(uninterrupted):
+    workdir, _, history = uninterrupted
+    for name in ("GAN_epoch001.png", "GAN_epoch002.png", "GAN_generate_animation.gif",
+                 "GAN_loss.png", "GAN_history.json", "metrics.jsonl", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    saved = json.load(open(os.path.join(workdir, "GAN_history.json")))
+    assert set(saved) == {"D_loss", "G_loss", "per_epoch_time", "total_time"}
+    assert len(saved["D_loss"]) == 8 and saved["D_loss"] == history.metrics["D_loss"]
+    assert saved["total_time"][0] >= sum(saved["per_epoch_time"])
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [(r["epoch"], r.get("step")) for r in rows] == [
+        (1, 2), (1, 4), (1, None), (2, 2), (2, 4), (2, None)]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+def test_restore_on_another_device_count(uninterrupted):
+    workdir, expected, _ = uninterrupted
+    _, state8 = restore_run(str(workdir), devices=jax.devices()[:8])
+    assert len(jax.tree.leaves(state8)[0].sharding.device_set) == 8
+    for a, b in zip(_leaves(state8), expected):
+        np.testing.assert_array_equal(a, b)
+    one = sample(str(workdir), 6, seed=3, devices=jax.devices()[:1])
+    eight = sample(str(workdir), 6, seed=3, devices=jax.devices()[:8])
+    assert one.shape == (6, 28, 28, 1) and -1 <= one.min() and one.max() <= 1
+    np.testing.assert_allclose(one, eight, atol=1e-5)
+
+
+def test_conflicting_config_is_refused_and_nothing_is_touched(uninterrupted, tiny_images):
+    workdir, _, _ = uninterrupted
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    mtime = os.path.getmtime(os.path.join(workdir, "GAN_history.json"))
+    conflicting = GANConfig(**{**CONFIG.to_dict(), "epochs": 3, "seed": 7, "lr_g": 1e-3})
+    with pytest.raises(JaxgenError, match=r"seed=0 \(this command: 7\).*lr_g"):
+        _train(workdir, tiny_images, conflicting)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    assert os.path.getmtime(os.path.join(workdir, "GAN_history.json")) == mtime
+
+
+def test_nothing_to_do_when_already_trained(uninterrupted, tiny_images):
+    workdir, expected, _ = uninterrupted
+    logs = []
+    state, _ = _train(workdir, tiny_images, logs=logs)
+    assert any("already holds 2 epochs" in line for line in logs)
+    for a, b in zip(_leaves(state), expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def _corrupt(checkpoint_dir):
+    for root, _, files in os.walk(os.path.join(checkpoint_dir, "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny_images,
+                                                                  tmp_path):
+    _, expected, _ = uninterrupted
+    _train(tmp_path, tiny_images)
+    _corrupt(tmp_path / "checkpoints" / "2")
+    logs = []
+    state, _ = _train(tmp_path, tiny_images, logs=logs)
+    assert any("checkpoint of epoch 2 cannot be read" in line and "moved it to" in line
+               for line in logs)
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
+    assert len(os.listdir(tmp_path / "checkpoints-corrupt")) == 1  # kept, not deleted
+    for a, b in zip(_leaves(state), expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tiny_images, tmp_path):
+    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    _corrupt(tmp_path / "checkpoints" / "1")
+    with pytest.raises(JaxgenError, match="none of the checkpoints .* can be read"):
+        _train(tmp_path, tiny_images)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_images, tmp_path):
+    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+
+    class NaNAtEpoch2(GANTask):
+        def train_step(self, model, images, key):
+            model, metrics = super().train_step(model, images, key)
+            metrics["G_loss"] = metrics["G_loss"] * np.nan
+            return model, metrics
+
+    with pytest.raises(JaxgenError, match=r"G_loss became nan at epoch 2, step 2; .*epoch 1"):
+        _train(tmp_path, tiny_images, task=NaNAtEpoch2(CONFIG))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    history = json.load(open(tmp_path / "GAN_history.json"))
+    assert len(history["G_loss"]) == 4  # epoch 1's only
