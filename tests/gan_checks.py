@@ -18,9 +18,10 @@ from jaxgen.models.gan import Discriminator, Generator
 
 def assert_gan_models_close(a, b, *, steps: int, lr: float, images, z_dim: int = 62):
     for net in ("g", "d"):
-        for x, y in zip(jax.tree.leaves(getattr(a, net).params),
-                        jax.tree.leaves(getattr(b, net).params)):
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=2 * lr * steps)
+        for part in ("params", "batch_stats"):  # running means include those biases too
+            for x, y in zip(jax.tree.leaves(getattr(getattr(a, net), part)),
+                            jax.tree.leaves(getattr(getattr(b, net), part))):
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=2 * lr * steps)
     z = jax.random.uniform(jax.random.PRNGKey(123), (images.shape[0], z_dim))
     g_out = [Generator().apply({"params": m.g.params, "batch_stats": m.g.batch_stats}, z,
                                train=True, mutable=["batch_stats"])[0] for m in (a, b)]

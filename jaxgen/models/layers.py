@@ -18,7 +18,8 @@ weight_init = nn.initializers.normal(stddev=0.02)
 bias_init = nn.initializers.zeros
 
 Dense = functools.partial(nn.Dense, kernel_init=weight_init, bias_init=bias_init)
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+BATCHNORM_MOMENTUM = 0.9  # Flax's convention: running = m * running + (1 - m) * batch
+BatchNorm = functools.partial(nn.BatchNorm, momentum=BATCHNORM_MOMENTUM, epsilon=1e-5)
 
 
 def Conv4x4Down(features: int, name=None) -> nn.Conv:

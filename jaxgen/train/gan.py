@@ -3,8 +3,9 @@
 One train step is the reference's: with the same z, one Adam step of D on
 BCE(D(x), 1) + BCE(D(G(z)), 0), then one Adam step of G on BCE(D(G(z)), 1) through the updated D.
 Both networks run in training mode throughout, as in ``GAN.py``: G's BatchNorm running averages
-move in both of its forwards, D's in all three of its forwards (real batch and fake batch
-separately, then the fake batch again in the G step).
+move twice (once per G forward of the reference), D's in all three of its forwards (real batch
+and fake batch separately, then the fake batch again in the G step).
+``tests/test_gan_step.py`` checks the step against a plain transcription of the reference's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flax import struct
 from jaxgen import losses, parallel, viz
 from jaxgen.errors import JaxgenError
 from jaxgen.models.gan import Discriminator, Generator
+from jaxgen.models.layers import BATCHNORM_MOMENTUM
 from jaxgen.train.loop import Task, TrainConfig, TrainState, epoch_images, named_key
 
 PRIORS = ("uniform", "normal")
@@ -106,11 +108,18 @@ class GANTask(Task):
         z = parallel.shard_batch(self.sample_prior(key, images.shape[0]))
         G, D = self.generator, self.discriminator
 
-        # D step. G's output is a constant here (the reference zeroes G's gradients before its
-        # own step), but G's forward in training mode still moves its running averages.
-        fake, g_mut = G.apply(g.variables(), z, train=True, mutable=["batch_stats"])
-        fake = jax.lax.stop_gradient(fake)
+        # G's forward, once. The reference runs it twice (D step, then G step), but both runs see
+        # the same parameters, z and batch statistics, so they give the same images: we keep the
+        # VJP of this one for the G step and apply its running-average update twice.
+        def g_forward(g_params):
+            fake, mutated = G.apply(g.variables(g_params), z, train=True, mutable=["batch_stats"])
+            return fake, mutated["batch_stats"]
 
+        fake, g_vjp, g_stats_once = jax.vjp(g_forward, g.params, has_aux=True)
+        g_stats = jax.tree.map(lambda old, once: _repeat_ema(old, once, BATCHNORM_MOMENTUM),
+                               g.batch_stats, g_stats_once)
+
+        # D step on the real batch and the fake batch, each through D on its own (BatchNorm).
         def d_loss_fn(d_params):
             real_logits, mut = D.apply(d.variables(d_params), images, train=True,
                                        mutable=["batch_stats"])
@@ -122,15 +131,13 @@ class GANTask(Task):
         d_updates, d_opt = self.tx_d.update(d_grads, d.opt_state, d.params)
         d = Network(optax.apply_updates(d.params, d_updates), d_stats, d_opt)
 
-        # G step, through the updated D, same z.
-        def g_loss_fn(g_params):
-            fake, g_mut2 = G.apply(g.variables(g_params, g_mut["batch_stats"]), z, train=True,
-                                   mutable=["batch_stats"])
-            logits, d_mut = D.apply(d.variables(), fake, train=True, mutable=["batch_stats"])
-            return losses.generator_loss(logits), (g_mut2["batch_stats"], d_mut["batch_stats"])
+        # G step through the updated D: the loss's gradient at the images, pulled back through G.
+        def g_loss_fn(fake_images):
+            logits, mut = D.apply(d.variables(), fake_images, train=True, mutable=["batch_stats"])
+            return losses.generator_loss(logits), mut["batch_stats"]
 
-        (g_loss, (g_stats, d_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-            g.params)
+        (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_grads,) = g_vjp(fake_grads)
         g_updates, g_opt = self.tx_g.update(g_grads, g.opt_state, g.params)
         g = Network(optax.apply_updates(g.params, g_updates), g_stats, g_opt)
         d = d.replace(batch_stats=d_stats)
@@ -150,6 +157,14 @@ class GANTask(Task):
     def train_end(self, workdir: str, history: dict) -> None:
         viz.save_gif(epoch_images(workdir, self.name),
                      os.path.join(workdir, f"{self.name}_generate_animation.gif"))
+
+
+def _repeat_ema(old, once, momentum):
+    """A running average updated twice with the same batch value, given one update.
+
+    once = m old + (1 - m) v and twice = m once + (1 - m) v, so twice = once + m (once - old).
+    """
+    return once + momentum * (once - old)
 
 
 def sample(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None) -> np.ndarray:
