@@ -227,7 +227,7 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             return state, history
 
         data = parallel.put_replicated(images, mesh)
-        step_fn, permutation_fn = _compile_step(task, mesh, len(images), steps_per_epoch)
+        step_fn, permutation_fn = build_train_step(task, mesh, len(images), steps_per_epoch)
         session_start = time.time()
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
@@ -259,6 +259,8 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             task.epoch_end(state, epoch, workdir)
             ckpts.save(epoch, state, {"task": task.name, "epoch": epoch,
                                       "config": config.to_dict(), "history": history.to_dict()})
+            # The next step donates (reuses) the state's buffers: let the save read them first.
+            ckpts.wait()
             if main:
                 _write_epoch_outputs(task, workdir, history, epoch, epoch_metrics,
                                      config.log_every)
@@ -283,7 +285,7 @@ def _transpose(step_metrics: list[dict]) -> dict[str, list]:
     return {k: [m[k] for m in step_metrics] for k in step_metrics[0]}
 
 
-def _compile_step(task: Task, mesh: Mesh, num_images: int, steps_per_epoch: int):
+def build_train_step(task: Task, mesh: Mesh, num_images: int, steps_per_epoch: int):
     """The jitted train step and epoch permutation. Both compile once per run."""
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)

@@ -1,0 +1,171 @@
+"""Speed of the GAN train step: jaxgen against the PyTorch reference, in one run, side by side.
+
+    python benchmarks/gan_step.py                                # batch 64 and 256
+    python benchmarks/gan_step.py --batch-sizes 64 --json bench.json
+
+For each batch size it times the step the training loop runs (``jaxgen.train.loop``: data
+resident on the devices, the batch gathered and sharded inside the jitted step) after warm-up,
+its compile time, the time from start to the end of step 100 (the reference's first log line)
+and peak memory; then, when torch is installed, the reference's own code shape
+(``benchmarks/torch_gan.py``) in a separate process, timed the same way. Compare figures only
+within one run: the ratio is the result, machines differ.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxgen import parallel  # noqa: E402
+from jaxgen.train import loop  # noqa: E402
+from jaxgen.train.gan import GANConfig, GANTask  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+            "device": f"{len(jax.devices())} x {device.device_kind} ({device.platform})"}
+
+
+def peak_memory_bytes() -> int:
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the whole process
+
+
+def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpixel: bool,
+                mesh) -> dict:
+    start = time.perf_counter()
+    task = GANTask(GANConfig(batch_size=batch_size), subpixel=subpixel)
+    steps_per_epoch = 16
+    images = np.random.RandomState(0).randint(0, 256, (batch_size * steps_per_epoch, 28, 28, 1),
+                                              dtype=np.uint8)
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda: loop.init_state(task, 0),
+                        out_shardings=parallel.replicated(mesh))()
+        data = parallel.put_replicated(images, mesh)
+        step_fn, permutation_fn = loop.build_train_step(task, mesh, len(images), steps_per_epoch)
+        perm = permutation_fn(state.rng, jnp.int32(1))
+        t = time.perf_counter()
+        step = step_fn.lower(state, data, perm).compile()
+        compile_s = time.perf_counter() - t
+        first_log = None
+        for i in range(1, warmup + steps + 1):
+            if i == warmup + 1:
+                jax.block_until_ready(state)
+                t0 = time.perf_counter()
+            state, metrics = step(state, data, perm)
+            if i == log_every:
+                jax.block_until_ready(metrics)
+                first_log = time.perf_counter() - start
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - t0
+    return {"framework": f"jaxgen (jax {jax.__version__})",
+            "form": "sub-pixel" if subpixel else "direct", "batch_size": batch_size,
+            "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
+            "compile_s": compile_s, "first_log_s": first_log,
+            "peak_memory_bytes": peak_memory_bytes()}
+
+
+def time_torch(batch_size: int, steps: int, warmup: int, log_every: int) -> dict:
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "torch_gan.py"), "--batch-size",
+                           str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
+                           "--log-every", str(log_every)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"the PyTorch reference failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", default="64,256",
+                        help="comma-separated global batch sizes (%(default)s)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (%(default)s)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--log-every", type=int, default=100,
+                        help="the step whose end is 'time to first log' (%(default)s)")
+    parser.add_argument("--forms", default="sub-pixel",
+                        help="generator transposed-conv forms to time: sub-pixel, direct or "
+                             "both comma-separated (%(default)s)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    forms = [f.strip() for f in args.forms.split(",")]
+    if not set(forms) <= {"sub-pixel", "direct"}:
+        sys.exit("error: --forms takes sub-pixel, direct or both, comma-separated.")
+    mesh = parallel.make_mesh()
+    for b in batch_sizes:
+        parallel.check_batch_size(b, mesh)
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
+          f"{info['device']}")
+    if not with_torch and not args.no_torch:
+        print("torch is not installed: no PyTorch column (pip install torch==2.13.0 on CPU).")
+
+    rows, results = [], []
+    for b in batch_sizes:
+        torch_row = time_torch(b, args.steps, args.warmup, args.log_every) if with_torch else None
+        entry = {"batch_size": b}
+        for form in forms:
+            row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form == "sub-pixel",
+                              mesh)
+            rows.append(row)
+            key = "jaxgen" if form == forms[0] else f"jaxgen_{form.replace('-', '')}"
+            entry[f"{key}_steps_per_s"] = row["steps_per_s"]
+            entry[f"{key}_row"] = row
+        if torch_row:
+            rows.append(torch_row)
+            entry["torch_steps_per_s"] = torch_row["steps_per_s"]
+            entry["ratio"] = entry["jaxgen_steps_per_s"] / torch_row["steps_per_s"]
+            entry["torch_row"] = torch_row
+        results.append(entry)
+
+    header = (f"{'what':<34} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
+              f"{'to 1st log s':>13} {'peak MB':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        what = r["framework"] + (f", {r['form']}" if "form" in r else ", reference")
+        print(f"{what:<34} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
+              f"{r['images_per_s']:>9.0f} {r['compile_s']:>9.1f} "
+              f"{_fmt(r['first_log_s'], '13.1f'):>13} {r['peak_memory_bytes'] / 2**20:>8.0f}")
+    for e in results:
+        if "ratio" in e:
+            print(f"batch {e['batch_size']}: jaxgen / PyTorch = {e['ratio']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "steps": args.steps, "results": results}, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
