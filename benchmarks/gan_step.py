@@ -55,7 +55,8 @@ def peak_memory_bytes() -> int:
 
 
 def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpixel: bool,
-                mesh) -> dict:
+                mesh, steps_per_call: int = 1) -> dict:
+    """Times ``warmup + steps`` steps; with ``steps_per_call`` K, each call runs K of them."""
     start = time.perf_counter()
     task = GANTask(GANConfig(batch_size=batch_size), subpixel=subpixel)
     steps_per_epoch = 16
@@ -65,24 +66,28 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
         state = jax.jit(lambda: loop.init_state(task, 0),
                         out_shardings=parallel.replicated(mesh))()
         data = parallel.put_replicated(images, mesh)
-        step_fn, permutation_fn = loop.build_train_step(task, mesh, len(images), steps_per_epoch)
-        perm = permutation_fn(state.rng, jnp.int32(1))
+        step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call)
+        perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
         t = time.perf_counter()
         step = step_fn.lower(state, data, perm).compile()
         compile_s = time.perf_counter() - t
-        first_log = None
-        for i in range(1, warmup + steps + 1):
-            if i == warmup + 1:
+        first_log, done = None, 0
+        warmup_calls = -(-warmup // steps_per_call)
+        for call in range(1, warmup_calls + steps // steps_per_call + 1):
+            if call == warmup_calls + 1:
                 jax.block_until_ready(state)
                 t0 = time.perf_counter()
             state, metrics = step(state, data, perm)
-            if i == log_every:
+            done += steps_per_call
+            if first_log is None and done >= log_every:
                 jax.block_until_ready(metrics)
                 first_log = time.perf_counter() - start
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
     return {"framework": f"jaxgen (jax {jax.__version__})",
-            "form": "sub-pixel" if subpixel else "direct", "batch_size": batch_size,
+            "form": ("sub-pixel" if subpixel else "direct")
+            + (f", {steps_per_call} steps/call" if steps_per_call > 1 else ""),
+            "batch_size": batch_size,
             "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
             "compile_s": compile_s, "first_log_s": first_log,
             "peak_memory_bytes": peak_memory_bytes()}
@@ -113,6 +118,9 @@ def main() -> None:
     parser.add_argument("--forms", default="sub-pixel",
                         help="generator transposed-conv forms to time: sub-pixel, direct or "
                              "both comma-separated (%(default)s)")
+    parser.add_argument("--steps-per-call", type=int, default=1,
+                        help="jaxgen train steps per compiled call (lax.scan); --steps must be "
+                             "a multiple (%(default)s)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -121,6 +129,8 @@ def main() -> None:
     forms = [f.strip() for f in args.forms.split(",")]
     if not set(forms) <= {"sub-pixel", "direct"}:
         sys.exit("error: --forms takes sub-pixel, direct or both, comma-separated.")
+    if args.steps_per_call < 1 or args.steps % args.steps_per_call:
+        sys.exit("error: --steps must be a positive multiple of --steps-per-call.")
     mesh = parallel.make_mesh()
     for b in batch_sizes:
         parallel.check_batch_size(b, mesh)
@@ -137,7 +147,7 @@ def main() -> None:
         entry = {"batch_size": b}
         for form in forms:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form == "sub-pixel",
-                              mesh)
+                              mesh, args.steps_per_call)
             rows.append(row)
             key = "jaxgen" if form == forms[0] else f"jaxgen_{form.replace('-', '')}"
             entry[f"{key}_steps_per_s"] = row["steps_per_s"]
@@ -149,13 +159,13 @@ def main() -> None:
             entry["torch_row"] = torch_row
         results.append(entry)
 
-    header = (f"{'what':<34} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
+    header = (f"{'what':<46} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
               f"{'to 1st log s':>13} {'peak MB':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         what = r["framework"] + (f", {r['form']}" if "form" in r else ", reference")
-        print(f"{what:<34} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
+        print(f"{what:<46} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
               f"{r['images_per_s']:>9.0f} {r['compile_s']:>9.1f} "
               f"{_fmt(r['first_log_s'], '13.1f'):>13} {r['peak_memory_bytes'] / 2**20:>8.0f}")
     for e in results:

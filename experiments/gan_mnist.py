@@ -31,11 +31,7 @@ def main() -> None:
     parser.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2 (%(default)s)")
     args = parser.parse_args()
 
-    config = GANConfig(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                       seed=args.seed, log_every=args.log_every,
-                       keep_checkpoints=args.keep_checkpoints, z_dim=args.z_dim,
-                       prior=args.prior, lr_d=args.lr_d, lr_g=args.lr_g, beta1=args.beta1,
-                       beta2=args.beta2)
+    config = cli.config_from_flags(GANConfig, args)
     config.validate()
     workdir = args.workdir or os.path.join(cli.DEFAULT_CHECKPOINTS, f"gan_{args.dataset}")
 

@@ -41,7 +41,17 @@ def add_run_flags(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                         help="how many of the newest per-epoch checkpoints to keep "
                              "(default: %(default)s)")
+    parser.add_argument("--steps-per-call", type=int, default=d.steps_per_call,
+                        help="train steps per compiled call (a lax.scan); e.g. a whole epoch "
+                             "on an accelerator; same results (default: %(default)s)")
     add_distributed_flags(parser)
+
+
+def config_from_flags(config_cls, args: argparse.Namespace):
+    """The experiment's config from the parsed flags: every config field has a flag."""
+    import dataclasses
+
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:

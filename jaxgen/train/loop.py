@@ -55,12 +55,16 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100  # steps between log lines
     keep_checkpoints: int = 3
+    # Train steps per call of the compiled program (a lax.scan over steps): 1 dispatches every
+    # step from Python; a whole epoch (e.g. 937) makes one program of it, which saves the
+    # per-step dispatch on accelerators. It does not change what is computed.
+    steps_per_call: int = 1
 
     # Fields a resumed run may change; every other field must match the checkpoint's.
-    RESUMABLE = ("epochs", "log_every", "keep_checkpoints")
+    RESUMABLE = ("epochs", "log_every", "keep_checkpoints", "steps_per_call")
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints", "steps_per_call"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 flag = "--" + name.replace("_", "-")
@@ -227,7 +231,14 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             return state, history
 
         data = parallel.put_replicated(images, mesh)
-        step_fn, permutation_fn = build_train_step(task, mesh, len(images), steps_per_epoch)
+        compiled = {}  # steps per call -> jitted program
+
+        def run_steps(n: int):
+            if n not in compiled:
+                compiled[n] = build_train_step(task, mesh, steps_per_epoch, n)
+            return compiled[n]
+
+        permutation_fn = build_permutation(mesh, len(images))
         session_start = time.time()
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
@@ -236,21 +247,24 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             perm = permutation_fn(state.rng, jnp.int32(epoch))
             bar = _progress(steps_per_epoch, bar_enabled)
             write = bar.write if bar else log
-            step_metrics = []
-            for i in range(1, steps_per_epoch + 1):
-                state, metrics = step_fn(state, data, perm)
-                step_metrics.append(metrics)
+            chunks, done = [], 0
+            while done < steps_per_epoch:
+                n = min(config.steps_per_call, steps_per_epoch - done)
+                state, metrics = run_steps(n)(state, data, perm)  # metrics: (n,) per name
+                chunks.append(metrics)
                 if bar:
-                    bar.update(1)
-                if i % config.log_every == 0:
-                    last = parallel.to_host(metrics)
-                    _check_finite(last, epoch, i, ckpts)
-                    write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
-                          + _format_metrics(last))
+                    bar.update(n)
+                for i in range(done + 1, done + n + 1):
+                    if i % config.log_every == 0:
+                        last = {k: v[i - done - 1] for k, v in parallel.to_host(metrics).items()}
+                        _check_finite(last, epoch, i, ckpts)
+                        write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
+                              + _format_metrics(last))
+                done += n
             if bar:
                 bar.close()
-            epoch_metrics = {k: np.array([float(v) for v in vs]) for k, vs in
-                             parallel.to_host(_transpose(step_metrics)).items()}
+            epoch_metrics = {k: np.concatenate([c[k] for c in parallel.to_host(chunks)])
+                             for k in task.metric_names}
             _check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts)
             history.per_epoch_time.append(time.time() - epoch_start)
             for k in task.metric_names:
@@ -281,12 +295,9 @@ def _last_saved(ckpts: Checkpoints) -> Optional[int]:
     return (ckpts.epochs() or [None])[-1]
 
 
-def _transpose(step_metrics: list[dict]) -> dict[str, list]:
-    return {k: [m[k] for m in step_metrics] for k in step_metrics[0]}
-
-
-def build_train_step(task: Task, mesh: Mesh, num_images: int, steps_per_epoch: int):
-    """The jitted train step and epoch permutation. Both compile once per run."""
+def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1):
+    """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
+    jitted program, sharded over ``mesh``; each metric comes back with one value per step."""
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
@@ -299,12 +310,23 @@ def build_train_step(task: Task, mesh: Mesh, num_images: int, steps_per_epoch: i
                                          named_key(state.rng, "noise", state.step))
         return state.replace(step=state.step + 1, model=model), metrics
 
+    def run(state: TrainState, data: jax.Array, perm: jax.Array):
+        if steps_per_call == 1:
+            state, metrics = step(state, data, perm)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return lax.scan(lambda s, _: step(s, data, perm), state, length=steps_per_call)
+
+    return jax.jit(run, in_shardings=(repl, repl, repl), out_shardings=(repl, repl),
+                   donate_argnums=0)
+
+
+def build_permutation(mesh: Mesh, num_images: int):
+    """``permutation(rng, epoch)``: the epoch's shuffle of the dataset, from the run's key."""
+
     def permutation(rng: jax.Array, epoch: jax.Array) -> jax.Array:
         return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
 
-    step_fn = jax.jit(step, in_shardings=(repl, repl, repl), out_shardings=(repl, repl),
-                      donate_argnums=0)
-    return step_fn, jax.jit(permutation, out_shardings=repl)
+    return jax.jit(permutation, out_shardings=parallel.replicated(mesh))
 
 
 def _write_history(task: Task, workdir: str, history: History) -> None:
