@@ -41,7 +41,7 @@ def main() -> None:
 
     mesh = cli.start_devices(args)
     parallel.check_batch_size(config.batch_size, mesh)
-    loop.ensure_writable(workdir)
+    loop.check_workdir(workdir)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     if parallel.is_main_process():
         print(f"GAN on {args.dataset}: {len(train)} training images, batch {config.batch_size}, "

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxgen import cli  # noqa: E402
 from jaxgen.errors import JaxgenError  # noqa: E402
+from jaxgen.parallel import ACCELERATORS  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=64, help="number of samples (%(default)s)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
     parser.add_argument("--seed", type=int, default=0, help="key of the latent draws")
-    parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu", "tpu"))
+    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
     args = parser.parse_args()
 
     ext = os.path.splitext(args.out)[1].lower()

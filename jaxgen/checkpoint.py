@@ -25,8 +25,10 @@ class Checkpoints:
 
     def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        # cleanup_tmp_directories: a save cut short (kill -9) leaves a temporary directory.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only)
+                                               read_only=read_only,
+                                               cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))
 
@@ -48,52 +50,51 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
 
-    def restore_latest(self, abstract_state: Any, check_meta: Callable[[dict], None],
-                       log: Callable[[str], None] = print,
+    def restore_latest(self, target: Callable[[dict], Any], log: Callable[[str], None] = print,
                        quarantine: bool = True) -> Optional[tuple[int, Any, dict]]:
         """The newest readable checkpoint as (epoch, state, meta); None if there is none at all.
 
-        ``check_meta`` sees the meta before any array is read and raises ``JaxgenError`` when the
-        checkpoint belongs to another run. An unreadable checkpoint is reported and, with
-        ``quarantine``, moved aside into ``<directory>-corrupt/`` (nothing is deleted); then the
-        previous one is tried. If checkpoints exist but none is readable, that is an error: a run
-        never silently starts over.
+        ``target(meta)`` sees a checkpoint's meta before any array is read: it raises
+        ``JaxgenError`` when the checkpoint belongs to another run, else returns the abstract
+        state (shapes, dtypes, shardings) to restore onto. An unreadable checkpoint is reported and the previous
+        one is tried. Once an older one has been restored, the newer unreadable ones are moved
+        aside into ``<directory>-corrupt/`` (with ``quarantine``; nothing is deleted) so that
+        training can save those epochs again. If checkpoints exist but none is readable, nothing
+        is moved and that is an error: a run never silently starts over.
         """
         epochs = self.epochs()
         if not epochs:
             return None
+        unreadable = []
         for epoch in reversed(epochs):
             try:
-                meta = self.read_meta(epoch)
-            except Exception as e:  # noqa: BLE001 - any failure to read means corrupt
-                self._report_corrupt(epoch, e, log, quarantine)
+                state, meta = self.restore(epoch, target(self.read_meta(epoch)))
+            except JaxgenError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read: try the previous one
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                unreadable.append(f"epoch {epoch}: {reason}")
+                log(f"warning: checkpoint of epoch {epoch} cannot be read ({reason}); trying "
+                    "the previous one.")
                 continue
-            check_meta(meta)
-            try:
-                state, meta = self.restore(epoch, abstract_state)
-            except Exception as e:  # noqa: BLE001
-                self._report_corrupt(epoch, e, log, quarantine)
-                continue
+            if unreadable and quarantine:
+                self._quarantine([e for e in epochs if e > epoch], log)
             return epoch, state, meta
         raise JaxgenError(
-            f"none of the checkpoints in {self.directory} can be read (epochs {epochs}); move "
-            "that directory away to start the run over, or pass a new --workdir.")
+            f"none of the checkpoints in {self.directory} can be read ({'; '.join(unreadable)}); "
+            "nothing was moved: if the cause was passing, rerun, else move that directory away "
+            "to start over or pass a new --workdir.")
 
-    def _report_corrupt(self, epoch: int, error: Exception, log, quarantine: bool) -> None:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        path = os.path.join(self.directory, str(epoch))
-        if not quarantine:
-            log(f"warning: checkpoint of epoch {epoch} ({path}) cannot be read ({reason}); "
-                "trying the previous one.")
-            return
-        target = os.path.join(self.directory + "-corrupt", f"{epoch}-{int(time.time())}")
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(path, target)
-        multihost_utils.sync_global_devices(f"jaxgen-quarantine-{epoch}")
+    def _quarantine(self, epochs: list[int], log) -> None:
+        target_root = self.directory + "-corrupt"
+        for epoch in epochs:
+            target = os.path.join(target_root, f"{epoch}-{int(time.time())}")
+            if jax.process_index() == 0:
+                os.makedirs(target_root, exist_ok=True)
+                shutil.move(os.path.join(self.directory, str(epoch)), target)
+            log(f"warning: moved the unreadable checkpoint of epoch {epoch} to {target}.")
+        multihost_utils.sync_global_devices("jaxgen-quarantine")
         self._manager.reload()
-        log(f"warning: checkpoint of epoch {epoch} cannot be read ({reason}); moved it to "
-            f"{target} and resuming from the previous one.")
 
     def wait(self) -> None:
         """Blocks until asynchronous saves have been written."""

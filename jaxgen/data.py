@@ -15,6 +15,8 @@ import gzip
 import os
 import socket
 import struct
+import zlib
+from urllib.parse import urlparse
 from typing import Optional
 
 import numpy as np
@@ -26,20 +28,20 @@ from jaxgen.errors import JaxgenError
 class DatasetInfo:
     name: str
     class_names: tuple[str, ...]
-    download_host: str  # where TFDS fetches the raw files from; probed before a download
+    download_url: str  # where TFDS fetches the raw files from; probed before a download
 
 
 DATASETS = {
     "mnist": DatasetInfo(
         name="mnist",
         class_names=tuple(str(d) for d in range(10)),
-        download_host="storage.googleapis.com",
+        download_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        download_host="fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+        download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     ),
 }
 
@@ -97,7 +99,7 @@ def read_idx(path: str) -> np.ndarray:
             raw = f.read()
     except FileNotFoundError:
         raise JaxgenError(f"IDX file {path} does not exist; check --data-dir.") from None
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz lands here
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz lands here
         raise JaxgenError(
             f"IDX file {path} cannot be read ({e}); download it again.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UINT8 or raw[3] == 0:
@@ -159,9 +161,11 @@ def load_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 # -------------------------------------------------------------------------------------- TFDS
 
-def _host_reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -177,10 +181,10 @@ def _load_tfds_split(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndar
         ds = load(download=False)
     except Exception:  # not prepared yet: TFDS raises AssertionError or DatasetNotFoundError
         # TFDS retries a failed download for minutes; find out in seconds whether it can work.
-        if not _host_reachable(info.download_host):
+        if not _reachable(info.download_url):
             raise JaxgenError(
                 f"TFDS has no prepared copy of {info.name} and cannot reach "
-                f"{info.download_host} to download it; download the four IDX files on a "
+                f"{urlparse(info.download_url).hostname} to download it; download the four IDX files on a "
                 "machine with network access and pass their directory with --data-dir DIR."
             ) from None
         ds = load(download=True)

@@ -81,6 +81,7 @@ def test_missing_idx_file(tmp_path, capsys):
     os.remove(os.path.join(data_dir, "train-images-idx3-ubyte.gz"))
     line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "w")
     assert re.search(r"train-images-idx3-ubyte\[\.gz\] is missing", line)
+    assert not (tmp_path / "w").exists()  # nothing created
 
 
 def test_corrupt_idx_file(tmp_path, capsys):

@@ -41,6 +41,16 @@ def test_truncated_file_names_the_file_and_the_sizes(tmp_path):
         data.read_idx(path)
 
 
+def test_corrupt_gzip_body_names_the_file(tmp_path):
+    images, _ = synthetic_images(50)
+    path = write_idx(str(tmp_path / "x"), images, compress=True)
+    raw = bytearray(open(path, "rb").read())
+    raw[40:60] = b"\xff" * 20  # inside the deflate stream
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(JaxgenError, match="x.gz cannot be read"):
+        data.read_idx(path)
+
+
 def test_truncated_gzip_names_the_file(tmp_path):
     images, _ = synthetic_images(50)
     path = write_idx(str(tmp_path / "x"), images, compress=True)
@@ -93,7 +103,23 @@ def test_tfds_without_network_fails_fast_and_points_at_data_dir(monkeypatch):
         raise AssertionError(f"Dataset {name}: could not find data")
 
     monkeypatch.setattr(tfds, "load", fake_load)
-    monkeypatch.setattr(data, "_host_reachable", lambda host, **kw: False)
+    probed = []
+    monkeypatch.setattr(data, "_reachable", lambda url, **kw: probed.append(url) or False)
     with pytest.raises(JaxgenError, match="cannot reach storage.googleapis.com.*--data-dir"):
         data.load_dataset("mnist", "train")
     assert downloads == [False]  # never started the download that would retry for minutes
+    assert probed == ["https://storage.googleapis.com/cvdf-datasets/mnist/"]
+
+
+def test_reachability_probe_uses_the_url_scheme_port(monkeypatch):
+    calls = []
+
+    def fake_connect(address, timeout):
+        calls.append(address)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(data.socket, "create_connection", fake_connect)
+    assert not data._reachable(data.DATASETS["fashion_mnist"].download_url)
+    assert not data._reachable(data.DATASETS["mnist"].download_url)
+    assert calls == [("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+                     ("storage.googleapis.com", 443)]

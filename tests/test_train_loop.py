@@ -106,8 +106,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
     _corrupt(tmp_path / "checkpoints" / "2")
     logs = []
     state, _ = _train(tmp_path, tiny_images, logs=logs)
-    assert any("checkpoint of epoch 2 cannot be read" in line and "moved it to" in line
-               for line in logs)
+    assert any("checkpoint of epoch 2 cannot be read" in line for line in logs)
+    assert any("moved the unreadable checkpoint of epoch 2" in line for line in logs)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
     assert len(os.listdir(tmp_path / "checkpoints-corrupt")) == 1  # kept, not deleted
     for a, b in zip(_leaves(state), expected):
@@ -117,8 +117,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tiny_images, tmp_path):
     _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
     _corrupt(tmp_path / "checkpoints" / "1")
-    with pytest.raises(JaxgenError, match="none of the checkpoints .* can be read"):
+    with pytest.raises(JaxgenError, match="none of the checkpoints .* can be read.*nothing was moved"):
         _train(tmp_path, tiny_images)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_images, tmp_path):
@@ -152,3 +153,37 @@ def test_several_steps_per_call_compute_the_same_run(uninterrupted, tiny_images,
     assert_gan_models_close(parallel.to_host(state.model), parallel.to_host(reference.model),
                             steps=8, lr=CONFIG.lr_d,
                             images=jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1)
+
+
+class _BatchProbe(loop.Task):
+    """Trains nothing; reports an order-sensitive integer checksum of each batch it is fed."""
+
+    name = "PROBE"
+    metric_names = ("checksum",)
+
+    def __init__(self, config):
+        self.config = config
+
+    def init(self, key):
+        return {"unused": jax.numpy.zeros(())}
+
+    def train_step(self, model, images, key):
+        jnp = jax.numpy
+        pixels = jnp.round((images + 1) * 127.5).astype(jnp.int32).sum(axis=(1, 2, 3))
+        return model, {"checksum": jnp.sum(pixels * (jnp.arange(images.shape[0]) + 1))}
+
+
+def test_every_step_gets_the_epochs_shuffled_batch_on_any_device_count(tiny_images, tmp_path):
+    config = loop.TrainConfig(epochs=2, batch_size=16, seed=3)
+    expected = []
+    for epoch in (1, 2):
+        key = loop.named_key(jax.random.PRNGKey(3), "shuffle", epoch)
+        perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
+        for i in range(4):
+            batch = tiny_images[perm[16 * i:16 * (i + 1)]].astype(np.int64)
+            expected.append(int(np.sum(batch.sum(axis=(1, 2, 3)) * np.arange(1, 17))))
+    assert len(set(expected)) == 8  # the batches differ, so the check can tell them apart
+    for n in (1, 8):
+        _, history = _train(tmp_path / str(n), tiny_images, n_devices=n,
+                            task=_BatchProbe(config))
+        assert [int(v) for v in history.metrics["checksum"]] == expected, n

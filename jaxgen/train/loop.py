@@ -132,6 +132,16 @@ def ensure_writable(workdir: str) -> str:
     return workdir
 
 
+def check_workdir(workdir: str) -> None:
+    """Fails, creating nothing, if ``workdir`` could not be created or written."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise JaxgenError(f"--workdir {workdir} is not writable ({path} is not a writable "
+                          "directory); pass a directory you can write to.")
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
@@ -156,17 +166,25 @@ def config_conflicts(saved: dict, config: TrainConfig) -> list[str]:
             if k not in config.RESUMABLE and saved.get(k) != v]
 
 
-def _checker(task: Task, workdir: str) -> Callable[[dict], None]:
-    def check(meta: dict) -> None:
+def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
+    """Checks a checkpoint's meta against this run; gives the abstract state to restore onto."""
+    abstract = abstract_state(task, mesh)
+
+    def target(meta: dict) -> TrainState:
         if meta.get("task") != task.name:
             raise JaxgenError(f"--workdir {workdir} holds a {meta.get('task')} run, not a "
                               f"{task.name} run; pass another --workdir.")
         conflicts = config_conflicts(meta["config"], task.config)
+        if meta.get("num_images", num_images) != num_images:
+            conflicts.append(f"{meta['num_images']} training images (this command: "
+                             f"{num_images})")
         if conflicts:
             raise JaxgenError(
                 f"--workdir {workdir} holds a run with {'; '.join(conflicts)}; rerun with the "
                 "checkpoint's values to resume it, or pass a new --workdir for a new run.")
-    return check
+        return abstract
+
+    return target
 
 
 def _format_metrics(metrics: dict) -> str:
@@ -178,12 +196,28 @@ def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints) -> N
         value = np.asarray(value, dtype=float)
         if not np.all(np.isfinite(value)):
             bad = value.ravel()[~np.isfinite(value.ravel())][0]
-            last_saved = _last_saved(ckpts)
-            kept = (f"the last good checkpoint, epoch {last_saved}, is kept in {ckpts.directory}"
-                    if last_saved else "no checkpoint was written")
-            raise JaxgenError(
-                f"{name} became {bad} at epoch {epoch}, step {step}; training stopped and {kept}. "
-                "Lower the learning rates or change --seed, and use a new --workdir to start over.")
+            raise JaxgenError(f"{name} became {bad} at epoch {epoch}, step {step}; "
+                              + _stopped(ckpts))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints) -> None:
+    if not bool(parallel.to_host(_all_finite(state.model))):
+        raise JaxgenError(f"the model's parameters became non-finite in epoch {epoch}; "
+                          + _stopped(ckpts))
+
+
+def _stopped(ckpts: Checkpoints) -> str:
+    last_saved = _last_saved(ckpts)
+    kept = (f"the last good checkpoint, epoch {last_saved}, is kept in {ckpts.directory}"
+            if last_saved else "no checkpoint was written")
+    return (f"training stopped and {kept}. Lower the learning rates or change --seed, and use a "
+            "new --workdir to start over.")
 
 
 def _progress(total: int, enabled: bool):
@@ -210,7 +244,7 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
     ckpts = Checkpoints(checkpoint_dir(workdir), max_to_keep=config.keep_checkpoints)
 
     with jax.set_mesh(mesh):
-        restored = ckpts.restore_latest(abstract_state(task, mesh), _checker(task, workdir),
+        restored = ckpts.restore_latest(_restore_target(task, workdir, mesh, len(images)),
                                         log=log)
         if restored is None:
             start_epoch = 0
@@ -271,13 +305,13 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
                 history.metrics[k].extend(epoch_metrics[k].tolist())
             history.total_time = total_before + (time.time() - session_start)
             task.epoch_end(state, epoch, workdir)
-            ckpts.save(epoch, state, {"task": task.name, "epoch": epoch,
+            _check_finite_state(state, epoch, ckpts)
+            ckpts.save(epoch, state, {"task": task.name, "epoch": epoch, "num_images": len(images),
                                       "config": config.to_dict(), "history": history.to_dict()})
             # The next step donates (reuses) the state's buffers: let the save read them first.
             ckpts.wait()
             if main:
-                _write_epoch_outputs(task, workdir, history, epoch, epoch_metrics,
-                                     config.log_every)
+                _write_epoch_outputs(task, workdir, history, config.log_every)
 
         history.total_time = total_before + (time.time() - session_start)
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
@@ -337,19 +371,22 @@ def _write_history(task: Task, workdir: str, history: History) -> None:
                     title=f"{task.name} on {task.config.dataset}")
 
 
-def _write_epoch_outputs(task: Task, workdir: str, history: History, epoch: int,
-                         epoch_metrics: dict, log_every: int) -> None:
-    """Machine-readable metrics (``metrics.jsonl``: the logged steps and an epoch summary),
-    the history JSON and the loss plot, refreshed after every epoch."""
-    steps = len(next(iter(epoch_metrics.values())))
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        for i in range(log_every, steps + 1, log_every):
-            row = {"epoch": epoch, "step": i, **{k: float(v[i - 1]) for k, v in
-                                                 epoch_metrics.items()}}
-            f.write(json.dumps(row) + "\n")
-        summary = {"epoch": epoch, "epoch_time": history.per_epoch_time[-1],
-                   **{f"mean_{k}": float(np.mean(v)) for k, v in epoch_metrics.items()}}
-        f.write(json.dumps(summary) + "\n")
+def _write_epoch_outputs(task: Task, workdir: str, history: History, log_every: int) -> None:
+    """``metrics.jsonl`` (the logged steps and a summary per epoch, written anew from the
+    history so a resumed run has each row once), the history JSON and the loss plot."""
+    epochs = len(history.per_epoch_time)
+    steps = len(next(iter(history.metrics.values()))) // epochs
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for epoch in range(1, epochs + 1):
+            offset = (epoch - 1) * steps
+            for i in range(log_every, steps + 1, log_every):
+                row = {"epoch": epoch, "step": i,
+                       **{k: v[offset + i - 1] for k, v in history.metrics.items()}}
+                f.write(json.dumps(row) + "\n")
+            summary = {"epoch": epoch, "epoch_time": history.per_epoch_time[epoch - 1],
+                       **{f"mean_{k}": float(np.mean(v[offset:offset + steps]))
+                          for k, v in history.metrics.items()}}
+            f.write(json.dumps(summary) + "\n")
     _write_history(task, workdir, history)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -32,26 +33,22 @@ def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, Tra
     mesh = parallel.make_mesh(devices)
     task_box = {}
 
-    def check(meta: dict) -> None:
+    def target(meta: dict):
         if meta.get("task") not in TASKS:
             raise JaxgenError(f"--workdir {workdir} holds an unknown kind of run "
                               f"({meta.get('task')!r}).")
         config_cls, task_cls = TASKS[meta["task"]]
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(meta["config"]) - known)
+        if unknown:
+            raise JaxgenError(f"--workdir {workdir} was written by another version of jaxgen "
+                              f"(config fields {', '.join(unknown)} are unknown here); restore "
+                              "it with that version.")
+        # The config, and so the shapes to restore, come from the checkpoint itself.
         task_box["task"] = task_cls(config_cls(**meta["config"]))
+        return abstract_state(task_box["task"], mesh)
 
-    # The config (and so the shapes) come from the checkpoint itself: read the meta first.
-    for epoch in reversed(epochs):
-        try:
-            check(ckpts.read_meta(epoch))
-            break
-        except JaxgenError:
-            raise
-        except Exception:  # noqa: BLE001 - an unreadable meta: restore_latest reports it
-            continue
-    if "task" not in task_box:
-        raise JaxgenError(f"none of the checkpoints in {directory} can be read; the run is lost.")
-    task = task_box["task"]
     with jax.set_mesh(mesh):
-        _, state, _ = ckpts.restore_latest(abstract_state(task, mesh), check, quarantine=False)
+        _, state, _ = ckpts.restore_latest(target, quarantine=False)
     ckpts.close()
-    return task, state
+    return task_box["task"], state
