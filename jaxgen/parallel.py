@@ -36,12 +36,25 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
             raise JaxgenError("--num-processes/--process-id need --coordinator-address "
                               "HOST:PORT (the address of process 0), or auto on a cluster.")
         return
+    if coordinator_address not in (None, "auto"):
+        if num_processes is None or process_id is None:
+            raise JaxgenError("--coordinator-address HOST:PORT needs --num-processes N and "
+                              "--process-id I (0 on the coordinator's host).")
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise JaxgenError(f"--process-id must be in 0..{num_processes - 1} for "
+                              f"--num-processes {num_processes}, got {process_id}.")
     # CPU processes exchange collectives through gloo; harmless where another backend is used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address == "auto":
         coordinator_address = None
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    except (RuntimeError, ValueError) as e:
+        reason = str(e).splitlines()[0][:200]
+        raise JaxgenError(f"could not join the multi-host run ({reason}); check "
+                          "--coordinator-address, --num-processes and --process-id, and that "
+                          "process 0 is running.") from None
 
 
 def _platforms_present() -> list[str]:

@@ -114,6 +114,12 @@ def test_non_positive_epochs_or_batch_size(flag, value, tmp_path, capsys):
     assert f"{flag} must be a positive integer, got {value}" in line
 
 
+def test_process_id_out_of_range(tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--coordinator-address", "127.0.0.1:1",
+                  "--num-processes", 2, "--process-id", 2, "--workdir", tmp_path / "w")
+    assert "--process-id must be in 0..1 for --num-processes 2, got 2" in line
+
+
 def test_unwritable_workdir(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
