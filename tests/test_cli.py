@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import run_in_process, run_script
-from conftest import write_idx, write_idx_dataset
+from conftest import write_idx_dataset
 
 
 @pytest.fixture(scope="module")
