@@ -4,7 +4,8 @@
     python experiments/sample.py --workdir checkpoints/gan_mnist --num 10000 --out samples.npy
 
 A .png is a grid; a .npy holds float32 images in [-1, 1], shape (num, 28, 28, 1).
-The library call is ``jaxgen.train.gan.sample(workdir, num, seed)``.
+The library call is ``jaxgen.train.restore.sample_images(workdir, num, seed)``; it works for
+every generative run (GAN, VAE).
 """
 
 import argparse
@@ -39,9 +40,9 @@ def main() -> None:
     import numpy as np
 
     from jaxgen import parallel, viz
-    from jaxgen.train.gan import sample
+    from jaxgen.train.restore import sample_images
 
-    images = sample(args.workdir, args.num, seed=args.seed,
+    images = sample_images(args.workdir, args.num, seed=args.seed,
                     devices=parallel.select_devices(args.accelerator))
     if ext == ".npy":
         np.save(args.out, images.astype(np.float32))

@@ -10,16 +10,16 @@ import pytest
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
-from jaxgen.train.gan import GANConfig, GANTask, sample
-from jaxgen.train.restore import restore_run
+from jaxgen.train.gan import GANConfig, GANTask
+from jaxgen.train.restore import restore_run, sample_images
 
 CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)
 
 
-def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None):
+def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None, **kwargs):
     mesh = parallel.make_mesh(jax.devices()[:n_devices])
     log = logs.append if logs is not None else (lambda _: None)
-    return loop.train(task or GANTask(config), images, str(workdir), mesh, log=log)
+    return loop.train(task or GANTask(config), images, str(workdir), mesh, log=log, **kwargs)
 
 
 def _leaves(state):
@@ -66,8 +66,8 @@ def test_restore_on_another_device_count(uninterrupted):
     assert len(jax.tree.leaves(state8)[0].sharding.device_set) == 8
     for a, b in zip(_leaves(state8), expected):
         np.testing.assert_array_equal(a, b)
-    one = sample(str(workdir), 6, seed=3, devices=jax.devices()[:1])
-    eight = sample(str(workdir), 6, seed=3, devices=jax.devices()[:8])
+    one = sample_images(str(workdir), 6, seed=3, devices=jax.devices()[:1])
+    eight = sample_images(str(workdir), 6, seed=3, devices=jax.devices()[:8])
     assert one.shape == (6, 28, 28, 1) and -1 <= one.min() and one.max() <= 1
     np.testing.assert_allclose(one, eight, atol=1e-5)
 
@@ -187,3 +187,34 @@ def test_every_step_gets_the_epochs_shuffled_batch_on_any_device_count(tiny_imag
         _, history = _train(tmp_path / str(n), tiny_images, n_devices=n,
                             task=_BatchProbe(config))
         assert [int(v) for v in history.metrics["checksum"]] == expected, n
+
+
+class _LabelledProbe(_BatchProbe):
+    """Reports an order-sensitive checksum of the labels fed beside each batch."""
+
+    name = "LABELPROBE"
+    needs_labels = True
+
+    def train_step(self, model, images, key, labels):
+        jnp = jax.numpy
+        return model, {"checksum": jnp.sum(labels * (jnp.arange(images.shape[0]) + 1))}
+
+
+def test_labels_travel_with_their_images_and_hooks_run_every_epoch(tiny_images, tmp_path):
+    config = loop.TrainConfig(epochs=2, batch_size=16, seed=5)
+    labels = np.arange(len(tiny_images), dtype=np.int32) * 3 + 1  # label i belongs to image i
+    expected = []
+    for epoch in (1, 2):
+        key = loop.named_key(jax.random.PRNGKey(5), "shuffle", epoch)
+        perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
+        for i in range(4):
+            expected.append(int(np.sum(labels[perm[16 * i:16 * (i + 1)]] * np.arange(1, 17))))
+    for n in (1, 8):
+        calls = []
+        hook = lambda task, state, epoch, workdir: calls.append((epoch, int(state.step)))  # noqa
+        _, history = _train(tmp_path / str(n), tiny_images, n_devices=n,
+                            task=_LabelledProbe(config), labels=labels, epoch_hooks=[hook])
+        assert [int(v) for v in history.metrics["checksum"]] == expected, n
+        assert calls == [(1, 4), (2, 8)]
+    with pytest.raises(JaxgenError, match="one label per image"):
+        _train(tmp_path / "missing", tiny_images, task=_LabelledProbe(config))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +102,9 @@ class GANTask(Task):
         """G in inference mode (BatchNorm running averages): images in [-1, 1]."""
         return self.generator.apply(g.variables(), z, train=False)
 
+    def sample_images(self, model: GANModel, key: jax.Array, num: int) -> jax.Array:
+        return self.generate(model.g, self.sample_prior(key, num))
+
     # ---------------------------------------------------------------- step
     def train_step(self, model: GANModel, images: jax.Array, key: jax.Array):
         g, d = model.g, model.d
@@ -165,17 +168,3 @@ def _repeat_ema(old, once, momentum):
     once = m old + (1 - m) v and twice = m once + (1 - m) v, so twice = once + m (once - old).
     """
     return once + momentum * (once - old)
-
-
-def sample(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None) -> np.ndarray:
-    """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generator of the newest
-    readable checkpoint in ``workdir``, with z drawn from the run's prior with key ``seed``."""
-    from jaxgen.train.restore import restore_run
-
-    if num < 1:
-        raise JaxgenError(f"--num must be a positive integer, got {num}.")
-    task, state = restore_run(workdir, devices=devices)
-    if not isinstance(task, GANTask):
-        raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, not a GAN run.")
-    z = task.sample_prior(jax.random.PRNGKey(seed), num)
-    return parallel.to_host(jax.jit(task.generate)(state.model.g, z))

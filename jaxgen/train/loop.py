@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,14 +86,23 @@ class Task(abc.ABC):
     name: str  # file prefix and checkpoint tag, e.g. "GAN"
     metric_names: tuple[str, ...]  # scalars the train step returns, logged as "name: value"
     config: TrainConfig
+    # True for supervised tasks (a classifier): train_step then also gets the batch's int32 labels.
+    needs_labels: bool = False
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> Any:
         """The model pytree for a fresh run."""
 
     @abc.abstractmethod
-    def train_step(self, model: Any, images: jax.Array, key: jax.Array) -> tuple[Any, dict]:
-        """One update on a global batch of images in [-1, 1], shape (B, H, W, C). Pure."""
+    def train_step(self, model: Any, images: jax.Array, key: jax.Array,
+                   labels: Optional[jax.Array] = None) -> tuple[Any, dict]:
+        """One update on a global batch of images in [-1, 1], shape (B, H, W, C), and their
+        labels (B,) when ``needs_labels``. Pure."""
+
+    def sample_images(self, model: Any, key: jax.Array, num: int) -> jax.Array:
+        """``num`` images in [-1, 1], shape (num, H, W, C), drawn from a generative model (GAN:
+        z from the prior through G; VAE: z from the prior through the decoder's mean)."""
+        raise NotImplementedError(f"{self.name} is not a generative model")
 
     def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
         """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""
@@ -227,11 +236,21 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+EpochHook = Callable[[Task, TrainState, int, str], None]
+
+
 def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
-          log: Callable[[str], None] = print) -> tuple[TrainState, History]:
+          log: Callable[[str], None] = print, labels: Optional[np.ndarray] = None,
+          epoch_hooks: Sequence[EpochHook] = ()) -> tuple[TrainState, History]:
     """Trains ``task`` on uint8 ``images`` (N, H, W, C) until ``task.config.epochs``; resumes from
-    the newest checkpoint in ``workdir`` if there is one. Returns the final state and history."""
+    the newest checkpoint in ``workdir`` if there is one. Returns the final state and history.
+
+    ``labels`` (N,) are required by tasks with ``needs_labels``. Each of ``epoch_hooks`` is called
+    as ``hook(task, state, epoch, workdir)`` on every process after the task's own epoch_end
+    (e.g. an evaluation every few epochs, see ``jaxgen.metrics``)."""
     config = task.config
+    if task.needs_labels and (labels is None or len(labels) != len(images)):
+        raise JaxgenError(f"{task.name} trains on labelled images: pass one label per image.")
     config.validate()
     parallel.check_batch_size(config.batch_size, mesh)
     main = parallel.is_main_process()
@@ -265,6 +284,8 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             return state, history
 
         data = parallel.put_replicated(images, mesh)
+        if task.needs_labels:
+            data = (data, parallel.put_replicated(np.asarray(labels, np.int32), mesh))
         compiled = {}  # steps per call -> jitted program
 
         def run_steps(n: int):
@@ -305,6 +326,8 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
                 history.metrics[k].extend(epoch_metrics[k].tolist())
             history.total_time = total_before + (time.time() - session_start)
             task.epoch_end(state, epoch, workdir)
+            for hook in epoch_hooks:
+                hook(task, state, epoch, workdir)
             _check_finite_state(state, epoch, ckpts)
             ckpts.save(epoch, state, {"task": task.name, "epoch": epoch, "num_images": len(images),
                                       "config": config.to_dict(), "history": history.to_dict()})
@@ -331,20 +354,26 @@ def _last_saved(ckpts: Checkpoints) -> Optional[int]:
 
 def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1):
     """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
-    jitted program, sharded over ``mesh``; each metric comes back with one value per step."""
+    jitted program, sharded over ``mesh``; each metric comes back with one value per step.
+    ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``."""
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
-    def step(state: TrainState, data: jax.Array, perm: jax.Array):
+    def step(state: TrainState, data, perm: jax.Array):
         i = state.step % steps_per_epoch
         idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-        batch = parallel.shard_batch(jnp.take(data, idx, axis=0))
-        images = batch.astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
-        model, metrics = task.train_step(state.model, images,
-                                         named_key(state.rng, "noise", state.step))
+        gather = lambda x: parallel.shard_batch(jnp.take(x, idx, axis=0))  # noqa: E731
+        key = named_key(state.rng, "noise", state.step)
+        if task.needs_labels:
+            images, labels = data
+            extra = (gather(labels),)
+        else:
+            images, extra = data, ()
+        images = gather(images).astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
+        model, metrics = task.train_step(state.model, images, key, *extra)
         return state.replace(step=state.step + 1, model=model), metrics
 
-    def run(state: TrainState, data: jax.Array, perm: jax.Array):
+    def run(state: TrainState, data, perm: jax.Array):
         if steps_per_call == 1:
             state, metrics = step(state, data, perm)
             return state, jax.tree.map(lambda m: m[None], metrics)

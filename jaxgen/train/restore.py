@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
@@ -52,3 +53,22 @@ def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, Tra
         _, state, _ = ckpts.restore_latest(target, quarantine=False)
     ckpts.close()
     return task_box["task"], state
+
+
+def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None,
+                  batch_size: int = 1000) -> np.ndarray:
+    """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generative model of the newest
+    readable checkpoint in ``workdir`` (GAN: its generator; VAE: prior samples through the
+    decoder), drawn with key ``seed``. The same (seed, num) gives the same images."""
+    if num < 1:
+        raise JaxgenError(f"--num must be a positive integer, got {num}.")
+    task, state = restore_run(workdir, devices=devices)
+    if type(task).sample_images is Task.sample_images:
+        raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
+                          "generative model; pass the --workdir of a GAN or VAE run.")
+    draw = jax.jit(task.sample_images, static_argnums=2)
+    key = jax.random.PRNGKey(seed)
+    chunks = [parallel.to_host(draw(state.model, jax.random.fold_in(key, i),
+                                    min(batch_size, num - start)))
+              for i, start in enumerate(range(0, num, batch_size))]
+    return np.concatenate(chunks)
