@@ -1,11 +1,16 @@
-"""Sample from a trained generator: restores the newest checkpoint of a workdir.
+"""Sample from a trained model: restores the newest checkpoint of a workdir.
 
     python experiments/sample.py --workdir checkpoints/gan_mnist --num 64 --out samples.png
     python experiments/sample.py --workdir checkpoints/gan_mnist --num 10000 --out samples.npy
+    python experiments/sample.py --workdir checkpoints/vae_mnist --kind reconstructions --out r.png
+    python experiments/sample.py --workdir checkpoints/vae_mnist --kind interpolations --out i.png
 
-A .png is a grid; a .npy holds float32 images in [-1, 1], shape (num, 28, 28, 1).
-The library call is ``jaxgen.train.restore.sample_images(workdir, num, seed)``; it works for
-every generative run (GAN, VAE).
+--kind prior (GAN or VAE): samples from the model's prior. A .png is a grid; a .npy holds float32
+images in [-1, 1], shape (num, 28, 28, 1). The library call is
+``jaxgen.train.restore.sample_images(workdir, num, seed)``.
+--kind reconstructions (VAE): the first --num test images, each row followed by its reconstructions.
+--kind interpolations (VAE): --num rows, each a straight line in latent space between the posterior
+means of two test images, in 10 steps. Test images come from --data-dir, or TFDS.
 """
 
 import argparse
@@ -18,17 +23,30 @@ from jaxgen import cli  # noqa: E402
 from jaxgen.errors import JaxgenError  # noqa: E402
 from jaxgen.parallel import ACCELERATORS  # noqa: E402
 
+KINDS = ("prior", "reconstructions", "interpolations")
+INTERPOLATION_STEPS = 10
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, metavar="DIR", help="a training run's workdir")
-    parser.add_argument("--num", type=int, default=64, help="number of samples (%(default)s)")
+    parser.add_argument("--kind", default="prior", choices=KINDS,
+                        help="what to draw (default: %(default)s)")
+    parser.add_argument("--num", type=int, default=None,
+                        help="samples (default 64), test images (32) or lines (8)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
     parser.add_argument("--seed", type=int, default=0, help="key of the latent draws")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="IDX files for the test images of --kind reconstructions and "
+                             "interpolations (default: TFDS)")
     parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
     args = parser.parse_args()
 
+    num = args.num if args.num is not None else {"prior": 64, "reconstructions": 32,
+                                                 "interpolations": 8}[args.kind]
+    if num < 1:
+        raise JaxgenError(f"--num must be a positive integer, got {num}.")
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".png", ".npy"):
         raise JaxgenError(f"--out {args.out} must end in .png (a grid) or .npy (an array).")
@@ -39,16 +57,37 @@ def main() -> None:
 
     import numpy as np
 
-    from jaxgen import parallel, viz
-    from jaxgen.train.restore import sample_images
+    from jaxgen import data, parallel, viz
+    from jaxgen.train import restore, vae
 
-    images = sample_images(args.workdir, args.num, seed=args.seed,
-                    devices=parallel.select_devices(args.accelerator))
-    if ext == ".npy":
-        np.save(args.out, images.astype(np.float32))
+    devices = parallel.select_devices(args.accelerator)
+    ncols = None
+    if args.kind == "prior":
+        images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices)
     else:
-        viz.save_image_grid(images, args.out)
-    print(f"wrote {args.num} samples to {args.out}")
+        task, state = restore.restore_run(args.workdir, devices=devices)
+        if not isinstance(task, vae.VAETask):
+            raise JaxgenError(f"--kind {args.kind} needs a VAE run; --workdir {args.workdir} "
+                              f"holds a {task.name} run (use --kind prior).")
+        test = data.load_dataset(task.config.dataset, "test", args.data_dir).images
+        params = state.model.params
+        if args.kind == "reconstructions":
+            originals = test[:num]
+            shown = vae.fixed_targets(task, originals) * 2 - 1
+            images = vae.interleave_rows(shown, vae.reconstructions(task, params, originals), 8)
+            ncols = 8
+        else:
+            if 2 * num > len(test):
+                raise JaxgenError(f"--num {num} lines need {2 * num} test images; there are "
+                                  f"{len(test)}.")
+            images = vae.interpolations(task, params, test[:num], test[num:2 * num],
+                                        steps=INTERPOLATION_STEPS)
+            ncols = INTERPOLATION_STEPS
+    if ext == ".npy":
+        np.save(args.out, np.asarray(images, np.float32))
+    else:
+        viz.save_image_grid(images, args.out, ncols=ncols)
+    print(f"wrote {len(images)} images ({args.kind}) to {args.out}")
 
 
 if __name__ == "__main__":

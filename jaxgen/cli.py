@@ -54,6 +54,70 @@ def config_from_flags(config_cls, args: argparse.Namespace):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
+def comma_ints(text: str) -> tuple[int, ...]:
+    """argparse type for lists of integers such as ``400,400``."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 400,400, got {text!r}") from None
+
+
+def add_vae_flags(parser: argparse.ArgumentParser) -> None:
+    """The VAE's model, objective and test-evaluation flags (vae_mnist.py, vae_kl_ablation.py);
+    --beta is the training script's own."""
+    from jaxgen.models.vae import ACTIVATIONS, ARCHITECTURES
+    from jaxgen.train.vae import LIKELIHOODS, LR_SCHEDULES, PRESETS, VAEConfig
+
+    d = VAEConfig()
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a published configuration; flags given explicitly override it "
+                             "(burda: 784-200-200-50 tanh Bernoulli VAE of Burda et al. 2016, "
+                             "batch 20, Adam eps 1e-4, their 3280-epoch schedule)")
+    parser.add_argument("--latent-dim", type=int, default=d.latent_dim,
+                        help="latent size: 2 for pictures, 20-50 for quality (%(default)s)")
+    parser.add_argument("--likelihood", default=d.likelihood, choices=LIKELIHOODS,
+                        help="decoder: Bernoulli on dynamically binarised images, or Gaussian "
+                             "of fixed std --sigma on intensities in [0, 1] (%(default)s)")
+    parser.add_argument("--sigma", type=float, default=d.sigma,
+                        help="the Gaussian decoder's fixed std (%(default)s)")
+    parser.add_argument("--mc-samples", type=int, default=d.mc_samples, metavar="K",
+                        help="samples of z per image in the reconstruction term (%(default)s)")
+    parser.add_argument("--architecture", default=d.architecture, choices=ARCHITECTURES,
+                        help="encoder/decoder networks (%(default)s)")
+    parser.add_argument("--hidden", type=comma_ints, default=d.hidden, metavar="W,W",
+                        help="hidden layer widths, encoder order (default: 400,400)")
+    parser.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
+                        help="hidden activation (%(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    parser.add_argument("--adam-eps", type=float, default=d.adam_eps,
+                        help="Adam epsilon (%(default)s)")
+    parser.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                        help="constant, or burda: lr * 10^(-i/7) for 3^i epochs (%(default)s)")
+    parser.add_argument("--iwae-k", type=int, default=5000, metavar="K",
+                        help="importance samples for the test -log p(x) bound (%(default)s)")
+    parser.add_argument("--eval-images", type=int, default=None, metavar="N",
+                        help="evaluate on the first N test images (default: all; 0: skip)")
+
+
+def apply_preset(parser: argparse.ArgumentParser, argv=None) -> None:
+    """Makes --preset's values the defaults, so explicit flags still win."""
+    from jaxgen.train.vae import PRESETS
+
+    known, _ = parser.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+
+
+def check_vae_eval_flags(args: argparse.Namespace) -> None:
+    from jaxgen.errors import JaxgenError
+
+    if args.iwae_k < 1:
+        raise JaxgenError(f"--iwae-k must be a positive integer, got {args.iwae_k}.")
+    if args.eval_images is not None and args.eval_images < 0:
+        raise JaxgenError(f"--eval-images must be 0 (skip) or positive, got {args.eval_images}.")
+
+
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "multi-host", "Run the same command on every host; see jaxgen.parallel.")

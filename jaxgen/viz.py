@@ -73,3 +73,75 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
+                ylabels: Optional[dict[str, str]] = None, title: Optional[str] = None) -> None:
+    """One panel per named curve, side by side: for curves of different scales."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
+    for ax, (label, values) in zip(axes[0], curves.items()):
+        values = np.asarray(list(values), dtype=float)
+        ax.plot(np.arange(len(values)), values, linewidth=0.6)
+        ax.set_title(label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel((ylabels or {}).get(label, ""))
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_image_panels(grids: dict[str, np.ndarray], path: str, ncols: Optional[int] = None,
+                      title: Optional[str] = None) -> None:
+    """Several image grids side by side, each under its title (e.g. one per model)."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
+    for ax, (label, images) in zip(axes[0], grids.items()):
+        grid = image_grid(images, ncols)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray",
+                  interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
+                        class_names: Sequence[str], path: str,
+                        title: Optional[str] = None) -> None:
+    """2-D posterior means coloured by class, one panel per model: ``{label: (mu, labels)}``.
+
+    The circle of radius 2 marks where 95% of the N(0, I) prior's mass lies, i.e. where prior
+    samples land; each panel is scaled to its own data.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (label, (mu, labels)) in zip(axes[0], panels.items()):
+        for c, name in enumerate(class_names):
+            pick = labels == c
+            ax.scatter(mu[pick, 0], mu[pick, 1], s=2, alpha=0.5, color=colours(c % 10),
+                       label=name, rasterized=True)
+        ax.add_patch(plt.Circle((0, 0), 2.0, fill=False, linestyle="--", color="black",
+                                linewidth=0.8))
+        ax.set_title(label)
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2")
+        ax.set_aspect("equal", adjustable="datalim")
+    axes[0][-1].legend(markerscale=5, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def latent_grid_points(n: int = 15, extent: float = 2.0) -> np.ndarray:
+    """(n*n, 2) points on a regular grid over [-extent, extent]^2, row by row from the top
+    (z2 decreasing), left to right (z1 increasing), to decode into an n x n image grid."""
+    axis = np.linspace(-extent, extent, n)
+    z1, z2 = np.meshgrid(axis, axis[::-1])
+    return np.stack([z1.ravel(), z2.ravel()], axis=-1).astype(np.float32)

@@ -52,7 +52,7 @@ def test_sample_writes_a_grid_and_an_array(trained, tmp_path):
     for out in (png, npy):
         proc = run_script("sample.py", "--workdir", workdir, "--num", 10, "--out", out)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"wrote 10 samples to {out}" in proc.stdout
+        assert f"wrote 10 images (prior) to {out}" in proc.stdout
     images = np.load(npy)
     assert images.shape == (10, 28, 28, 1) and images.dtype == np.float32
     assert -1 <= images.min() < images.max() <= 1

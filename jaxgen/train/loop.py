@@ -170,7 +170,8 @@ def init_state(task: Task, seed: int) -> TrainState:
 
 
 def config_conflicts(saved: dict, config: TrainConfig) -> list[str]:
-    current = config.to_dict()
+    # Compared as JSON gives them back (a tuple field is saved as a list).
+    current = json.loads(json.dumps(config.to_dict()))
     return [f"{k}={saved.get(k)!r} (this command: {v!r})" for k, v in current.items()
             if k not in config.RESUMABLE and saved.get(k) != v]
 
@@ -311,7 +312,8 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
                     bar.update(n)
                 for i in range(done + 1, done + n + 1):
                     if i % config.log_every == 0:
-                        last = {k: v[i - done - 1] for k, v in parallel.to_host(metrics).items()}
+                        host = parallel.to_host(metrics)
+                        last = {k: host[k][i - done - 1] for k in task.metric_names}
                         _check_finite(last, epoch, i, ckpts)
                         write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
                               + _format_metrics(last))

@@ -14,9 +14,10 @@ from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.loop import Task, TrainState, abstract_state, checkpoint_dir
+from jaxgen.train.vae import VAEConfig, VAETask
 
 # Checkpoint tag -> (config class, task class).
-TASKS = {"GAN": (GANConfig, GANTask)}
+TASKS = {"GAN": (GANConfig, GANTask), "VAE": (VAEConfig, VAETask)}
 
 
 def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:

@@ -1,0 +1,160 @@
+"""The KL ablation: VAEs that differ only in beta, trained and measured side by side.
+
+``run_kl_ablation`` trains one VAE per config (each in its own workdir, through the shared loop,
+so each resumes), evaluates each on the same test images, and writes ``ablation.csv``,
+``ablation.md`` and the comparison figures (see ``experiments/vae_kl_ablation.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from jaxgen import parallel, viz
+from jaxgen.data import Dataset
+from jaxgen.errors import JaxgenError
+from jaxgen.train import loop, vae
+
+# Columns of ablation.csv, with what each means (written under the table in ablation.md).
+COLUMNS = {
+    "beta": "weight of the KL term in training (1: the ELBO; 0: reconstruction only)",
+    "recon": "test reconstruction error -E_q log p(x|z), nats per image (one sample of z)",
+    "kl": "test KL(q(z|x) || N(0, I)), nats per image, measured whatever beta trained the model",
+    "neg_elbo": "test -ELBO = recon + kl, nats per image",
+    "iwae_nll": "test -log p(x) estimated with k importance samples (Burda et al. 2016), nats",
+    "mean_sigma": "encoder std sigma(x), averaged over test images and latent dimensions",
+    "mu_std": "std over test images of the posterior means, averaged over dimensions "
+              "(the prior's is 1)",
+    "active_units": "latent dimensions with Var_x E_q[z_u] > 0.01 (Burda et al.'s criterion)",
+}
+EVAL_KEYS = ("recon", "kl", "neg_elbo", "iwae_nll", "mean_sigma", "mu_std", "active_units")
+QualityFn = Callable[[np.ndarray], dict]
+
+
+def run_kl_ablation(configs: Sequence[vae.VAEConfig], train: Dataset, test: Dataset,
+                    workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
+                    picture_latent_dim: int = 2, num_samples: int = 10000,
+                    quality: Optional[tuple[str, QualityFn]] = None,
+                    log: Callable[[str], None] = print) -> list[dict]:
+    """Trains and evaluates one VAE per config; returns the table's rows.
+
+    ``quality`` is (description, fn): fn maps ``num_samples`` prior samples in [-1, 1] to a dict
+    of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``)."""
+    if eval_images == 0:
+        raise JaxgenError("the ablation compares test-set figures: --eval-images must not be 0.")
+    workdir = loop.ensure_writable(workdir)
+    rows, main_runs, picture_runs = [], {}, {}
+    for config in configs:
+        label = f"beta={config.beta:g}"
+        run_dir = os.path.join(workdir, f"beta_{config.beta:g}")
+        log(f"--- {label}, latent {config.latent_dim}: {run_dir}")
+        task, state, summary = vae.train_and_evaluate(
+            config, train.images, test.images, run_dir, mesh, iwae_k=iwae_k,
+            eval_images=eval_images, log=log)
+        row = {"beta": config.beta, **{k: summary[k] for k in EVAL_KEYS}}
+        if quality is not None:
+            samples = sample_prior(task, state, num_samples)
+            row.update(quality[1](samples))
+        rows.append(row)
+        main_runs[label] = (task, state)
+        if picture_latent_dim:
+            small = dataclasses.replace(config, latent_dim=picture_latent_dim)
+            small_dir = os.path.join(workdir, f"beta_{config.beta:g}_latent{picture_latent_dim}")
+            log(f"--- {label}, latent {picture_latent_dim} (pictures): {small_dir}")
+            picture_runs[label] = vae.train_and_evaluate(
+                small, train.images, test.images, small_dir, mesh, eval_images=0, log=log)[:2]
+    if parallel.is_main_process():
+        write_table(rows, workdir, configs[0], quality[0] if quality else None,
+                    eval_images or len(test), iwae_k)
+        draw_figures(main_runs, picture_runs, test, workdir)
+        log(format_table(rows))
+        log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
+    return rows
+
+
+def sample_prior(task: vae.VAETask, state, num: int, seed: int = 0) -> np.ndarray:
+    draw = jax.jit(task.sample_images, static_argnums=2)
+    return parallel.to_host(draw(state.model, jax.random.PRNGKey(seed),
+                                 num))
+
+
+def format_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[k]:g}" if k == "beta" else _fmt(row[k])
+                                       for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def write_table(rows: list[dict], workdir: str, config: vae.VAEConfig,
+                quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
+    with open(os.path.join(workdir, "ablation.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
+             f"{config.seed}; {config.architecture} {','.join(map(str, config.hidden))} "
+             f"{config.activation}, latent {config.latent_dim}, {config.likelihood} likelihood"
+             + (f" (sigma {config.sigma})" if config.likelihood == "gaussian" else "")
+             + f", K={config.mc_samples}, Adam lr {config.lr}. Test figures on {num_images} "
+             f"test images, iwae_nll with k={iwae_k}.")
+    columns = "\n".join(f"- `{k}`: {v}" for k, v in COLUMNS.items())
+    if quality_description:
+        columns += f"\n- prior-sample quality: {quality_description}"
+    text = f"""# KL ablation
+
+Command: `python {' '.join(sys.argv)}`
+
+Setup: {setup}
+
+{format_table(rows)}
+
+{columns}
+
+Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_samples.png`,
+`reconstructions.png`.
+"""
+    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+        f.write(text)
+
+
+def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:
+    viz.save_image_panels(
+        {label: sample_prior(task, state, 64) for label, (task, state) in main_runs.items()},
+        os.path.join(workdir, "prior_samples.png"), ncols=8,
+        title="samples from the prior N(0, I)")
+    originals = test.images[:32]
+    panels = {}
+    for label, (task, state) in main_runs.items():
+        shown = vae.fixed_targets(task, originals) * 2 - 1
+        recon = vae.reconstructions(task, state.model.params, originals)
+        panels[label] = vae.interleave_rows(shown, recon, ncols=8)
+    viz.save_image_panels(panels, os.path.join(workdir, "reconstructions.png"), ncols=8,
+                          title="test images (odd rows) and reconstructions (even rows)")
+    if not picture_runs:
+        return
+    scatter = {label: (vae.encode_means(task, state.model.params, test.images), test.labels)
+               for label, (task, state) in picture_runs.items()}
+    viz.plot_latent_scatter(scatter, test.class_names,
+                            os.path.join(workdir, "latent_scatter.png"),
+                            title="posterior means of the test images (2-D latent)")
+    points = viz.latent_grid_points(15, 2.0)
+    viz.save_image_panels(
+        {label: vae.decode_means(task, state.model.params, points)
+         for label, (task, state) in picture_runs.items()},
+        os.path.join(workdir, "latent_grid.png"), ncols=15,
+        title="decoder means over z in [-2, 2]^2 (where the prior's samples fall)")

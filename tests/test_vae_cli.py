@@ -1,0 +1,101 @@
+"""The VAE scripts as a user runs them: training with evaluation, sampling, the KL ablation."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import run_in_process, run_script
+from conftest import write_idx_dataset
+
+TINY_FLAGS = ("--batch-size", 16, "--hidden", 16, "--iwae-k", 4, "--log-every", 2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae_cli")
+    data_dir = write_idx_dataset(str(root / "idx"))
+    workdir = root / "run"
+    proc = run_script("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
+                      "--workdir", workdir, *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data_dir, workdir, proc.stdout
+
+
+def test_run_logs_trains_and_evaluates(trained):
+    _, workdir, stdout = trained
+    assert re.search(r"^Epoch: \[ 2\] \[   4/   4\] loss: \d+\.\d+, recon: \d+\.\d+, kl: "
+                     r"\d+\.\d+, sigma: \d+\.\d+$", stdout, re.M), stdout
+    assert re.search(r"^test, nats per image: -ELBO ", stdout, re.M), stdout
+    result = json.load(open(workdir / "test_eval.json"))
+    for key in ("neg_elbo", "recon", "kl", "iwae_nll", "mean_sigma", "active_units"):
+        assert np.isfinite(result[key]), key
+    assert (result["epoch"], result["iwae_k"], result["num_images"]) == (2, 4, 32)
+    for name in ("VAE_epoch002.png", "VAE_reconstruction_epoch002.png", "VAE_curves.png"):
+        assert Image.open(workdir / name).size[0] > 100
+
+
+def test_rerun_reads_the_evaluation_back(trained):
+    data_dir, workdir, _ = trained
+    proc = run_script("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
+                      "--workdir", workdir, *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to train" in proc.stdout and "read from" in proc.stdout
+
+
+def test_sample_draws_prior_reconstructions_and_interpolations(trained, tmp_path, capsys):
+    data_dir, workdir, _ = trained
+    for kind, num, count in (("prior", 6, 6), ("reconstructions", 8, 16),
+                             ("interpolations", 3, 30)):
+        out = tmp_path / f"{kind}.npy"
+        code, _, err = run_in_process("sample.py", "--workdir", workdir, "--kind", kind,
+                                      "--num", num, "--data-dir", data_dir, "--out", out,
+                                      capsys=capsys)
+        assert code == 0, err
+        images = np.load(out)
+        assert images.shape == (count, 28, 28, 1) and -1 <= images.min() <= images.max() <= 1
+
+
+def test_ablation_writes_the_table_and_figures(tmp_path):
+    data_dir = write_idx_dataset(str(tmp_path / "idx"))
+    workdir = tmp_path / "ablation"
+    proc = run_script("vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1,
+                      "--latent-dim", 3, "--eval-images", 16, "--num-samples", 16,
+                      "--workdir", workdir, *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(workdir / "ablation.csv")))
+    assert [float(r["beta"]) for r in rows] == [1.0, 0.0]
+    for row in rows:
+        for column in ("recon", "kl", "neg_elbo", "mean_sigma", "active_units", "iwae_nll"):
+            assert np.isfinite(float(row[column])), column
+    assert "| beta |" in open(workdir / "ablation.md").read()
+    for name in ("latent_scatter.png", "latent_grid.png", "prior_samples.png",
+                 "reconstructions.png"):
+        assert Image.open(workdir / name).size[0] > 300, name
+    for run in ("beta_1", "beta_0", "beta_1_latent2", "beta_0_latent2"):
+        assert (workdir / run / "checkpoints" / "1").is_dir(), run
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--beta", -1), "--beta must be a finite number >= 0"),
+    (("--sigma", 0), "--sigma must be positive"),
+    (("--mc-samples", 0), "--mc-samples must be a positive integer"),
+    (("--latent-dim", 0), "--latent-dim must be a positive integer"),
+    (("--iwae-k", 0), "--iwae-k must be a positive integer"),
+])
+def test_bad_input_is_one_clear_error_and_creates_nothing(flags, message, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code, _, err = run_in_process("vae_mnist.py", "--data-dir", tmp_path / "missing",
+                                  "--workdir", workdir, *flags, capsys=capsys)
+    assert code == 2 and err.startswith(f"error: {message}"), err
+    assert not workdir.exists()
+
+
+def test_ablation_refuses_a_negative_beta(tmp_path, capsys):
+    code, _, err = run_in_process("vae_kl_ablation.py", "--betas", "1,-0.5", "--workdir",
+                                  tmp_path / "a", capsys=capsys)
+    assert code == 2 and "--beta must be a finite number >= 0" in err
+    assert not (tmp_path / "a").exists()
