@@ -76,8 +76,8 @@ class FeatureExtractor:
 
 
 def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
-    """(epoch, meta) of the newest checkpoint in ``workdir``, reading no arrays; a JaxgenError
-    naming ``flag`` and ``fix`` when there is none."""
+    """(epoch, meta) of the newest readable checkpoint in ``workdir``, reading no arrays; a
+    JaxgenError naming ``flag`` and ``fix`` when there is none."""
     directory = checkpoint_dir(os.path.abspath(workdir))
     if not os.path.isdir(directory):
         raise JaxgenError(f"{flag} {workdir} holds no checkpoints ({directory} is missing); "
@@ -87,7 +87,12 @@ def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
         epochs = ckpts.epochs()
         if not epochs:
             raise JaxgenError(f"{flag} {workdir} holds no finished checkpoint yet; {fix}.")
-        return epochs[-1], ckpts.read_meta(epochs[-1])
+        for epoch in reversed(epochs):  # as restoring does, skip an unreadable newest one
+            try:
+                return epoch, ckpts.read_meta(epoch)
+            except Exception:  # noqa: BLE001 - any failure to read: try the previous one
+                continue
+        raise JaxgenError(f"none of the checkpoints of {flag} {workdir} can be read; {fix}.")
     finally:
         ckpts.close()
 

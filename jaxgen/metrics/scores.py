@@ -22,8 +22,8 @@ import numpy as np
 from jaxgen.errors import JaxgenError
 
 
-def gaussian_stats(features: np.ndarray, flag: str = "--num-samples") -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
+def gaussian_stats(features: np.ndarray,
+                   flag: str = "--num-samples") -> tuple[np.ndarray, np.ndarray]:
     """Mean (d,) and unbiased covariance (d, d) of ``features`` (N, d), in float64.
 
     Fewer than d + 1 points span at most N - 1 < d dimensions, so the covariance would be
@@ -48,8 +48,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     Schur form) can come back complex or inaccurate when the covariances are nearly singular,
     which 128-d features of a few thousand images often are. But S1 S2 = A B with A = S1^{1/2},
     B = S1^{1/2} S2, and A B and B A share their eigenvalues: those of
-    M = S1^{1/2} S2 S1^{1/2}, which is symmetric PSD. So tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)),
-    with S1^{1/2} and the lambda_i from symmetric eigen-decompositions (``eigh``, stable and real)
+    M = S1^{1/2} S2 S1^{1/2}, which is symmetric PSD. So
+    tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)), with S1^{1/2} and the lambda_i from symmetric eigen-decompositions (``eigh``, stable and real)
     and tiny negative eigenvalues from rounding clipped to 0. No inverse is needed: it holds for
     singular S1 too.
     """
