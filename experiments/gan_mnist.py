@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--lr-g", type=float, default=d.lr_g, help="Adam lr of G (%(default)s)")
     parser.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1 (%(default)s)")
     parser.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2 (%(default)s)")
+    cli.add_eval_flags(parser)
     args = parser.parse_args()
 
     config = cli.config_from_flags(GANConfig, args)
@@ -42,11 +43,12 @@ def main() -> None:
     mesh = cli.start_devices(args)
     parallel.check_batch_size(config.batch_size, mesh)
     loop.check_workdir(workdir)
+    hooks = cli.eval_hooks_from_flags(args)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     if parallel.is_main_process():
         print(f"GAN on {args.dataset}: {len(train)} training images, batch {config.batch_size}, "
               f"{cli.describe_devices(mesh)}; workdir {os.path.abspath(workdir)}")
-    loop.train(GANTask(config), train.images, workdir, mesh)
+    loop.train(GANTask(config), train.images, workdir, mesh, epoch_hooks=hooks)
 
 
 if __name__ == "__main__":

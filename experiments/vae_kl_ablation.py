@@ -50,7 +50,11 @@ def main() -> None:
                         help="latent size of the companion runs drawn as latent scatter and grid "
                              "(default 2; 0 skips them)")
     parser.add_argument("--num-samples", type=int, default=10000, metavar="N",
-                        help="prior samples for the quality figure (%(default)s)")
+                        help="prior samples for the quality figures (%(default)s)")
+    parser.add_argument("--classifier", default=None, metavar="DIR",
+                        help="workdir of experiments/train_classifier.py on the same dataset: "
+                             "prior samples are scored in its feature space (FID, IS, coverage, "
+                             "precision, recall); without it, the Frechet distance in pixel space")
     cli.apply_preset(parser)
     args = parser.parse_args()
 
@@ -71,20 +75,22 @@ def main() -> None:
 
     from jaxgen import data, parallel
     from jaxgen.train import loop
-    from jaxgen.train.ablation import run_kl_ablation
+    from jaxgen.train.ablation import classifier_quality, pixel_quality, run_kl_ablation
 
     mesh = cli.start_devices(args)
     parallel.check_batch_size(base.batch_size, mesh)
     loop.check_workdir(workdir)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
+    quality = (classifier_quality(args.classifier, args.dataset, args.num_samples, args.data_dir)
+               if args.classifier else pixel_quality(train, args.num_samples))
     log = print if parallel.is_main_process() else (lambda _: None)
     log(f"KL ablation on {args.dataset}: betas {', '.join(f'{b:g}' for b in args.betas)}, "
         f"{base.epochs} epochs each, {cli.describe_devices(mesh)}; workdir "
         f"{os.path.abspath(workdir)}")
     run_kl_ablation(configs, train, test, workdir, mesh, iwae_k=args.iwae_k,
                     eval_images=args.eval_images, picture_latent_dim=args.picture_latent_dim,
-                    num_samples=args.num_samples, log=log)
+                    num_samples=args.num_samples, quality=quality, log=log)
 
 
 if __name__ == "__main__":

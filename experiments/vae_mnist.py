@@ -29,6 +29,7 @@ def main() -> None:
                         help="weight of the KL term: 1 = the ELBO, 0 = reconstruction only "
                              "(%(default)s)")
     cli.add_vae_flags(parser)
+    cli.add_eval_flags(parser)
     cli.apply_preset(parser)
     args = parser.parse_args()
 
@@ -44,6 +45,7 @@ def main() -> None:
     mesh = cli.start_devices(args)
     parallel.check_batch_size(config.batch_size, mesh)
     loop.check_workdir(workdir)
+    hooks = cli.eval_hooks_from_flags(args)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
     log = print if parallel.is_main_process() else (lambda _: None)
@@ -52,7 +54,7 @@ def main() -> None:
         f"{len(train)} training images, batch {config.batch_size}, {cli.describe_devices(mesh)}; "
         f"workdir {os.path.abspath(workdir)}")
     train_and_evaluate(config, train.images, test.images, workdir, mesh, iwae_k=args.iwae_k,
-                       eval_images=args.eval_images, log=log)
+                       eval_images=args.eval_images, epoch_hooks=hooks, log=log)
 
 
 if __name__ == "__main__":

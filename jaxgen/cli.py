@@ -118,6 +118,33 @@ def check_vae_eval_flags(args: argparse.Namespace) -> None:
         raise JaxgenError(f"--eval-images must be 0 (skip) or positive, got {args.eval_images}.")
 
 
+def add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for scoring samples during training (``jaxgen.metrics.EvaluateEvery``)."""
+    group = parser.add_argument_group(
+        "evaluation during training",
+        "Score samples every N epochs against the real data; see experiments/evaluate.py.")
+    group.add_argument("--eval-every", type=int, default=None, metavar="N",
+                       help="score samples after every N epochs and the last (default: never); "
+                            "needs --classifier")
+    group.add_argument("--classifier", default=None, metavar="DIR",
+                       help="workdir of experiments/train_classifier.py on the same dataset")
+    group.add_argument("--eval-samples", type=int, default=10000, metavar="N",
+                       help="samples (and real images) per evaluation (default: %(default)s)")
+
+
+def eval_hooks_from_flags(args: argparse.Namespace) -> list:
+    """The epoch hooks the evaluation flags ask for (none without --eval-every), checked now."""
+    if args.eval_every is None:
+        return []
+    if args.classifier is None:
+        raise JaxgenError("--eval-every needs --classifier DIR, the workdir of a classifier "
+                          "trained by experiments/train_classifier.py on the same dataset.")
+    from jaxgen.metrics import EvaluateEvery
+
+    return [EvaluateEvery(args.classifier, args.eval_every, args.eval_samples, args.data_dir,
+                          dataset=args.dataset, seed=args.seed)]
+
+
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "multi-host", "Run the same command on every host; see jaxgen.parallel.")

@@ -57,12 +57,14 @@ def save_gif(frame_paths: Sequence[str], path: str, seconds_per_frame: float = 0
 
 
 def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
-                ylabel: str = "Loss", title: Optional[str] = None) -> None:
-    """One line per named curve against its index, as the reference's ``loss_plot``."""
+                ylabel: str = "Loss", title: Optional[str] = None,
+                x: Optional[Sequence[float]] = None) -> None:
+    """One line per named curve against its index (or ``x``), as the reference's ``loss_plot``."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, values in curves.items():
         values = np.asarray(list(values), dtype=float)
-        ax.plot(np.arange(len(values)), values, label=label, linewidth=0.6)
+        xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
+        ax.plot(xs, values, label=label, linewidth=0.6, marker=None if x is None else "o")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -63,13 +63,14 @@ def test_ablation_writes_the_table_and_figures(tmp_path):
     data_dir = write_idx_dataset(str(tmp_path / "idx"))
     workdir = tmp_path / "ablation"
     proc = run_script("vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1,
-                      "--latent-dim", 3, "--eval-images", 16, "--num-samples", 16,
+                      "--latent-dim", 3, "--eval-images", 16, "--num-samples", 60,
                       "--workdir", workdir, *TINY_FLAGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(workdir / "ablation.csv")))
     assert [float(r["beta"]) for r in rows] == [1.0, 0.0]
     for row in rows:
-        for column in ("recon", "kl", "neg_elbo", "mean_sigma", "active_units", "iwae_nll"):
+        for column in ("recon", "kl", "neg_elbo", "mean_sigma", "active_units", "iwae_nll",
+                       "prior_fd_pixels"):
             assert np.isfinite(float(row[column])), column
     assert "| beta |" in open(workdir / "ablation.md").read()
     for name in ("latent_scatter.png", "latent_grid.png", "prior_samples.png",

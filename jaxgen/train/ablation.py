@@ -78,6 +78,62 @@ def run_kl_ablation(configs: Sequence[vae.VAEConfig], train: Dataset, test: Data
     return rows
 
 
+def classifier_quality(classifier_dir: str, dataset: str, num_samples: int,
+                       data_dir: Optional[str] = None) -> tuple[str, QualityFn]:
+    """Prior samples scored with ``jaxgen.metrics`` in a classifier's feature space."""
+    from jaxgen import metrics
+
+    evaluator = metrics.Evaluator(metrics.load_classifier(classifier_dir), dataset, num_samples,
+                                  data_dir)
+    floor = evaluator.floor
+    description = (
+        f"{num_samples} prior samples scored in the feature space of the classifier in "
+        f"`{classifier_dir}` (test accuracy {evaluator.test_accuracy:.4f}) against "
+        f"{num_samples} training images: `prior_fid` (Frechet distance, lower is better), "
+        "`prior_is` (Inception-Score-style, up to 10), `prior_classes` (classes hit), "
+        "`prior_precision`, `prior_recall` (k-NN manifolds, k=3). The real-data floor, "
+        f"{num_samples} test images scored the same way: fid {floor['fid']:.3f}, "
+        f"is {floor['inception_score']:.2f}, classes {floor['classes_covered']}, precision "
+        f"{floor['precision']:.3f}, recall {floor['recall']:.3f}.")
+
+    def score(samples: np.ndarray) -> dict:
+        m = evaluator.evaluate(samples)
+        return {"prior_fid": m["fid"], "prior_is": m["inception_score"],
+                "prior_classes": m["classes_covered"], "prior_precision": m["precision"],
+                "prior_recall": m["recall"]}
+
+    return description, score
+
+
+def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, QualityFn]:
+    """The simpler figure when no classifier is given: the Frechet distance between Gaussians
+    fitted to prior samples and to training images, in pixel space average-pooled to 7x7 (49
+    dimensions, so that a few hundred samples give a well-conditioned covariance)."""
+    from jaxgen.metrics import frechet_distance_of_features
+
+    n = min(num_samples, len(train))
+    if n < 50:
+        raise JaxgenError(f"--num-samples {num_samples} is too few for the pixel-space Frechet "
+                          "distance (49 dimensions); pass at least 50, or --classifier.")
+    pick = np.random.RandomState(0).permutation(len(train))[:n]
+    real = _pooled(train.images[pick].astype(np.float64) / 127.5 - 1)
+    description = (f"`prior_fd_pixels`: Frechet distance between Gaussians fitted to "
+                   f"{num_samples} prior samples and {n} training images, in pixel space "
+                   "average-pooled to 7x7 (intensities in [-1, 1]; lower is better). Pass "
+                   "--classifier for the classifier-space metrics.")
+
+    def score(samples: np.ndarray) -> dict:
+        return {"prior_fd_pixels": frechet_distance_of_features(
+            _pooled(samples.astype(np.float64)), real)}
+
+    return description, score
+
+
+def _pooled(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 1) -> (N, 49): means of 4x4 blocks."""
+    return images.reshape(len(images), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
+
+
 def sample_prior(task: vae.VAETask, state, num: int, seed: int = 0) -> np.ndarray:
     draw = jax.jit(task.sample_images, static_argnums=2)
     return parallel.to_host(draw(state.model, jax.random.PRNGKey(seed),

@@ -12,12 +12,14 @@ import numpy as np
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
+from jaxgen.train.classifier import ClassifierConfig, ClassifierTask
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.loop import Task, TrainState, abstract_state, checkpoint_dir
 from jaxgen.train.vae import VAEConfig, VAETask
 
 # Checkpoint tag -> (config class, task class).
-TASKS = {"GAN": (GANConfig, GANTask), "VAE": (VAEConfig, VAETask)}
+TASKS = {"GAN": (GANConfig, GANTask), "VAE": (VAEConfig, VAETask),
+         "Classifier": (ClassifierConfig, ClassifierTask)}
 
 
 def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:

@@ -1,0 +1,319 @@
+"""Sample-quality metrics: the scores against closed forms, and evaluation end to end."""
+
+import json
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import run_in_process, run_script, script
+from conftest import write_idx_dataset
+from jaxgen import metrics
+from jaxgen.errors import JaxgenError
+from jaxgen.metrics import scores
+
+# ------------------------------------------------------------------------- Fréchet distance
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = np.random.RandomState(0).normal(size=(400, 16)) @ np.diag(np.arange(1, 17))
+    assert metrics.frechet_distance_of_features(features, features) == pytest.approx(0,
+                                                                                     abs=1e-8)
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
+    rng = np.random.RandomState(1)
+    m1, m2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((m1 - m2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert metrics.frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(expected,
+                                                                                      rel=1e-10)
+    # The same pair in a rotated basis: the distance does not depend on the basis.
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    rotated = metrics.frechet_distance(q @ m1, q @ np.diag(s1) @ q.T, q @ m2,
+                                       q @ np.diag(s2) @ q.T)
+    assert rotated == pytest.approx(expected, rel=1e-9)
+
+
+def test_trace_sqrt_product_of_non_commuting_2x2_matches_closed_form():
+    # For 2x2 M with non-negative eigenvalues, tr(M^1/2) = sqrt(tr M + 2 sqrt(det M)).
+    s1 = np.array([[2.0, 0.8], [0.8, 1.0]])
+    s2 = np.array([[0.5, -0.3], [-0.3, 3.0]])
+    m = s1 @ s2
+    expected = np.sqrt(np.trace(m) + 2 * np.sqrt(np.linalg.det(m)))
+    assert metrics.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-12)
+    assert metrics.trace_sqrt_product(s2, s1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_trace_sqrt_product_of_singular_covariances():
+    # rank-1 S1: tr((S1 S2)^1/2) = sqrt(4 * 1) = 2; tiny negative eigenvalues are clipped.
+    s1 = np.diag([4.0, 0.0, -1e-18])
+    s2 = np.diag([1.0, 9.0, 5.0])
+    assert metrics.trace_sqrt_product(s1, s2) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_fid_of_samples_approaches_the_closed_form():
+    rng = np.random.RandomState(2)
+    a = rng.normal(0.0, 1.0, size=(20000, 3))
+    b = rng.normal(0.5, 2.0, size=(20000, 3))
+    expected = 3 * 0.5 ** 2 + 3 * (1 + 4 - 2 * 2)
+    assert metrics.frechet_distance_of_features(a, b) == pytest.approx(expected, rel=0.03)
+
+
+def test_too_few_samples_for_the_covariance_is_refused():
+    with pytest.raises(JaxgenError, match="too few for 8-dimensional features.*at least 9"):
+        metrics.gaussian_stats(np.zeros((8, 8)))
+    metrics.gaussian_stats(np.random.RandomState(0).normal(size=(9, 8)))
+
+
+# ------------------------------------------------------------------ score, coverage
+
+
+def one_hot(classes, num_classes=10):
+    return np.eye(num_classes)[np.asarray(classes)]
+
+
+def test_score_of_confident_evenly_spread_predictions_is_the_class_count():
+    assert metrics.inception_score(one_hot(np.arange(100) % 10)) == pytest.approx(10)
+    assert metrics.inception_score(one_hot(np.arange(60) % 4, 4)) == pytest.approx(4)
+
+
+def test_score_of_a_single_class_or_of_unsure_predictions_is_one():
+    assert metrics.inception_score(one_hot([3] * 50)) == pytest.approx(1)
+    assert metrics.inception_score(np.full((50, 10), 0.1)) == pytest.approx(1)
+
+
+def test_score_grows_with_confidence():
+    classes = np.arange(100) % 10
+    soft = [metrics.inception_score(0.9 ** t * np.full((100, 10), 0.1)
+                                    + (1 - 0.9 ** t) * one_hot(classes)) for t in (1, 5, 20)]
+    assert 1 < soft[0] < soft[1] < soft[2] < 10
+
+
+def test_coverage_counts_the_classes_hit_and_their_imbalance():
+    probs = one_hot([0, 0, 1, 3], 5) * 0.6 + 0.08  # argmax: 0, 0, 1, 3
+    covered, kl = metrics.class_coverage(probs)
+    share = np.array([0.5, 0.25, 0.25])
+    assert covered == 3
+    assert kl == pytest.approx(np.sum(share * np.log(share * 5)))
+    assert metrics.class_coverage(one_hot(np.arange(30) % 10)) == (10, pytest.approx(0))
+    assert metrics.class_coverage(one_hot([7] * 30)) == (1, pytest.approx(np.log(10)))
+
+
+# ------------------------------------------------------------------- precision, recall
+
+
+def test_knn_radii_match_brute_force_in_any_chunking():
+    x = np.random.RandomState(3).normal(size=(57, 5))
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    expected = np.sort(d2, axis=1)[:, 3]  # column 0 is the point itself
+    for chunk in (1, 7, 1000):
+        np.testing.assert_allclose(scores.knn_radii(x, k=3, chunk=chunk), expected, rtol=1e-9)
+
+
+def test_precision_and_recall_of_a_set_against_itself_are_one():
+    x = np.random.RandomState(4).normal(size=(300, 8))
+    assert metrics.precision_recall(x, x, k=3, chunk=64) == (1.0, 1.0)
+    # Duplicates (a collapsed set) too: the rounding noise of identical points is removed.
+    same = np.repeat(x[:5] * 1e3, 20, axis=0)
+    assert metrics.precision_recall(same, same, k=3) == (1.0, 1.0)
+
+
+def test_precision_and_recall_of_far_apart_sets_are_zero():
+    rng = np.random.RandomState(5)
+    real, fake = rng.normal(size=(200, 8)), rng.normal(size=(150, 8)) + 100
+    assert metrics.precision_recall(real, fake, k=3, chunk=32) == (0.0, 0.0)
+
+
+def test_precision_counts_the_samples_on_the_real_manifold():
+    rng = np.random.RandomState(6)
+    # A 30x30 grid of the unit square: each ball (radius: the grid step) covers its cells.
+    real = np.stack(np.meshgrid(*[np.linspace(0, 1, 30)] * 2), -1).reshape(-1, 2)
+    inside = rng.uniform(0.2, 0.8, size=(120, 2))
+    outside = rng.uniform(0, 1, size=(40, 2)) + 50
+    precision, recall = metrics.precision_recall(real, np.concatenate([inside, outside]), k=3,
+                                                 chunk=50)
+    assert precision == pytest.approx(120 / 160)
+    assert 0 < recall < 1  # the samples cover the middle of the square only
+
+
+# ---------------------------------------------------------------- end to end, tiny runs
+
+
+def _main(name, *args):
+    """A script's __main__ in this process (compiled programs are shared); its exit code."""
+    argv, sys.argv = sys.argv, [script(name), *map(str, args)]
+    try:
+        runpy.run_path(script(name), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = argv
+
+
+NUM = 16  # samples per evaluation: more than the 8 features, at most the 32 test images
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny classifier, then a 2-epoch tiny GAN scored after every epoch, on tiny IDX data."""
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = write_idx_dataset(str(root / "idx"))
+    classifier, gan = root / "classifier", root / "gan"
+    assert _main("train_classifier.py", "--data-dir", data_dir, "--workdir", classifier,
+                 "--epochs", 6, "--batch-size", 16, "--feature-dim", 8, "--dropout", 0,
+                 "--lr", 3e-3, "--log-every", 4) == 0
+    assert _main("gan_mnist.py", "--data-dir", data_dir, "--workdir", gan, "--epochs", 2,
+                 "--batch-size", 16, "--log-every", 4, "--eval-every", 1, "--classifier",
+                 classifier, "--eval-samples", NUM) == 0
+    return data_dir, classifier, gan
+
+
+def _sane(scores_: dict) -> None:
+    assert set(scores_) == set(metrics.METRICS)
+    assert scores_["fid"] >= 0 and np.isfinite(scores_["fid"])
+    assert 1 <= scores_["inception_score"] <= 10
+    assert 1 <= scores_["classes_covered"] <= 10 and 0 <= scores_["class_kl"] <= np.log(10)
+    assert 0 <= scores_["precision"] <= 1 and 0 <= scores_["recall"] <= 1
+
+
+def test_evaluate_script_writes_scores_and_floor(runs):
+    data_dir, classifier, gan = runs
+    proc = run_script("evaluate.py", "--workdir", gan, "--classifier", classifier,
+                      "--num-samples", NUM, "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(gan / "eval.json"))
+    for key in metrics.METRICS + ("num_samples", "floor", "classifier", "model"):
+        assert key in result, key
+    _sane({k: result[k] for k in metrics.METRICS})
+    _sane(result["floor"])
+    # Real test images against real training images beat a GAN trained for 8 steps.
+    assert result["floor"]["fid"] < result["fid"]
+    assert result["num_samples"] == NUM and result["model"]["checkpoint_epoch"] == 2
+    report = json.load(open(classifier / "classifier.json"))
+    assert result["classifier"]["path"] == str(classifier)
+    assert result["classifier"]["dataset"] == "mnist"
+    assert result["classifier"]["test_accuracy"] == pytest.approx(report["test_accuracy"])
+    assert "real-data floor" in proc.stdout and f"test accuracy {report['test_accuracy']:.4f}" \
+        in proc.stdout
+    assert f"{result['fid']:.3f}" in proc.stdout and f"{result['floor']['fid']:.3f}" in proc.stdout
+
+
+def test_evaluation_during_training_writes_history_and_curve(runs):
+    _, _, gan = runs
+    rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        _sane({k: row[k] for k in metrics.METRICS})
+        _sane(row["floor"])
+    assert rows[0]["floor"] == rows[1]["floor"]  # one fixed real reference
+    assert rows[0]["fid"] != rows[1]["fid"]  # the model changed
+    assert Image.open(gan / "GAN_fid.png").size[0] > 500
+
+
+def test_evaluation_during_training_matches_evaluate_run(runs):
+    """The hook's floor (seed 0) is evaluate_run's, and a resumed run keeps each epoch once."""
+    import jax
+
+    from jaxgen.train.restore import restore_run
+
+    data_dir, classifier, gan = runs
+    task, state = restore_run(str(gan))
+    hook = metrics.EvaluateEvery(str(classifier), 1, NUM, data_dir, dataset="mnist")
+    hook(task, state, 2, str(gan))
+    rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    result = metrics.evaluate_run(str(gan), str(classifier), NUM, data_dir,
+                                  devices=jax.devices()[:1])
+    for key in metrics.METRICS:
+        assert result["floor"][key] == pytest.approx(rows[1]["floor"][key], rel=1e-5)
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def _error(capsys, name, *args):
+    code, out, err = run_in_process(name, *args, capsys=capsys)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    return lines[-1]
+
+
+def _untouched(path):
+    return os.path.getmtime(path) if os.path.exists(path) else None
+
+
+def test_classifier_of_another_dataset_is_refused(runs, tmp_path, capsys):
+    data_dir, _, gan = runs
+    fashion = tmp_path / "fashion"
+    assert _main("train_classifier.py", "--dataset", "fashion_mnist", "--data-dir", data_dir,
+                 "--workdir", fashion, "--epochs", 1, "--batch-size", 16, "--feature-dim",
+                 8) == 0
+    before = _untouched(gan / "eval.json")
+    line = _error(capsys, "evaluate.py", "--workdir", gan, "--classifier", fashion,
+                  "--num-samples", NUM, "--data-dir", data_dir)
+    assert f"--classifier {fashion} was trained on fashion_mnist, but the model was trained " \
+           "on mnist" in line
+    assert _untouched(gan / "eval.json") == before
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "g",
+                  "--eval-every", 1, "--classifier", fashion, "--eval-samples", NUM)
+    assert "was trained on fashion_mnist, but the model was trained on mnist" in line
+    assert not (tmp_path / "g").exists()
+
+
+def test_missing_model_checkpoint(runs, tmp_path, capsys):
+    data_dir, classifier, _ = runs
+    line = _error(capsys, "evaluate.py", "--workdir", tmp_path, "--classifier", classifier,
+                  "--num-samples", NUM, "--data-dir", data_dir)
+    assert f"--workdir {tmp_path} holds no checkpoints" in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_classifier_checkpoint(runs, tmp_path, capsys):
+    data_dir, _, gan = runs
+    before = _untouched(gan / "eval.json")
+    line = _error(capsys, "evaluate.py", "--workdir", gan, "--classifier", tmp_path / "none",
+                  "--num-samples", NUM, "--data-dir", data_dir)
+    assert f"--classifier {tmp_path / 'none'} holds no checkpoints" in line
+    assert "experiments/train_classifier.py" in line
+    assert _untouched(gan / "eval.json") == before
+
+
+def test_a_gan_as_classifier_is_refused(runs, capsys):
+    data_dir, _, gan = runs
+    line = _error(capsys, "evaluate.py", "--workdir", gan, "--classifier", gan,
+                  "--num-samples", NUM, "--data-dir", data_dir)
+    assert "holds a GAN run, not a classifier" in line
+
+
+@pytest.mark.parametrize("num,message", [
+    (8, "--num-samples 8 is too few for the classifier's 8-dimensional features: their "
+        "covariance would be singular; pass --num-samples of at least 9."),
+    (33, "--num-samples 33 is more than the 32 images of mnist's smaller split"),
+])
+def test_sample_count_outside_what_the_scores_need(num, message, runs, capsys):
+    data_dir, classifier, gan = runs
+    before = _untouched(gan / "eval.json")
+    line = _error(capsys, "evaluate.py", "--workdir", gan, "--classifier", classifier,
+                  "--num-samples", num, "--data-dir", data_dir)
+    assert message in line
+    assert _untouched(gan / "eval.json") == before
+
+
+def test_eval_every_needs_a_classifier(tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--workdir", tmp_path / "g", "--eval-every", 2)
+    assert "--eval-every needs --classifier DIR" in line
+    assert not (tmp_path / "g").exists()
+
+
+def test_too_few_eval_samples_stop_training_before_it_starts(runs, tmp_path, capsys):
+    data_dir, classifier, _ = runs
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "g",
+                  "--eval-every", 1, "--classifier", classifier, "--eval-samples", 5)
+    assert "--eval-samples 5 is too few" in line and "at least 9" in line
+    assert not (tmp_path / "g").exists()
