@@ -217,3 +217,14 @@ def test_reconstructions_and_interpolations(uninterrupted, tiny_images):
     np.testing.assert_allclose(lines[0], starts[0], atol=1e-5)  # each line starts at its image
     np.testing.assert_allclose(lines[7], partners[1], atol=1e-5)  # ... and ends at its partner
     assert np.abs(lines[5] - lines[4]).max() > 1e-3  # and moves in between
+
+
+def test_conv_architecture_round_trips_shapes():
+    task = VAETask(VAEConfig(**{**TINY.to_dict(), "architecture": "conv"}))
+    params = task.init(jax.random.PRNGKey(0)).params
+    x = jnp.asarray(_x(4))
+    mu, log_var = task.encode(params, x)
+    assert mu.shape == log_var.shape == (4, 3)
+    assert task.decode(params, mu).shape == (4, 28, 28, 1)
+    assert task.sample_images(task.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1),
+                              5).shape == (5, 28, 28, 1)
