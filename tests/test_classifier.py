@@ -14,8 +14,10 @@ from jaxgen.train import loop
 from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, write_report
 from jaxgen.train.restore import restore_run
 
-CONFIG = ClassifierConfig(epochs=4, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=16,
+# The tiny classifier of every test (test_metrics.py's too): one config, compiled once.
+CONFIG = ClassifierConfig(epochs=3, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=8,
                           log_every=4)
+TINY_FLAGS = ("--batch-size", 16, "--lr", 3e-3, "--dropout", 0, "--feature-dim", 8)
 
 
 def top_or_bottom(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +50,7 @@ def test_classifier_learns_a_separable_set_through_the_loop(trained):
     assert history.metrics["loss"][-1] < history.metrics["loss"][0]
     saved = json.load(open(os.path.join(workdir, REPORT)))
     assert saved == {"dataset": "mnist", "test_accuracy": 1.0, "num_test": 48,
-                     "feature_dim": 16, "num_train": 64, "epochs": CONFIG.epochs}
+                     "feature_dim": 8, "num_train": 64, "epochs": CONFIG.epochs}
 
 
 def test_restore_gives_the_classifier_back(trained):
@@ -65,7 +67,7 @@ def test_features_are_the_penultimate_layer(trained):
     images = top_or_bottom(4, seed=2)[0].astype(np.float32) / 127.5 - 1
     params = parallel.to_host(state.model.params)
     features, logits = task.features_and_logits(params, images)
-    assert features.shape == (4, 16) and np.all(np.asarray(features) >= 0)  # after the ReLU
+    assert features.shape == (4, 8) and np.all(np.asarray(features) >= 0)  # after the ReLU
     np.testing.assert_allclose(
         logits, features @ params["head"]["kernel"] + params["head"]["bias"], rtol=1e-5,
         atol=1e-5)
@@ -95,7 +97,7 @@ def test_train_classifier_script_prints_and_stores_its_accuracy(idx_dir, tmp_pat
     workdir = tmp_path / "cls"
     code, out, err = run_in_process(
         "train_classifier.py", "--data-dir", idx_dir, "--workdir", workdir, "--epochs", 2,
-        "--batch-size", 16, "--feature-dim", 8, "--log-every", 4, capsys=capsys)
+        *TINY_FLAGS, "--log-every", 4, capsys=capsys)
     assert code == 0, err
     report = json.load(open(workdir / REPORT))
     assert set(report) == {"dataset", "test_accuracy", "num_test", "feature_dim", "num_train",

@@ -14,6 +14,7 @@ from conftest import write_idx_dataset
 from jaxgen import metrics
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import scores
+from test_classifier import TINY_FLAGS
 
 # ------------------------------------------------------------------------- Fréchet distance
 
@@ -159,17 +160,23 @@ NUM = 16  # samples per evaluation: more than the 8 features, at most the 32 tes
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny classifier, then a 2-epoch tiny GAN scored after every epoch, on tiny IDX data."""
+def runs(tmp_path_factory, tiny_images):
+    """A tiny classifier (its script), then a 2-epoch tiny GAN (the loop, one device, as
+    test_train_loop.py's) scored after epoch 2 by the epoch hook, on tiny IDX data."""
+    import jax
+
+    from jaxgen import parallel
+    from jaxgen.train import loop
+    from jaxgen.train.gan import GANConfig, GANTask
+
     root = tmp_path_factory.mktemp("eval")
-    data_dir = write_idx_dataset(str(root / "idx"))
+    data_dir = write_idx_dataset(str(root / "idx"))  # its training images are tiny_images
     classifier, gan = root / "classifier", root / "gan"
     assert _main("train_classifier.py", "--data-dir", data_dir, "--workdir", classifier,
-                 "--epochs", 6, "--batch-size", 16, "--feature-dim", 8, "--dropout", 0,
-                 "--lr", 3e-3, "--log-every", 4) == 0
-    assert _main("gan_mnist.py", "--data-dir", data_dir, "--workdir", gan, "--epochs", 2,
-                 "--batch-size", 16, "--log-every", 4, "--eval-every", 1, "--classifier",
-                 classifier, "--eval-samples", NUM) == 0
+                 "--epochs", 3, *TINY_FLAGS) == 0
+    hook = metrics.EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
+    loop.train(GANTask(GANConfig(epochs=2, batch_size=16, log_every=2)), tiny_images, str(gan),
+               parallel.make_mesh(jax.devices()[:1]), log=lambda _: None, epoch_hooks=[hook])
     return data_dir, classifier, gan
 
 
@@ -206,29 +213,30 @@ def test_evaluate_script_writes_scores_and_floor(runs):
 def test_evaluation_during_training_writes_history_and_curve(runs):
     _, _, gan = runs
     rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    for row in rows:
-        _sane({k: row[k] for k in metrics.METRICS})
-        _sane(row["floor"])
-    assert rows[0]["floor"] == rows[1]["floor"]  # one fixed real reference
-    assert rows[0]["fid"] != rows[1]["fid"]  # the model changed
+    assert [r["epoch"] for r in rows] == [2]  # every 2 epochs: not after epoch 1
+    _sane({k: rows[0][k] for k in metrics.METRICS})
+    _sane(rows[0]["floor"])
     assert Image.open(gan / "GAN_fid.png").size[0] > 500
 
 
-def test_evaluation_during_training_matches_evaluate_run(runs):
-    """The hook's floor (seed 0) is evaluate_run's, and a resumed run keeps each epoch once."""
+def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs):
+    """The hook's floor (seed 0) is evaluate_run's; an epoch evaluated again (a resumed run)
+    replaces its row, and the rows of earlier epochs stay."""
     import jax
 
     from jaxgen.train.restore import restore_run
 
     data_dir, classifier, gan = runs
-    task, state = restore_run(str(gan))
+    one = jax.devices()[:1]  # the fixture's device: its programs are compiled already
+    task, state = restore_run(str(gan), devices=one)
     hook = metrics.EvaluateEvery(str(classifier), 1, NUM, data_dir, dataset="mnist")
+    hook(task, state, 1, str(gan))  # (the state of epoch 2: only the bookkeeping matters)
+    hook(task, state, 2, str(gan))
     hook(task, state, 2, str(gan))
     rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
     assert [r["epoch"] for r in rows] == [1, 2]
-    result = metrics.evaluate_run(str(gan), str(classifier), NUM, data_dir,
-                                  devices=jax.devices()[:1])
+    assert rows[0]["fid"] == rows[1]["fid"]  # one fixed key: the same samples each time
+    result = metrics.evaluate_run(str(gan), str(classifier), NUM, data_dir, devices=one)
     for key in metrics.METRICS:
         assert result["floor"][key] == pytest.approx(rows[1]["floor"][key], rel=1e-5)
 
@@ -252,8 +260,7 @@ def test_classifier_of_another_dataset_is_refused(runs, tmp_path, capsys):
     data_dir, _, gan = runs
     fashion = tmp_path / "fashion"
     assert _main("train_classifier.py", "--dataset", "fashion_mnist", "--data-dir", data_dir,
-                 "--workdir", fashion, "--epochs", 1, "--batch-size", 16, "--feature-dim",
-                 8) == 0
+                 "--workdir", fashion, "--epochs", 1, *TINY_FLAGS) == 0
     before = _untouched(gan / "eval.json")
     line = _error(capsys, "evaluate.py", "--workdir", gan, "--classifier", fashion,
                   "--num-samples", NUM, "--data-dir", data_dir)
@@ -303,6 +310,25 @@ def test_sample_count_outside_what_the_scores_need(num, message, runs, capsys):
                   "--num-samples", num, "--data-dir", data_dir)
     assert message in line
     assert _untouched(gan / "eval.json") == before
+
+
+def test_gan_script_passes_the_evaluation_hook_to_the_loop(runs, tmp_path, capsys,
+                                                           monkeypatch):
+    from jaxgen.train import loop
+
+    data_dir, classifier, _ = runs
+    calls = []
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: calls.append(kwargs))
+    for eval_flags in ((), ("--eval-every", 3, "--classifier", classifier, "--eval-samples",
+                            NUM)):
+        code, _, err = run_in_process("gan_mnist.py", "--data-dir", data_dir, "--workdir",
+                                      tmp_path / "g", "--seed", 4, *eval_flags, capsys=capsys)
+        assert code == 0, err
+    assert calls[0]["epoch_hooks"] == []
+    (hook,) = calls[1]["epoch_hooks"]
+    assert isinstance(hook, metrics.EvaluateEvery)
+    assert (hook.classifier_dir, hook.every, hook.num_samples, hook.data_dir, hook.seed) == (
+        str(classifier), 3, NUM, data_dir, 4)
 
 
 def test_eval_every_needs_a_classifier(tmp_path, capsys):
