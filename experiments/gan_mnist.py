@@ -33,23 +33,17 @@ def main() -> None:
     args = parser.parse_args()
 
     config = cli.config_from_flags(GANConfig, args)
-    config.validate()
-    workdir = args.workdir or os.path.join(cli.DEFAULT_CHECKPOINTS, f"gan_{args.dataset}")
+    run = cli.prepare_run(args, config, "gan")
+    hooks = cli.eval_hooks_from_flags(args)
 
-    from jaxgen import data, parallel
+    from jaxgen import data
     from jaxgen.train import loop
     from jaxgen.train.gan import GANTask
 
-    mesh = cli.start_devices(args)
-    parallel.check_batch_size(config.batch_size, mesh)
-    loop.check_workdir(workdir)
-    hooks = cli.eval_hooks_from_flags(args)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
-    if parallel.is_main_process():
-        print(f"GAN on {args.dataset}: {len(train)} training images, batch {config.batch_size}, "
-              f"{cli.describe_devices(mesh)}; workdir {os.path.abspath(workdir)}")
-    loop.train(GANTask(config), train.images, workdir, mesh, epoch_hooks=hooks)
-
+    run.log(f"GAN on {args.dataset}: {len(train)} training images, batch {config.batch_size}, "
+            f"{run.describe()}")
+    loop.train(GANTask(config), train.images, run.workdir, run.mesh, epoch_hooks=hooks)
 
 if __name__ == "__main__":
     cli.run(main)

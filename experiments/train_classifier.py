@@ -31,30 +31,22 @@ def main() -> None:
     args = parser.parse_args()
 
     config = cli.config_from_flags(ClassifierConfig, args)
-    config.validate()
-    workdir = args.workdir or os.path.join(cli.DEFAULT_CHECKPOINTS, f"classifier_{args.dataset}")
+    run = cli.prepare_run(args, config, "classifier")
 
-    from jaxgen import data, parallel
+    from jaxgen import data
     from jaxgen.train import loop
     from jaxgen.train.classifier import REPORT, ClassifierTask, write_report
 
-    mesh = cli.start_devices(args)
-    parallel.check_batch_size(config.batch_size, mesh)
-    loop.check_workdir(workdir)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
-    if parallel.is_main_process():
-        print(f"Classifier on {args.dataset}: {len(train)} training images, batch "
-              f"{config.batch_size}, {cli.describe_devices(mesh)}; workdir "
-              f"{os.path.abspath(workdir)}")
+    run.log(f"Classifier on {args.dataset}: {len(train)} training images, batch "
+            f"{config.batch_size}, {run.describe()}")
     task = ClassifierTask(config)
-    state, _ = loop.train(task, train.images, workdir, mesh, labels=train.labels)
-    report = write_report(task, state.model, test.images, test.labels, workdir,
-                          num_train=len(train), epoch=config.epochs, mesh=mesh)
-    if parallel.is_main_process():
-        print(f"Test accuracy: {report['test_accuracy']:.4f} on {report['num_test']} test "
-              f"images ({os.path.join(os.path.abspath(workdir), REPORT)})")
-
+    state, _ = loop.train(task, train.images, run.workdir, run.mesh, labels=train.labels)
+    report = write_report(task, state.model, test.images, test.labels, run.workdir,
+                          num_train=len(train), epoch=config.epochs, mesh=run.mesh)
+    run.log(f"Test accuracy: {report['test_accuracy']:.4f} on {report['num_test']} test "
+            f"images ({os.path.join(os.path.abspath(run.workdir), REPORT)})")
 
 if __name__ == "__main__":
     cli.run(main)

@@ -26,14 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxgen import cli  # noqa: E402
 
 
-def comma_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 1,0, got {text!r}") from None
-
-
 def main() -> None:
     import dataclasses
 
@@ -44,7 +36,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_run_flags(parser, VAEConfig)
     cli.add_vae_flags(parser)
-    parser.add_argument("--betas", type=comma_floats, default=(1.0, 0.0), metavar="B,B",
+    parser.add_argument("--betas", type=cli.comma_floats, default=(1.0, 0.0), metavar="B,B",
                         help="KL weights to compare (default: 1,0)")
     parser.add_argument("--picture-latent-dim", type=int, default=2, metavar="D",
                         help="latent size of the companion runs drawn as latent scatter and grid "
@@ -70,28 +62,20 @@ def main() -> None:
     if args.num_samples < 2:
         raise JaxgenError(f"--num-samples must be at least 2, got {args.num_samples}.")
     cli.check_vae_eval_flags(args)
-    workdir = args.workdir or os.path.join(cli.DEFAULT_CHECKPOINTS,
-                                           f"vae_kl_ablation_{args.dataset}")
+    run = cli.prepare_run(args, base, "vae_kl_ablation")
 
-    from jaxgen import data, parallel
-    from jaxgen.train import loop
+    from jaxgen import data
     from jaxgen.train.ablation import classifier_quality, pixel_quality, run_kl_ablation
 
-    mesh = cli.start_devices(args)
-    parallel.check_batch_size(base.batch_size, mesh)
-    loop.check_workdir(workdir)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
     quality = (classifier_quality(args.classifier, args.dataset, args.num_samples, args.data_dir)
                if args.classifier else pixel_quality(train, args.num_samples))
-    log = print if parallel.is_main_process() else (lambda _: None)
-    log(f"KL ablation on {args.dataset}: betas {', '.join(f'{b:g}' for b in args.betas)}, "
-        f"{base.epochs} epochs each, {cli.describe_devices(mesh)}; workdir "
-        f"{os.path.abspath(workdir)}")
-    run_kl_ablation(configs, train, test, workdir, mesh, iwae_k=args.iwae_k,
+    run.log(f"KL ablation on {args.dataset}: betas {', '.join(f'{b:g}' for b in args.betas)}, "
+            f"{base.epochs} epochs each, {run.describe()}")
+    run_kl_ablation(configs, train, test, run.workdir, run.mesh, iwae_k=args.iwae_k,
                     eval_images=args.eval_images, picture_latent_dim=args.picture_latent_dim,
-                    num_samples=args.num_samples, quality=quality, log=log)
-
+                    num_samples=args.num_samples, quality=quality, log=run.log)
 
 if __name__ == "__main__":
     cli.run(main)

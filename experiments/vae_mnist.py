@@ -34,28 +34,21 @@ def main() -> None:
     args = parser.parse_args()
 
     config = cli.config_from_flags(VAEConfig, args)
-    config.validate()
     cli.check_vae_eval_flags(args)
-    workdir = args.workdir or os.path.join(cli.DEFAULT_CHECKPOINTS, f"vae_{args.dataset}")
+    run = cli.prepare_run(args, config, "vae")
+    hooks = cli.eval_hooks_from_flags(args)
 
-    from jaxgen import data, parallel
-    from jaxgen.train import loop
+    from jaxgen import data
     from jaxgen.train.vae import train_and_evaluate
 
-    mesh = cli.start_devices(args)
-    parallel.check_batch_size(config.batch_size, mesh)
-    loop.check_workdir(workdir)
-    hooks = cli.eval_hooks_from_flags(args)
     train = data.load_dataset(args.dataset, "train", args.data_dir)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
-    log = print if parallel.is_main_process() else (lambda _: None)
-    log(f"VAE (beta={config.beta}, {config.likelihood}, latent {config.latent_dim}, "
-        f"{config.architecture} {','.join(map(str, config.hidden))}) on {args.dataset}: "
-        f"{len(train)} training images, batch {config.batch_size}, {cli.describe_devices(mesh)}; "
-        f"workdir {os.path.abspath(workdir)}")
-    train_and_evaluate(config, train.images, test.images, workdir, mesh, iwae_k=args.iwae_k,
-                       eval_images=args.eval_images, epoch_hooks=hooks, log=log)
-
+    run.log(f"VAE (beta={config.beta}, {config.likelihood}, latent {config.latent_dim}, "
+            f"{config.architecture} {','.join(map(str, config.hidden))}) on {args.dataset}: "
+            f"{len(train)} training images, batch {config.batch_size}, {run.describe()}")
+    train_and_evaluate(config, train.images, test.images, run.workdir, run.mesh,
+                       iwae_k=args.iwae_k, eval_images=args.eval_images, epoch_hooks=hooks,
+                       log=run.log)
 
 if __name__ == "__main__":
     cli.run(main)

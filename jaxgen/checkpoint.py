@@ -8,6 +8,7 @@ restoring arrays whose shapes that config decides.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -20,14 +21,26 @@ from jax.experimental import multihost_utils
 from jaxgen.errors import JaxgenError
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warning that a directory opened read-only is read-only: reading a finished
+    run (sampling, evaluation) is what read-only is for, and the line would print on each open."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 class Checkpoints:
     """A directory of per-epoch checkpoints (orbax ``CheckpointManager``; steps are epochs)."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         # cleanup_tmp_directories: a save cut short (kill -9) leaves a temporary directory.
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only,
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
+                                               save_interval_steps=0 if read_only else 1,
+                                               create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from jaxgen.errors import JaxgenError
 
@@ -49,18 +50,52 @@ def add_run_flags(parser: argparse.ArgumentParser, defaults) -> None:
 
 def config_from_flags(config_cls, args: argparse.Namespace):
     """The experiment's config from the parsed flags: every config field has a flag."""
-    import dataclasses
-
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
-def comma_ints(text: str) -> tuple[int, ...]:
-    """argparse type for lists of integers such as ``400,400``."""
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 400,400, got {text!r}") from None
+def comma_separated(kind: type, example: str) -> Callable[[str], tuple]:
+    """An argparse type for comma-separated lists of ``kind`` (int or float), e.g. ``400,400``."""
+    noun = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun} such as {example}, got {text!r}") from None
+
+    return parse
+
+
+comma_ints = comma_separated(int, "400,400")
+comma_floats = comma_separated(float, "1,0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What ``prepare_run`` settles for a training script."""
+    mesh: Any  # jax.sharding.Mesh over the chosen devices
+    workdir: str
+    log: Callable[[str], None]  # print on process 0, nothing on the others
+
+    def describe(self) -> str:
+        return f"{describe_devices(self.mesh)}; workdir {os.path.abspath(self.workdir)}"
+
+
+def prepare_run(args: argparse.Namespace, config, model: str) -> Run:
+    """The start-up every training script shares, before any data is loaded or anything written:
+    the config's own checks, the devices (the multi-host runtime first), the batch split over
+    them, and ``--workdir`` (default ``checkpoints/<model>_<dataset>``)."""
+    from jaxgen import parallel
+    from jaxgen.train import loop
+
+    config.validate()
+    workdir = args.workdir or os.path.join(DEFAULT_CHECKPOINTS, f"{model}_{args.dataset}")
+    mesh = start_devices(args)
+    parallel.check_batch_size(config.batch_size, mesh)
+    loop.check_workdir(workdir)
+    log = print if parallel.is_main_process() else (lambda _: None)
+    return Run(mesh, workdir, log)
 
 
 def add_vae_flags(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +153,9 @@ def check_vae_eval_flags(args: argparse.Namespace) -> None:
         raise JaxgenError(f"--eval-images must be 0 (skip) or positive, got {args.eval_images}.")
 
 
+EVAL_SAMPLES = 10000  # samples per evaluation during training, unless --eval-samples says
+
+
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """Flags for scoring samples during training (``jaxgen.metrics.EvaluateEvery``)."""
     group = parser.add_argument_group(
@@ -128,20 +166,27 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
                             "needs --classifier")
     group.add_argument("--classifier", default=None, metavar="DIR",
                        help="workdir of experiments/train_classifier.py on the same dataset")
-    group.add_argument("--eval-samples", type=int, default=10000, metavar="N",
-                       help="samples (and real images) per evaluation (default: %(default)s)")
+    group.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                       help=f"samples (and real images) per evaluation (default: {EVAL_SAMPLES})")
 
 
 def eval_hooks_from_flags(args: argparse.Namespace) -> list:
     """The epoch hooks the evaluation flags ask for (none without --eval-every), checked now."""
     if args.eval_every is None:
+        given = [flag for flag, value in (("--classifier", args.classifier),
+                                          ("--eval-samples", args.eval_samples)) if value is not None]
+        if given:
+            raise JaxgenError(f"{' and '.join(given)} only take{'s' if len(given) == 1 else ''} "
+                              "effect with --eval-every N; add --eval-every N (score samples "
+                              "every N epochs) or drop them.")
         return []
     if args.classifier is None:
         raise JaxgenError("--eval-every needs --classifier DIR, the workdir of a classifier "
                           "trained by experiments/train_classifier.py on the same dataset.")
     from jaxgen.metrics import EvaluateEvery
 
-    return [EvaluateEvery(args.classifier, args.eval_every, args.eval_samples, args.data_dir,
+    num_samples = EVAL_SAMPLES if args.eval_samples is None else args.eval_samples
+    return [EvaluateEvery(args.classifier, args.eval_every, num_samples, args.data_dir,
                           dataset=args.dataset, seed=args.seed)]
 
 

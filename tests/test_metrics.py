@@ -337,6 +337,18 @@ def test_eval_every_needs_a_classifier(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.parametrize("flags,named", [
+    (("--classifier", "somewhere"), "--classifier only takes effect with --eval-every N"),
+    (("--eval-samples", 500), "--eval-samples only takes effect with --eval-every N"),
+    (("--classifier", "somewhere", "--eval-samples", 500),
+     "--classifier and --eval-samples only take effect with --eval-every N"),
+])
+def test_evaluation_flags_without_eval_every_are_refused(flags, named, tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--workdir", tmp_path / "g", *flags)
+    assert named in line
+    assert not (tmp_path / "g").exists()
+
+
 def test_too_few_eval_samples_stop_training_before_it_starts(runs, tmp_path, capsys):
     data_dir, classifier, _ = runs
     line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "g",

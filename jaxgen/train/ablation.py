@@ -13,13 +13,13 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
 from jaxgen import parallel, viz
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop, vae
+from jaxgen.train.restore import draw_samples
 
 # Columns of ablation.csv, with what each means (written under the table in ablation.md).
 COLUMNS = {
@@ -59,7 +59,7 @@ def run_kl_ablation(configs: Sequence[vae.VAEConfig], train: Dataset, test: Data
             eval_images=eval_images, log=log)
         row = {"beta": config.beta, **{k: summary[k] for k in EVAL_KEYS}}
         if quality is not None:
-            samples = sample_prior(task, state, num_samples)
+            samples = draw_samples(task, state.model, num_samples)
             row.update(quality[1](samples))
         rows.append(row)
         main_runs[label] = (task, state)
@@ -134,12 +134,6 @@ def _pooled(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
 
 
-def sample_prior(task: vae.VAETask, state, num: int, seed: int = 0) -> np.ndarray:
-    draw = jax.jit(task.sample_images, static_argnums=2)
-    return parallel.to_host(draw(state.model, jax.random.PRNGKey(seed),
-                                 num))
-
-
 def format_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -190,7 +184,8 @@ Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_sampl
 
 def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:
     viz.save_image_panels(
-        {label: sample_prior(task, state, 64) for label, (task, state) in main_runs.items()},
+        {label: draw_samples(task, state.model, 64)
+         for label, (task, state) in main_runs.items()},
         os.path.join(workdir, "prior_samples.png"), ncols=8,
         title="samples from the prior N(0, I)")
     originals = test.images[:32]

@@ -69,9 +69,18 @@ def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list]
     if type(task).sample_images is Task.sample_images:
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
+    return draw_samples(task, state.model, num, seed, batch_size)
+
+
+def draw_samples(task: Task, model, num: int, seed: int = 0,
+                 batch_size: int = 1000) -> np.ndarray:
+    """``num`` samples of a generative ``task`` with parameters ``model`` as a host array in
+    [-1, 1], drawn ``batch_size`` at a time; chunk i uses ``fold_in(PRNGKey(seed), i)``. Every
+    sampler in jaxgen (``sample_images``, evaluate.py, the ablation) draws through here, so the
+    same model, seed and num give the same images everywhere."""
     draw = jax.jit(task.sample_images, static_argnums=2)
     key = jax.random.PRNGKey(seed)
-    chunks = [parallel.to_host(draw(state.model, jax.random.fold_in(key, i),
+    chunks = [parallel.to_host(draw(model, jax.random.fold_in(key, i),
                                     min(batch_size, num - start)))
               for i, start in enumerate(range(0, num, batch_size))]
     return np.concatenate(chunks)
