@@ -55,8 +55,9 @@ def peak_memory_bytes() -> int:
 
 
 def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpixel: bool,
-                mesh, steps_per_call: int = 1) -> dict:
-    """Times ``warmup + steps`` steps; with ``steps_per_call`` K, each call runs K of them."""
+                mesh, steps_per_call: int = 1, xla_defaults: bool = False) -> dict:
+    """Times ``warmup + steps`` steps; with ``steps_per_call`` K, each call runs K of them.
+    ``xla_defaults`` compiles without ``jaxgen.parallel.compiler_options``."""
     start = time.perf_counter()
     task = GANTask(GANConfig(batch_size=batch_size), subpixel=subpixel)
     steps_per_epoch = 16
@@ -66,7 +67,8 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
         state = jax.jit(lambda: loop.init_state(task, 0),
                         out_shardings=parallel.replicated(mesh))()
         data = parallel.put_replicated(images, mesh)
-        step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call)
+        step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
+                                        compiler_options={} if xla_defaults else None)
         perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
         t = time.perf_counter()
         step = step_fn.lower(state, data, perm).compile()
@@ -86,7 +88,8 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
         seconds = time.perf_counter() - t0
     return {"framework": f"jaxgen (jax {jax.__version__})",
             "form": ("sub-pixel" if subpixel else "direct")
-            + (f", {steps_per_call} steps/call" if steps_per_call > 1 else ""),
+            + (f", {steps_per_call} steps/call" if steps_per_call > 1 else "")
+            + (", XLA default options" if xla_defaults else ""),
             "batch_size": batch_size,
             "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
             "compile_s": compile_s, "first_log_s": first_log,
@@ -121,6 +124,9 @@ def main() -> None:
     parser.add_argument("--steps-per-call", type=int, default=1,
                         help="jaxgen train steps per compiled call (lax.scan); --steps must be "
                              "a multiple (%(default)s)")
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="also time the first form compiled with XLA's default options, "
+                             "without jaxgen.parallel.compiler_options")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -152,6 +158,13 @@ def main() -> None:
             key = "jaxgen" if form == forms[0] else f"jaxgen_{form.replace('-', '')}"
             entry[f"{key}_steps_per_s"] = row["steps_per_s"]
             entry[f"{key}_row"] = row
+        if args.xla_defaults:
+            row = time_jaxgen(b, args.steps, args.warmup, args.log_every,
+                              forms[0] == "sub-pixel", mesh, args.steps_per_call,
+                              xla_defaults=True)
+            rows.append(row)
+            entry["jaxgen_xla_defaults_steps_per_s"] = row["steps_per_s"]
+            entry["jaxgen_xla_defaults_row"] = row
         if torch_row:
             rows.append(torch_row)
             entry["torch_steps_per_s"] = torch_row["steps_per_s"]
@@ -159,13 +172,13 @@ def main() -> None:
             entry["torch_row"] = torch_row
         results.append(entry)
 
-    header = (f"{'what':<46} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
+    header = (f"{'what':<64} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
               f"{'to 1st log s':>13} {'peak MB':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         what = r["framework"] + (f", {r['form']}" if "form" in r else ", reference")
-        print(f"{what:<46} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
+        print(f"{what:<64} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
               f"{r['images_per_s']:>9.0f} {r['compile_s']:>9.1f} "
               f"{_fmt(r['first_log_s'], '13.1f'):>13} {r['peak_memory_bytes'] / 2**20:>8.0f}")
     for e in results:

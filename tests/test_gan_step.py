@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from gan_checks import assert_gan_models_close
+from gan_checks import BIASES_BEFORE_BATCHNORM, assert_gan_models_close
 from jaxgen import parallel
 from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask
@@ -103,3 +103,64 @@ def test_eight_devices_match_one(tiny_images, tmp_path):
         np.testing.assert_allclose(h8.metrics[k], h1.metrics[k], rtol=1e-5)
     assert_gan_models_close(eight, one, steps=1, lr=config.lr_d,
                             images=jnp.asarray(images, jnp.float32) / 127.5 - 1)
+
+
+def _ynn_convolutions(hlo: str) -> int:
+    """Convolutions that the compiled program ``hlo`` runs inside YNNPACK fusions."""
+    called = {line.split("calls=")[1].split(",")[0].strip("%")
+              for line in hlo.splitlines() if '"__ynn_fusion"' in line and "calls=" in line}
+    count, current = 0, None
+    for line in hlo.splitlines():
+        if line.endswith("{") and not line.startswith(" "):
+            current = line.split()[0].strip("%")
+            current = line.split()[1].strip("%") if current == "ENTRY" else current
+        elif current in called and " convolution(" in line:
+            count += 1
+    return count
+
+
+def _keep_gradients() -> optax.GradientTransformation:
+    """An optimiser that leaves the parameters as they are and keeps the gradients as its state."""
+    return optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
+def test_cpu_compiler_options_keep_the_maths_and_take_effect(tiny_images, monkeypatch):
+    """jaxgen compiles its train step on CPU with YNNPACK for dots only; the same step compiled
+    with XLA's defaults computes the same losses and gradients, and the option really reaches
+    the compiler. The gradients are compared before any optimiser sees them (Adam would turn
+    rounding noise in near-zero gradients into +-lr steps)."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    assert parallel.compiler_options(mesh) == parallel.CPU_COMPILER_OPTIONS
+    task = GANTask(GANConfig(batch_size=16))
+    task.tx_d = task.tx_g = _keep_gradients()
+    images = tiny_images[:16]
+    results, convs = {}, {}
+    with jax.set_mesh(mesh):
+        for name, options in (("jaxgen", None), ("xla", {})):
+            state = jax.jit(lambda: loop.init_state(task, 0))()
+            data = parallel.put_replicated(images, mesh)
+            perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
+            step = loop.build_train_step(task, mesh, 1, compiler_options=options)
+            compiled = step.lower(state, data, perm).compile()
+            convs[name] = _ynn_convolutions(compiled.as_text())
+            results[name] = parallel.to_host(compiled(state, data, perm))
+    assert convs["jaxgen"] == 0 and convs["xla"] > 0, convs
+    (ours, m_ours), (xla, m_xla) = results["jaxgen"], results["xla"]
+    for k in ("D_loss", "G_loss"):
+        np.testing.assert_allclose(m_ours[k], m_xla[k], rtol=1e-5)
+    for net in ("g", "d"):
+        grads = jax.tree_util.tree_leaves_with_path(getattr(ours.model, net).opt_state)
+        xla_grads = jax.tree.leaves(getattr(xla.model, net).opt_state)
+        net_scale = max(np.abs(g).max() for g in xla_grads)
+        for (path, g), g_xla in zip(grads, xla_grads):
+            name = jax.tree_util.keystr(path)
+            # A bias right before a BatchNorm has a zero gradient in exact arithmetic: what is
+            # computed is rounding noise, compared on the scale of the network's gradients.
+            scale = net_scale if name in BIASES_BEFORE_BATCHNORM[net] else np.abs(g_xla).max()
+            assert scale > 0, (net, name)
+            np.testing.assert_allclose(g, g_xla, rtol=0, atol=1e-4 * scale, err_msg=net + name)
+    # A user's own XLA_FLAGS setting of the option wins over jaxgen's.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert parallel.compiler_options(mesh) is None

@@ -138,18 +138,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_images, tmp_path
     assert len(history["G_loss"]) == 4  # epoch 1's only
 
 
-def test_several_steps_per_call_compute_the_same_run(uninterrupted, tiny_images, tmp_path):
-    """A lax.scan of 3 steps per call (4 steps an epoch: a call of 3, then one of 1)."""
+def test_several_steps_per_call_compute_the_same_run(tiny_images, tmp_path, monkeypatch):
+    """A lax.scan of 3 steps per call (4 steps an epoch: a call of 3, then one of 1) against one
+    step per call. Both compile with XLA's default options: jaxgen's CPU options leave the
+    scanned program's convolutions rounding differently from the single step's (the step is the
+    same maths, tests/test_gan_step.py), and GAN training amplifies any rounding difference
+    from step to step; this test is about what the loop feeds each step."""
     import jax.numpy as jnp
 
     from gan_checks import assert_gan_models_close
 
-    workdir, _, expected = uninterrupted
-    state, history = _train(tmp_path, tiny_images,
+    monkeypatch.setattr(parallel, "compiler_options", lambda mesh: None)
+    _, expected = _train(tmp_path / "one", tiny_images)
+    state, history = _train(tmp_path / "three", tiny_images,
                             GANConfig(**{**CONFIG.to_dict(), "steps_per_call": 3}))
     for k in ("D_loss", "G_loss"):
         np.testing.assert_allclose(history.metrics[k], expected.metrics[k], rtol=1e-5)
-    _, reference = restore_run(str(workdir), devices=jax.devices()[:1])
+    _, reference = restore_run(str(tmp_path / "one"), devices=jax.devices()[:1])
     assert_gan_models_close(parallel.to_host(state.model), parallel.to_host(reference.model),
                             steps=8, lr=CONFIG.lr_d,
                             images=jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1)

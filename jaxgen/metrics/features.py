@@ -42,7 +42,8 @@ class FeatureExtractor:
 
         repl = parallel.replicated(mesh)
         self._apply = jax.jit(apply, in_shardings=(repl, parallel.batch_sharded(mesh)),
-                              out_shardings=(repl, repl))
+                              out_shardings=(repl, repl),
+                              compiler_options=parallel.compiler_options(mesh))
 
     @property
     def dataset(self) -> str:

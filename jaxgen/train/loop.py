@@ -354,10 +354,13 @@ def _last_saved(ckpts: Checkpoints) -> Optional[int]:
     return (ckpts.epochs() or [None])[-1]
 
 
-def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1):
+def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1,
+                     compiler_options: Optional[dict] = None):
     """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
     jitted program, sharded over ``mesh``; each metric comes back with one value per step.
-    ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``."""
+    ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``.
+    ``compiler_options`` default to ``parallel.compiler_options(mesh)``; ``{}`` compiles with
+    XLA's defaults."""
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
@@ -381,8 +384,10 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
             return state, jax.tree.map(lambda m: m[None], metrics)
         return lax.scan(lambda s, _: step(s, data, perm), state, length=steps_per_call)
 
+    if compiler_options is None:
+        compiler_options = parallel.compiler_options(mesh)
     return jax.jit(run, in_shardings=(repl, repl, repl), out_shardings=(repl, repl),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=compiler_options or None)
 
 
 def build_permutation(mesh: Mesh, num_images: int):

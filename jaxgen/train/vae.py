@@ -279,7 +279,8 @@ def build_evaluator(task: VAETask, mesh, iwae_k: int):
                 "mu": mu, "sigma": jnp.exp(0.5 * log_var),
                 "iwae": lse - math.log(iwae_k)}
 
-    return jax.jit(evaluate, in_shardings=(repl, repl, repl), out_shardings=repl)
+    return jax.jit(evaluate, in_shardings=(repl, repl, repl), out_shardings=repl,
+                   compiler_options=parallel.compiler_options(mesh))
 
 
 def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000,
