@@ -218,7 +218,11 @@ def describe_devices(mesh) -> str:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2."""
+    """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2.
+    Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
+    when it is printed, not minutes later."""
+    if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         main()
     except JaxgenError as e:

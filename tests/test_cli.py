@@ -145,3 +145,27 @@ def test_sample_to_an_unknown_format(trained, tmp_path, capsys):
     _, workdir, _ = trained
     line = _error(capsys, "sample.py", "--workdir", workdir, "--out", tmp_path / "x.jpg")
     assert "must end in .png" in line and not (tmp_path / "x.jpg").exists()
+
+
+def test_scripts_print_each_line_at_once_into_a_pipe():
+    """A log redirected to a file or a pipe shows each line when it is printed (cli.run makes
+    standard output line-buffered), not when a buffer fills minutes later."""
+    import select
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO
+
+    main = ("import sys\nfrom jaxgen import cli\n\ndef main():\n    print('first line')\n"
+            "    sys.stdin.readline()\n\ncli.run(main)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-c", main], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the line did not arrive while the script was still running"
+        assert proc.stdout.readline() == "first line\n"
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+    assert proc.returncode == 0
