@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = cli.config_from_flags(GANConfig, args)
+    cli.check_eval_flags(args)
     run = cli.prepare_run(args, config, "gan")
     hooks = cli.eval_hooks_from_flags(args)
 
@@ -44,6 +45,7 @@ def main() -> None:
     run.log(f"GAN on {args.dataset}: {len(train)} training images, batch {config.batch_size}, "
             f"{run.describe()}")
     loop.train(GANTask(config), train.images, run.workdir, run.mesh, epoch_hooks=hooks)
+
 
 if __name__ == "__main__":
     cli.run(main)

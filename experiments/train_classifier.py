@@ -48,5 +48,6 @@ def main() -> None:
     run.log(f"Test accuracy: {report['test_accuracy']:.4f} on {report['num_test']} test "
             f"images ({os.path.join(os.path.abspath(run.workdir), REPORT)})")
 
+
 if __name__ == "__main__":
     cli.run(main)

@@ -51,8 +51,6 @@ def main() -> None:
     args = parser.parse_args()
 
     base = cli.config_from_flags(VAEConfig, argparse.Namespace(**{**vars(args), "beta": 1.0}))
-    if not args.betas:
-        raise JaxgenError("--betas must name at least one KL weight, e.g. 1,0.")
     configs = [dataclasses.replace(base, beta=b) for b in args.betas]
     for config in configs:
         config.validate()
@@ -76,6 +74,7 @@ def main() -> None:
     run_kl_ablation(configs, train, test, run.workdir, run.mesh, iwae_k=args.iwae_k,
                     eval_images=args.eval_images, picture_latent_dim=args.picture_latent_dim,
                     num_samples=args.num_samples, quality=quality, log=run.log)
+
 
 if __name__ == "__main__":
     cli.run(main)

@@ -35,6 +35,7 @@ def main() -> None:
 
     config = cli.config_from_flags(VAEConfig, args)
     cli.check_vae_eval_flags(args)
+    cli.check_eval_flags(args)
     run = cli.prepare_run(args, config, "vae")
     hooks = cli.eval_hooks_from_flags(args)
 
@@ -49,6 +50,7 @@ def main() -> None:
     train_and_evaluate(config, train.images, test.images, run.workdir, run.mesh,
                        iwae_k=args.iwae_k, eval_images=args.eval_images, epoch_hooks=hooks,
                        log=run.log)
+
 
 if __name__ == "__main__":
     cli.run(main)

@@ -44,7 +44,8 @@ def add_run_flags(parser: argparse.ArgumentParser, defaults) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--steps-per-call", type=int, default=d.steps_per_call,
                         help="train steps per compiled call (a lax.scan); e.g. a whole epoch "
-                             "on an accelerator; same results (default: %(default)s)")
+                             "on an accelerator; the same steps, rounded differently "
+                             "(default: %(default)s)")
     add_distributed_flags(parser)
 
 
@@ -82,15 +83,15 @@ class Run:
         return f"{describe_devices(self.mesh)}; workdir {os.path.abspath(self.workdir)}"
 
 
-def prepare_run(args: argparse.Namespace, config, model: str) -> Run:
+def prepare_run(args: argparse.Namespace, config, kind: str) -> Run:
     """The start-up every training script shares, before any data is loaded or anything written:
     the config's own checks, the devices (the multi-host runtime first), the batch split over
-    them, and ``--workdir`` (default ``checkpoints/<model>_<dataset>``)."""
+    them, and ``--workdir`` (default ``checkpoints/<kind>_<dataset>``, e.g. gan_mnist)."""
     from jaxgen import parallel
     from jaxgen.train import loop
 
     config.validate()
-    workdir = args.workdir or os.path.join(DEFAULT_CHECKPOINTS, f"{model}_{args.dataset}")
+    workdir = args.workdir or os.path.join(DEFAULT_CHECKPOINTS, f"{kind}_{args.dataset}")
     mesh = start_devices(args)
     parallel.check_batch_size(config.batch_size, mesh)
     loop.check_workdir(workdir)
@@ -165,24 +166,34 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
                        help="score samples after every N epochs and the last (default: never); "
                             "needs --classifier")
     group.add_argument("--classifier", default=None, metavar="DIR",
-                       help="workdir of experiments/train_classifier.py on the same dataset")
+                       help="workdir of experiments/train_classifier.py on the same dataset "
+                            "(with --eval-every)")
     group.add_argument("--eval-samples", type=int, default=None, metavar="N",
-                       help=f"samples (and real images) per evaluation (default: {EVAL_SAMPLES})")
+                       help=f"samples (and real images) per evaluation (with --eval-every; "
+                            f"default: {EVAL_SAMPLES})")
+
+
+def check_eval_flags(args: argparse.Namespace) -> None:
+    """The evaluation flags' own consistency, checked before any device starts."""
+    if args.eval_every is None:
+        flags = (("--classifier", args.classifier), ("--eval-samples", args.eval_samples))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            verb = "takes" if len(given) == 1 else "take"
+            raise JaxgenError(f"{' and '.join(given)} only {verb} effect with --eval-every N; "
+                              "add --eval-every N (score samples every N epochs) or drop "
+                              f"{'it' if len(given) == 1 else 'them'}.")
+    elif args.classifier is None:
+        raise JaxgenError("--eval-every needs --classifier DIR, the workdir of a classifier "
+                          "trained by experiments/train_classifier.py on the same dataset.")
 
 
 def eval_hooks_from_flags(args: argparse.Namespace) -> list:
-    """The epoch hooks the evaluation flags ask for (none without --eval-every), checked now."""
+    """The epoch hooks the evaluation flags ask for (none without --eval-every); reads the
+    classifier's checkpoint, so call it after ``prepare_run`` (and ``check_eval_flags``)."""
+    check_eval_flags(args)
     if args.eval_every is None:
-        given = [flag for flag, value in (("--classifier", args.classifier),
-                                          ("--eval-samples", args.eval_samples)) if value is not None]
-        if given:
-            raise JaxgenError(f"{' and '.join(given)} only take{'s' if len(given) == 1 else ''} "
-                              "effect with --eval-every N; add --eval-every N (score samples "
-                              "every N epochs) or drop them.")
         return []
-    if args.classifier is None:
-        raise JaxgenError("--eval-every needs --classifier DIR, the workdir of a classifier "
-                          "trained by experiments/train_classifier.py on the same dataset.")
     from jaxgen.metrics import EvaluateEvery
 
     num_samples = EVAL_SAMPLES if args.eval_samples is None else args.eval_samples

@@ -63,7 +63,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 # classifier's 1.37x and the conv VAE's 1.34x (the MLP VAE, all dots, is unchanged), with the
 # same maths (benchmarks/gan_step.py --xla-defaults prints both). An XLA_FLAGS entry of the
 # user's for the same option wins.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
 
 
 def compiler_options(mesh: Mesh) -> Optional[dict]:

@@ -184,7 +184,6 @@ class EvaluateEvery:
         self.classifier_dir, self.every, self.num_samples = classifier_dir, every, num_samples
         self.data_dir, self.seed, self.k = data_dir, seed, k
         self._evaluator: Optional[Evaluator] = None
-        self._draw = None
 
     def __call__(self, task, state, epoch: int, workdir: str) -> None:
         if epoch % self.every and epoch != task.config.epochs:
@@ -194,14 +193,10 @@ class EvaluateEvery:
             extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
             self._evaluator = Evaluator(extractor, task.config.dataset, self.num_samples,
                                         self.data_dir, self.seed, self.k, "--eval-samples")
-            self._draw = jax.jit(task.sample_images, static_argnums=2,
-                                 out_shardings=parallel.replicated(mesh))
-        key = named_key(state.rng, "sample", 1)
-        chunk = 1000
-        images = np.concatenate([
-            parallel.to_host(self._draw(state.model, jax.random.fold_in(key, i),
-                                        min(chunk, self.num_samples - start)))
-            for i, start in enumerate(range(0, self.num_samples, chunk))])
+        from jaxgen.train.restore import draw_samples
+
+        images = draw_samples(task, state.model, self.num_samples,
+                              named_key(state.rng, "sample", 1))
         row = {"epoch": epoch, **self._evaluator.evaluate(images),
                "floor": self._evaluator.floor}
         if parallel.is_main_process():

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+import jax
 import numpy as np
 
 from jaxgen import parallel, viz
@@ -59,7 +60,7 @@ def run_kl_ablation(configs: Sequence[vae.VAEConfig], train: Dataset, test: Data
             eval_images=eval_images, log=log)
         row = {"beta": config.beta, **{k: summary[k] for k in EVAL_KEYS}}
         if quality is not None:
-            samples = draw_samples(task, state.model, num_samples)
+            samples = draw_samples(task, state.model, num_samples, jax.random.PRNGKey(0))
             row.update(quality[1](samples))
         rows.append(row)
         main_runs[label] = (task, state)
@@ -184,7 +185,7 @@ Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_sampl
 
 def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:
     viz.save_image_panels(
-        {label: draw_samples(task, state.model, 64)
+        {label: draw_samples(task, state.model, 64, jax.random.PRNGKey(0))
          for label, (task, state) in main_runs.items()},
         os.path.join(workdir, "prior_samples.png"), ncols=8,
         title="samples from the prior N(0, I)")

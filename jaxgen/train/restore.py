@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Optional
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
@@ -62,25 +64,48 @@ def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list]
                   batch_size: int = 1000) -> np.ndarray:
     """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generative model of the newest
     readable checkpoint in ``workdir`` (GAN: its generator; VAE: prior samples through the
-    decoder), drawn with key ``seed``. The same (seed, num) gives the same images."""
+    decoder), drawn with key ``PRNGKey(seed)``. The same (seed, num) gives the same images."""
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
     task, state = restore_run(workdir, devices=devices)
-    if type(task).sample_images is Task.sample_images:
+    if not is_generative(task):
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
-    return draw_samples(task, state.model, num, seed, batch_size)
+    return draw_samples(task, state.model, num, jax.random.PRNGKey(seed), batch_size)
 
 
-def draw_samples(task: Task, model, num: int, seed: int = 0,
+def is_generative(task: Task) -> bool:
+    """Whether ``task`` can draw samples (it defines ``sample_images``)."""
+    return type(task).sample_images is not Task.sample_images
+
+
+def draw_samples(task: Task, model, num: int, key: jax.Array,
                  batch_size: int = 1000) -> np.ndarray:
-    """``num`` samples of a generative ``task`` with parameters ``model`` as a host array in
-    [-1, 1], drawn ``batch_size`` at a time; chunk i uses ``fold_in(PRNGKey(seed), i)``. Every
-    sampler in jaxgen (``sample_images``, evaluate.py, the ablation) draws through here, so the
-    same model, seed and num give the same images everywhere."""
-    draw = jax.jit(task.sample_images, static_argnums=2)
-    key = jax.random.PRNGKey(seed)
+    """``num`` samples of a generative ``task`` with parameters ``model`` (on a mesh, as training
+    and ``restore_run`` leave them, or on the host) as a host array in [-1, 1], drawn
+    ``batch_size`` at a time; chunk i uses ``fold_in(key, i)``. Every sampler in jaxgen
+    (``sample_images``, evaluate.py, evaluation during training, the ablation) draws through
+    here, so the same model, key and num give the same images everywhere."""
+    if not is_generative(task):
+        raise JaxgenError(f"a {task.name} model is not a generative model: it draws no samples.")
+    if num < 1:
+        raise JaxgenError(f"the number of samples must be a positive integer, got {num}.")
+    draw = _sampler(task, _mesh_of(model))
     chunks = [parallel.to_host(draw(model, jax.random.fold_in(key, i),
                                     min(batch_size, num - start)))
               for i, start in enumerate(range(0, num, batch_size))]
     return np.concatenate(chunks)
+
+
+def _mesh_of(model) -> Mesh:
+    sharding = getattr(jax.tree.leaves(model)[0], "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return sharding.mesh
+    return parallel.make_mesh(jax.devices()[:1])
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(task: Task, mesh: Mesh):
+    """The jitted ``task.sample_images`` on ``mesh``, compiled once per (task, mesh, num)."""
+    return jax.jit(task.sample_images, static_argnums=2, out_shardings=parallel.replicated(mesh),
+                   compiler_options=parallel.compiler_options(mesh))
