@@ -16,6 +16,7 @@ criterion: latent dimensions whose posterior mean varies across the data, Var_x 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -395,14 +396,25 @@ def fixed_targets(task: VAETask, images: np.ndarray, seed: int = 0) -> np.ndarra
 def encode_means(task: VAETask, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Posterior means mu(x) of uint8 images (seen as ``fixed_targets``), on the default device."""
     x = fixed_targets(task, images)
-    fn = jax.jit(lambda p, x: task.encode(p, x)[0])
+    fn = _encode_means_fn(task)
     return np.concatenate([np.asarray(fn(params, x[i:i + batch_size]))
                            for i in range(0, len(x), batch_size)])
 
 
 def decode_means(task: VAETask, params, z: np.ndarray) -> np.ndarray:
     """Decoder means E[x | z] in [-1, 1] of latents z (N, latent_dim)."""
-    return np.asarray(jax.jit(lambda p, z: task.mean_image(task.decode(p, z)))(params, z))
+    return np.asarray(_decode_means_fn(task)(params, z))
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_means_fn(task: VAETask):
+    """Jitted once per task (a retrace per call would recompile each time)."""
+    return jax.jit(lambda p, x: task.encode(p, x)[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_means_fn(task: VAETask):
+    return jax.jit(lambda p, z: task.mean_image(task.decode(p, z)))
 
 
 def reconstructions(task: VAETask, params, images: np.ndarray) -> np.ndarray:
