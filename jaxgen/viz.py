@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -65,6 +66,8 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
         values = np.asarray(list(values), dtype=float)
         xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
         ax.plot(xs, values, label=label, linewidth=0.6, marker=None if x is None else "o")
+    if x is not None and all(float(v).is_integer() for v in x):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no ticks at 1.5
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
