@@ -219,9 +219,10 @@ def test_evaluation_during_training_writes_history_and_curve(runs):
     assert Image.open(gan / "GAN_fid.png").size[0] > 500
 
 
-def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs):
+def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs, tmp_path):
     """The hook's floor (seed 0) is evaluate_run's; an epoch evaluated again (a resumed run)
-    replaces its row, and the rows of earlier epochs stay."""
+    replaces its row, and the rows of earlier epochs stay. The hook writes into its own
+    directory here, leaving the shared run's history as the fixture made it."""
     import jax
 
     from jaxgen.train.restore import restore_run
@@ -230,10 +231,10 @@ def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs):
     one = jax.devices()[:1]  # the fixture's device: its programs are compiled already
     task, state = restore_run(str(gan), devices=one)
     hook = metrics.EvaluateEvery(str(classifier), 1, NUM, data_dir, dataset="mnist")
-    hook(task, state, 1, str(gan))  # (the state of epoch 2: only the bookkeeping matters)
-    hook(task, state, 2, str(gan))
-    hook(task, state, 2, str(gan))
-    rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
+    hook(task, state, 1, str(tmp_path))  # (the state of epoch 2: only the bookkeeping matters)
+    hook(task, state, 2, str(tmp_path))
+    hook(task, state, 2, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / metrics.HISTORY_FILE)]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[0]["fid"] == rows[1]["fid"]  # one fixed key: the same samples each time
     result = metrics.evaluate_run(str(gan), str(classifier), NUM, data_dir, devices=one)
