@@ -17,7 +17,8 @@ from jaxgen.train.restore import restore_run
 # The tiny classifier of every test (test_metrics.py's too): one config, compiled once.
 CONFIG = ClassifierConfig(epochs=3, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=8,
                           log_every=4)
-TINY_FLAGS = ("--batch-size", 16, "--lr", 3e-3, "--dropout", 0, "--feature-dim", 8)
+TINY_FLAGS = ("--batch-size", CONFIG.batch_size, "--lr", CONFIG.lr, "--dropout", CONFIG.dropout,
+              "--feature-dim", CONFIG.feature_dim)  # the scripts' way to the same config
 
 
 def top_or_bottom(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
