@@ -79,3 +79,12 @@ def pytest_sessionfinish(session, exitstatus):
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     if os.path.basename(cache).startswith("jaxgen-xla-cache-"):
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def host_leaves(tree) -> list:
+    """The leaves of a (possibly sharded) pytree as host numpy arrays, for exact comparisons."""
+    import jax
+
+    from jaxgen import parallel
+
+    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(tree))]

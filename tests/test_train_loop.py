@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import host_leaves
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
@@ -22,15 +23,12 @@ def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None, **
     return loop.train(task or GANTask(config), images, str(workdir), mesh, log=log, **kwargs)
 
 
-def _leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(state))]
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_images):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     state, history = _train(workdir, tiny_images)
-    return workdir, _leaves(state), history
+    return workdir, host_leaves(state), history
 
 
 def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
@@ -39,7 +37,7 @@ def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
     logs = []
     state, history = _train(tmp_path, tiny_images, logs=logs)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
-    for a, b in zip(_leaves(state), expected):
+    for a, b in zip(host_leaves(state), expected):
         np.testing.assert_array_equal(a, b)
     assert history.metrics == full_history.metrics  # the same losses, step for step
     assert len(history.per_epoch_time) == 2
@@ -64,7 +62,7 @@ def test_restore_on_another_device_count(uninterrupted):
     workdir, expected, _ = uninterrupted
     _, state8 = restore_run(str(workdir), devices=jax.devices()[:8])
     assert len(jax.tree.leaves(state8)[0].sharding.device_set) == 8
-    for a, b in zip(_leaves(state8), expected):
+    for a, b in zip(host_leaves(state8), expected):
         np.testing.assert_array_equal(a, b)
     one = sample_images(str(workdir), 6, seed=3, devices=jax.devices()[:1])
     eight = sample_images(str(workdir), 6, seed=3, devices=jax.devices()[:8])
@@ -88,7 +86,7 @@ def test_nothing_to_do_when_already_trained(uninterrupted, tiny_images):
     logs = []
     state, _ = _train(workdir, tiny_images, logs=logs)
     assert any("already holds 2 epochs" in line for line in logs)
-    for a, b in zip(_leaves(state), expected):
+    for a, b in zip(host_leaves(state), expected):
         np.testing.assert_array_equal(a, b)
 
 
@@ -110,7 +108,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
     assert any("moved the unreadable checkpoint of epoch 2" in line for line in logs)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
     assert len(os.listdir(tmp_path / "checkpoints-corrupt")) == 1  # kept, not deleted
-    for a, b in zip(_leaves(state), expected):
+    for a, b in zip(host_leaves(state), expected):
         np.testing.assert_array_equal(a, b)
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import host_leaves
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
@@ -168,9 +169,6 @@ def _train(workdir, images, config=TINY, n_devices=1):
     return loop.train(task, images, str(workdir), mesh, log=lambda _: None)
 
 
-def _leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(state))]
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_images):
@@ -191,7 +189,7 @@ def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
     _, expected, full = uninterrupted
     _train(tmp_path, tiny_images, VAEConfig(**{**TINY.to_dict(), "epochs": 1}))
     state, history = _train(tmp_path, tiny_images)
-    for a, b in zip(_leaves(state), _leaves(expected)):
+    for a, b in zip(host_leaves(state), host_leaves(expected)):
         np.testing.assert_array_equal(a, b)
     assert history.metrics == full.metrics
 
@@ -201,7 +199,7 @@ def test_eight_devices_match_one(uninterrupted, tiny_images, tmp_path):
     state, history = _train(tmp_path, tiny_images, n_devices=8)
     for k in ("loss", "recon", "kl"):
         np.testing.assert_allclose(history.metrics[k], full.metrics[k], rtol=1e-4)
-    for a, b in zip(_leaves(state.model.params), _leaves(expected.model.params)):
+    for a, b in zip(host_leaves(state.model.params), host_leaves(expected.model.params)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 

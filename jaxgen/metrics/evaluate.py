@@ -108,8 +108,7 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     checkpoint) and the real-data floor, with the classifier in ``classifier_dir``; writes
     ``workdir/eval.json`` (process 0) and returns its content. Everything is checked before
     anything is computed or written."""
-    from jaxgen.train.restore import TASKS, sample_images
-    from jaxgen.train.loop import Task
+    from jaxgen.train.restore import TASKS, is_generative, sample_images
 
     start = time.time()
     if not isinstance(k, int) or not 1 <= k < num_samples:
@@ -119,7 +118,7 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
                                           "pass the --workdir of a training run")
     task_name, dataset = model_meta.get("task"), model_meta.get("config", {}).get("dataset")
     task_cls = TASKS.get(task_name, (None, None))[1]
-    if task_cls is None or task_cls.sample_images is Task.sample_images:
+    if task_cls is None or not is_generative(task_cls):
         raise JaxgenError(f"--workdir {workdir} holds a {task_name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
     _, cls_meta = classifier_meta(classifier_dir)

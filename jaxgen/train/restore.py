@@ -74,9 +74,11 @@ def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list]
     return draw_samples(task, state.model, num, jax.random.PRNGKey(seed), batch_size)
 
 
-def is_generative(task: Task) -> bool:
-    """Whether ``task`` can draw samples (it defines ``sample_images``)."""
-    return type(task).sample_images is not Task.sample_images
+def is_generative(task) -> bool:
+    """Whether ``task`` (a Task or a Task class) can draw samples (it defines
+    ``sample_images``)."""
+    task_cls = task if isinstance(task, type) else type(task)
+    return task_cls.sample_images is not Task.sample_images
 
 
 def draw_samples(task: Task, model, num: int, key: jax.Array,
