@@ -6,7 +6,6 @@
 Rerunning the same command resumes from the newest checkpoint in --workdir.
 """
 
-import argparse
 import os
 import sys
 
@@ -18,9 +17,7 @@ from jaxgen import cli  # noqa: E402
 def main() -> None:
     from jaxgen.train.gan import GANConfig, PRIORS
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(parser, GANConfig)
+    parser = cli.training_parser(__doc__, GANConfig)
     d = GANConfig()
     parser.add_argument("--z-dim", type=int, default=d.z_dim, help="latent size (%(default)s)")
     parser.add_argument("--prior", default=d.prior, choices=PRIORS,

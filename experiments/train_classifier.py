@@ -7,7 +7,6 @@ printed at the end and written to WORKDIR/classifier.json. Pass WORKDIR to evalu
 --classifier. Rerunning the same command resumes from the newest checkpoint.
 """
 
-import argparse
 import os
 import sys
 
@@ -19,9 +18,7 @@ from jaxgen import cli  # noqa: E402
 def main() -> None:
     from jaxgen.train.classifier import ClassifierConfig
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(parser, ClassifierConfig)
+    parser = cli.training_parser(__doc__, ClassifierConfig)
     d = ClassifierConfig()
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
     parser.add_argument("--dropout", type=float, default=d.dropout,

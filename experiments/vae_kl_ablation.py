@@ -32,9 +32,7 @@ def main() -> None:
     from jaxgen.errors import JaxgenError
     from jaxgen.train.vae import VAEConfig
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(parser, VAEConfig)
+    parser = cli.training_parser(__doc__, VAEConfig)
     cli.add_vae_flags(parser)
     parser.add_argument("--betas", type=cli.comma_floats, default=(1.0, 0.0), metavar="B,B",
                         help="KL weights to compare (default: 1,0)")

@@ -10,7 +10,6 @@ Losses are nats per image. After training it prints and writes to WORKDIR/test_e
 encoder std and the active units. Rerunning the same command resumes from the newest checkpoint.
 """
 
-import argparse
 import os
 import sys
 
@@ -22,9 +21,7 @@ from jaxgen import cli  # noqa: E402
 def main() -> None:
     from jaxgen.train.vae import VAEConfig
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(parser, VAEConfig)
+    parser = cli.training_parser(__doc__, VAEConfig)
     parser.add_argument("--beta", type=float, default=VAEConfig().beta,
                         help="weight of the KL term: 1 = the ELBO, 0 = reconstruction only "
                              "(%(default)s)")

@@ -14,6 +14,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CHECKPOINTS = os.path.join(REPO_ROOT, "checkpoints")
 
 
+def training_parser(doc: str, defaults) -> argparse.ArgumentParser:
+    """A training script's parser: its docstring as help, and the flags every training script
+    has (``add_run_flags``); ``defaults`` is the experiment's config class."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(parser, defaults)
+    return parser
+
+
 def add_run_flags(parser: argparse.ArgumentParser, defaults) -> None:
     """Flags every training script has; ``defaults`` is the experiment's config class."""
     from jaxgen.data import DATASETS
