@@ -79,6 +79,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
             if call == warmup_calls + 1:
                 jax.block_until_ready(state)
                 t0 = time.perf_counter()
+                faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             state, metrics = step(state, data, perm)
             done += steps_per_call
             if first_log is None and done >= log_every:
@@ -86,6 +87,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
                 first_log = time.perf_counter() - start
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     return {"framework": f"jaxgen (jax {jax.__version__})",
             "form": ("sub-pixel" if subpixel else "direct")
             + (f", {steps_per_call} steps/call" if steps_per_call > 1 else "")
@@ -93,16 +95,48 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
             "batch_size": batch_size,
             "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
             "compile_s": compile_s, "first_log_s": first_log,
-            "peak_memory_bytes": peak_memory_bytes()}
+            "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
 
 
-def time_torch(batch_size: int, steps: int, warmup: int, log_every: int) -> dict:
+# The environment that gives a fresh process the malloc settings of
+# jaxgen.parallel.reuse_host_memory, so that PyTorch can be timed with them too.
+REUSE_HOST_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                         "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
+               reuse_host_memory: bool) -> dict:
+    """The PyTorch reference in its own process, with glibc's malloc defaults or with the
+    settings of ``jaxgen.parallel.reuse_host_memory``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if reuse_host_memory:
+        env.update(REUSE_HOST_MEMORY_ENV)
     proc = subprocess.run([sys.executable, os.path.join(HERE, "torch_gan.py"), "--batch-size",
                            str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
-                           "--log-every", str(log_every)], capture_output=True, text=True)
+                           "--log-every", str(log_every)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode:
         raise RuntimeError(f"the PyTorch reference failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["form"] = "reference" + (", malloc as jaxgen's" if reuse_host_memory else "")
+    return row
+
+
+def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, log_every: int,
+                                     subpixel: bool, steps_per_call: int) -> dict:
+    """``time_jaxgen`` in a fresh process that keeps glibc's malloc defaults (malloc's settings
+    are process-wide and fixed once JAX has started)."""
+    call = (f"import json, sys; sys.path.insert(0, {HERE!r}); import gan_step; "
+            f"from jaxgen import parallel; "
+            f"row = gan_step.time_jaxgen({batch_size}, {steps}, {warmup}, {log_every}, "
+            f"{subpixel}, parallel.make_mesh(), {steps_per_call}); print(json.dumps(row))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    proc = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"the malloc-defaults run failed:\n{proc.stderr[-2000:]}")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["form"] += ", glibc malloc defaults"
+    return row
 
 
 def _fmt(value, spec):
@@ -127,6 +161,9 @@ def main() -> None:
     parser.add_argument("--xla-defaults", action="store_true",
                         help="also time the first form compiled with XLA's default options, "
                              "without jaxgen.parallel.compiler_options")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="also time the first form with glibc's malloc defaults, without "
+                             "jaxgen.parallel.reuse_host_memory (in a separate process)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -137,19 +174,24 @@ def main() -> None:
         sys.exit("error: --forms takes sub-pixel, direct or both, comma-separated.")
     if args.steps_per_call < 1 or args.steps % args.steps_per_call:
         sys.exit("error: --steps must be a positive multiple of --steps-per-call.")
+    reused = parallel.reuse_host_memory()  # what jaxgen's scripts do first
     mesh = parallel.make_mesh()
     for b in batch_sizes:
         parallel.check_batch_size(b, mesh)
     with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     info = machine()
+    info["reuse_host_memory"] = reused
     print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
-          f"{info['device']}")
+          f"{info['device']}; host memory reused between steps: {'yes' if reused else 'no'}")
     if not with_torch and not args.no_torch:
         print("torch is not installed: no PyTorch column (pip install torch==2.13.0 on CPU).")
 
     rows, results = [], []
     for b in batch_sizes:
-        torch_row = time_torch(b, args.steps, args.warmup, args.log_every) if with_torch else None
+        # PyTorch with glibc's malloc defaults, and with jaxgen's settings when jaxgen has them:
+        # jaxgen is compared with the faster of the two.
+        torch_rows = [time_torch(b, args.steps, args.warmup, args.log_every, reuse)
+                      for reuse in ((False, True) if reused else (False,))] if with_torch else []
         entry = {"batch_size": b}
         for form in forms:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form == "sub-pixel",
@@ -165,25 +207,34 @@ def main() -> None:
             rows.append(row)
             entry["jaxgen_xla_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_xla_defaults_row"] = row
-        if torch_row:
-            rows.append(torch_row)
-            entry["torch_steps_per_s"] = torch_row["steps_per_s"]
-            entry["ratio"] = entry["jaxgen_steps_per_s"] / torch_row["steps_per_s"]
-            entry["torch_row"] = torch_row
+        if args.malloc_defaults:
+            row = time_jaxgen_with_malloc_defaults(b, args.steps, args.warmup, args.log_every,
+                                                   forms[0] == "sub-pixel", args.steps_per_call)
+            rows.append(row)
+            entry["jaxgen_malloc_defaults_steps_per_s"] = row["steps_per_s"]
+            entry["jaxgen_malloc_defaults_row"] = row
+        if torch_rows:
+            rows.extend(torch_rows)
+            best = max(torch_rows, key=lambda r: r["steps_per_s"])
+            entry["torch_steps_per_s"] = best["steps_per_s"]
+            entry["ratio"] = entry["jaxgen_steps_per_s"] / best["steps_per_s"]
+            entry["torch_rows"] = torch_rows
         results.append(entry)
 
     header = (f"{'what':<64} {'batch':>5} {'steps/s':>8} {'images/s':>9} {'compile s':>9} "
-              f"{'to 1st log s':>13} {'peak MB':>8}")
+              f"{'to 1st log s':>13} {'peak MB':>8} {'faults/step':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        what = r["framework"] + (f", {r['form']}" if "form" in r else ", reference")
+        what = f"{r['framework']}, {r['form']}"
         print(f"{what:<64} {r['batch_size']:>5} {r['steps_per_s']:>8.2f} "
               f"{r['images_per_s']:>9.0f} {r['compile_s']:>9.1f} "
-              f"{_fmt(r['first_log_s'], '13.1f'):>13} {r['peak_memory_bytes'] / 2**20:>8.0f}")
+              f"{_fmt(r['first_log_s'], '13.1f'):>13} {r['peak_memory_bytes'] / 2**20:>8.0f} "
+              f"{r['page_faults_per_step']:>11.0f}")
     for e in results:
         if "ratio" in e:
-            print(f"batch {e['batch_size']}: jaxgen / PyTorch = {e['ratio']:.2f}x")
+            print(f"batch {e['batch_size']}: jaxgen / PyTorch = {e['ratio']:.2f}x "
+                  f"(against the faster PyTorch row)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "steps": args.steps, "results": results}, f, indent=2)

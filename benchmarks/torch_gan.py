@@ -109,18 +109,21 @@ def benchmark(batch_size: int, steps: int, warmup: int, log_every: int = 100) ->
         if i == warmup + 1:
             sync()
             t0 = time.perf_counter()
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         gan.step(data[i % len(data)])
         if i == log_every:
             sync()
             first_log = time.perf_counter() - start
     sync()
     seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"framework": f"torch {torch.__version__}", "device": device,
             "batch_size": batch_size, "steps_per_s": steps / seconds,
             "images_per_s": steps * batch_size / seconds, "compile_s": 0.0,
             "first_log_s": first_log, "peak_memory_bytes": peak,
+            "page_faults_per_step": faults / steps,
             "threads": torch.get_num_threads()}
 
 

@@ -240,9 +240,12 @@ def describe_devices(mesh) -> str:
 def run(main: Callable[[], None]) -> None:
     """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2.
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
-    when it is printed, not minutes later."""
+    when it is printed, not minutes later. Host memory is reused from step to step
+    (:func:`jaxgen.parallel.reuse_host_memory`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
+    from jaxgen import parallel
+    parallel.reuse_host_memory()
     try:
         main()
     except JaxgenError as e:

@@ -8,6 +8,7 @@ all-reduces: N devices compute exactly the update one device would (up to summat
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Optional, Sequence
 
@@ -76,6 +77,48 @@ def compiler_options(mesh: Mesh) -> Optional[dict]:
         return None
     flags = os.environ.get("XLA_FLAGS", "")
     return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}=" not in flags} or None
+
+
+# glibc's mallopt parameters (<malloc.h>).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+               "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def reuse_host_memory() -> bool:
+    """Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel;
+    returns whether it did. jaxgen's scripts and benchmarks call it first thing.
+
+    XLA:CPU allocates each run's scratch memory afresh (about 100 MB for the GAN step at batch
+    64) and frees it at the end. glibc serves blocks that large from fresh ``mmap`` pages and
+    unmaps them on free, so every step page-faults its whole scratch memory back in: some
+    25,000 faults and about 0.1 s of kernel time per GAN step on a 2-core CPU, 15-20% of the
+    step. With one malloc arena, no ``mmap`` and no trimming, each step reuses the memory the
+    previous one freed; results are unchanged. The process keeps its peak heap instead of
+    returning memory after a large free.
+
+    It must run before JAX starts its backend (the first array or device query): the threads
+    that allocate take their arena then. It does nothing, and returns False, if the backend has
+    started, if the C library is not glibc, or if the environment already sets glibc's malloc
+    options (``MALLOC_ARENA_MAX`` and the like, or ``glibc.malloc`` tunables), which win.
+    """
+    if any(k in os.environ for k in _MALLOC_ENV) or \
+            "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        from jax._src import xla_bridge
+        if xla_bridge.backends_are_initialized():
+            return False
+    except (ImportError, AttributeError):  # a JAX without this query: trust the caller
+        pass
+    try:
+        libc = ctypes.CDLL(None)  # the C library the process runs on
+        libc.gnu_get_libc_version  # glibc only; musl and macOS have no mallopt of these
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def _platforms_present() -> list[str]:
