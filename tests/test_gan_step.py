@@ -164,3 +164,50 @@ def test_cpu_compiler_options_keep_the_maths_and_take_effect(tiny_images, monkey
     # A user's own XLA_FLAGS setting of the option wins over jaxgen's.
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert parallel.compiler_options(mesh) is None
+
+
+def test_grouped_batchnorm_is_batchnorm_per_interleaved_sub_batch():
+    """groups=2 on interleaved rows equals Flax's BatchNorm (two-pass variance) called on each
+    sub-batch in turn: outputs, the running averages after both, and gradients."""
+    import flax.linen as nn
+
+    from jaxgen.models.layers import GroupedBatchNorm
+
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                           use_fast_variance=False)
+    kx, ks = jax.random.split(jax.random.PRNGKey(0))
+    a, b = 3.0 + jax.random.normal(kx, (2, 6, 4, 4, 5))  # two sub-batches of 6
+    both = jnp.stack([a, b], axis=1).reshape(12, 4, 4, 5)  # row 2n + g
+    stats = {"mean": jax.random.normal(ks, (5,)), "var": 1.0 + jnp.arange(5.0)}
+    params = {"scale": 1.0 + jnp.arange(5.0) / 10, "bias": jnp.arange(5.0) - 2}
+
+    def separate(p):
+        ya, mut = flax_bn.apply({"params": p, "batch_stats": stats}, a, mutable=["batch_stats"])
+        yb, mut = flax_bn.apply({"params": p, "batch_stats": mut["batch_stats"]}, b,
+                                mutable=["batch_stats"])
+        return jnp.stack([ya, yb], axis=1).reshape(both.shape), mut["batch_stats"]
+
+    def grouped(p, groups=2):
+        y, mut = GroupedBatchNorm(use_running_average=False, groups=groups).apply(
+            {"params": p, "batch_stats": stats}, both, mutable=["batch_stats"])
+        return y, mut["batch_stats"]
+
+    (y1, s1), (y2, s2) = separate(params), grouped(params)
+    np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-5)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(s2[k], s1[k], rtol=1e-5, atol=1e-6)
+    weights = jnp.sin(jnp.arange(both.size, dtype=jnp.float32)).reshape(both.shape)
+    loss = lambda f: lambda p: (f(p)[0] * weights).sum()  # noqa: E731
+    g1, g2 = jax.grad(loss(separate))(params), jax.grad(loss(grouped))(params)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-4)
+    # One group is Flax's BatchNorm on the whole batch, in training and in inference mode.
+    y, s = grouped(params, groups=1)
+    y_ref, mut = flax_bn.apply({"params": params, "batch_stats": stats}, both,
+                               mutable=["batch_stats"])
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s["var"], mut["batch_stats"]["var"], rtol=1e-5)
+    variables = {"params": params, "batch_stats": stats}
+    np.testing.assert_allclose(
+        GroupedBatchNorm(use_running_average=True).apply(variables, both),
+        flax_bn.clone(use_running_average=True).apply(variables, both), rtol=1e-5, atol=1e-5)

@@ -121,13 +121,15 @@ class GANTask(Task):
         g_stats = jax.tree.map(lambda old, once: _repeat_ema(old, once, BATCHNORM_MOMENTUM),
                                g.batch_stats, g_stats_once)
 
-        # D step on the real batch and the fake batch, each through D on its own (BatchNorm).
+        # D step on the real batch and the fake batch, each with its own BatchNorm statistics
+        # and running-average update as in the reference, computed in one pass of D over both
+        # (interleaved: the real and the fake image n are rows 2n and 2n + 1).
         def d_loss_fn(d_params):
-            real_logits, mut = D.apply(d.variables(d_params), images, train=True,
-                                       mutable=["batch_stats"])
-            fake_logits, mut = D.apply(d.variables(d_params, mut["batch_stats"]), fake,
-                                       train=True, mutable=["batch_stats"])
-            return losses.discriminator_loss(real_logits, fake_logits), mut["batch_stats"]
+            both = jnp.stack([images, fake], axis=1).reshape((-1,) + images.shape[1:])
+            logits, mut = D.apply(d.variables(d_params), both, train=True, groups=2,
+                                  mutable=["batch_stats"])
+            logits = logits.reshape(-1, 2)
+            return losses.discriminator_loss(logits[:, 0], logits[:, 1]), mut["batch_stats"]
 
         (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d.params)
         d_updates, d_opt = self.tx_d.update(d_grads, d.opt_state, d.params)
