@@ -73,8 +73,36 @@ def tiny_images():
     return synthetic_images(64)[0][..., None]
 
 
+def _background_runs(item) -> list[str]:
+    """The background runs (cli_helpers.background_run) that test ``item`` reads."""
+    from cli_helpers import JOBS
+
+    return [name for name in getattr(item, "fixturenames", ()) if name in JOBS]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that read a background run go last (in their order), so that the run has the time
+    of the in-process tests to finish."""
+    items[:] = ([item for item in items if not _background_runs(item)]
+                + [item for item in items if _background_runs(item)])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_background_runs(request, tmp_path_factory):
+    """Starts, when the session starts, every background run that the selected tests read, in
+    the order they read them (pytest_sessionfinish stops what is left)."""
+    import cli_helpers
+
+    for item in request.session.items:
+        for name in _background_runs(item):
+            cli_helpers.start(name, tmp_path_factory)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
+
+    if "cli_helpers" in sys.modules:  # background runs still going (a failed or interrupted run)
+        sys.modules["cli_helpers"].stop_background_runs()
 
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     if os.path.basename(cache).startswith("jaxgen-xla-cache-"):

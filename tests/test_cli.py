@@ -8,18 +8,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import run_in_process, run_script
+from cli_helpers import background_run, run_in_background, run_in_process
 from conftest import write_idx_dataset
 
 
+@background_run
+def gan_cli_run(directory):
+    """gan_mnist.py for two epochs on a tiny IDX dataset, on this session's 8 CPU devices; then
+    sample.py from its workdir, to a .png and to a .npy."""
+    data_dir = write_idx_dataset(str(directory / "idx"))
+    workdir = directory / "run"
+    train = run_in_background("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2,
+                              "--batch-size", 16, "--log-every", 2, "--workdir", workdir)
+    samples = {}
+    if train.returncode == 0:
+        for out in (directory / "s.png", directory / "s.npy"):
+            samples[out] = run_in_background("sample.py", "--workdir", workdir, "--num", 10,
+                                             "--out", out)
+    return data_dir, workdir, train, samples
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """gan_mnist.py for two epochs on a tiny IDX dataset, on this session's 8 CPU devices."""
-    root = tmp_path_factory.mktemp("cli")
-    data_dir = write_idx_dataset(str(root / "idx"))
-    workdir = root / "run"
-    proc = run_script("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 16,
-                      "--log-every", 2, "--workdir", workdir)
+def trained(gan_cli_run):
+    data_dir, workdir, proc, _ = gan_cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data_dir, workdir, proc.stdout
 
@@ -46,11 +57,10 @@ def test_run_writes_grids_gif_plot_history_and_checkpoints(trained):
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
 
 
-def test_sample_writes_a_grid_and_an_array(trained, tmp_path):
-    _, workdir, _ = trained
-    png, npy = tmp_path / "s.png", tmp_path / "s.npy"
-    for out in (png, npy):
-        proc = run_script("sample.py", "--workdir", workdir, "--num", 10, "--out", out)
+def test_sample_writes_a_grid_and_an_array(trained, gan_cli_run):
+    samples = gan_cli_run[3]
+    png, npy = samples
+    for out, proc in samples.items():
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"wrote 10 images (prior) to {out}" in proc.stdout
     images = np.load(npy)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -31,11 +32,23 @@ def uninterrupted(tmp_path_factory, tiny_images):
     return workdir, host_leaves(state), history
 
 
-def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
+@pytest.fixture(scope="module")
+def first_epoch(tmp_path_factory, tiny_images):
+    """The same run stopped after epoch 1; tests go on from copies of it."""
+    workdir = tmp_path_factory.mktemp("first_epoch")
+    _train(workdir, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    return workdir
+
+
+def _copy(workdir, tmp_path):
+    return shutil.copytree(workdir, tmp_path / "run")
+
+
+def test_resume_is_bit_identical(uninterrupted, first_epoch, tiny_images, tmp_path):
     _, expected, full_history = uninterrupted
-    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    workdir = _copy(first_epoch, tmp_path)
     logs = []
-    state, history = _train(tmp_path, tiny_images, logs=logs)
+    state, history = _train(workdir, tiny_images, logs=logs)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
     for a, b in zip(host_leaves(state), expected):
         np.testing.assert_array_equal(a, b)
@@ -99,29 +112,30 @@ def _corrupt(checkpoint_dir):
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny_images,
                                                                   tmp_path):
-    _, expected, _ = uninterrupted
-    _train(tmp_path, tiny_images)
-    _corrupt(tmp_path / "checkpoints" / "2")
+    workdir, expected, _ = uninterrupted
+    workdir = _copy(workdir, tmp_path)
+    _corrupt(workdir / "checkpoints" / "2")
     logs = []
-    state, _ = _train(tmp_path, tiny_images, logs=logs)
+    state, _ = _train(workdir, tiny_images, logs=logs)
     assert any("checkpoint of epoch 2 cannot be read" in line for line in logs)
     assert any("moved the unreadable checkpoint of epoch 2" in line for line in logs)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
-    assert len(os.listdir(tmp_path / "checkpoints-corrupt")) == 1  # kept, not deleted
+    assert len(os.listdir(workdir / "checkpoints-corrupt")) == 1  # kept, not deleted
     for a, b in zip(host_leaves(state), expected):
         np.testing.assert_array_equal(a, b)
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tiny_images, tmp_path):
-    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
-    _corrupt(tmp_path / "checkpoints" / "1")
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(first_epoch, tiny_images,
+                                                             tmp_path):
+    workdir = _copy(first_epoch, tmp_path)
+    _corrupt(workdir / "checkpoints" / "1")
     with pytest.raises(JaxgenError, match="none of the checkpoints .* can be read.*nothing was moved"):
-        _train(tmp_path, tiny_images)
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+        _train(workdir, tiny_images)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_images, tmp_path):
-    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(first_epoch, tiny_images, tmp_path):
+    workdir = _copy(first_epoch, tmp_path)
 
     class NaNAtEpoch2(GANTask):
         def train_step(self, model, images, key):
@@ -130,9 +144,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_images, tmp_path
             return model, metrics
 
     with pytest.raises(JaxgenError, match=r"G_loss became nan at epoch 2, step 2; .*epoch 1"):
-        _train(tmp_path, tiny_images, task=NaNAtEpoch2(CONFIG))
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
-    history = json.load(open(tmp_path / "GAN_history.json"))
+        _train(workdir, tiny_images, task=NaNAtEpoch2(CONFIG))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+    history = json.load(open(workdir / "GAN_history.json"))
     assert len(history["G_loss"]) == 4  # epoch 1's only
 
 

@@ -8,19 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import run_in_process, run_script
+from cli_helpers import background_run, run_in_background, run_in_process
 from conftest import write_idx_dataset
 
 TINY_FLAGS = ("--batch-size", 16, "--hidden", 16, "--iwae-k", 4, "--log-every", 2)
 
 
+@background_run
+def vae_cli_run(directory):
+    """vae_mnist.py for two epochs on a tiny IDX dataset, then the same command again."""
+    data_dir = write_idx_dataset(str(directory / "idx"))
+    command = ("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
+               "--workdir", directory / "run", *TINY_FLAGS)
+    first = run_in_background(*command)
+    again = run_in_background(*command) if first.returncode == 0 else None
+    return data_dir, directory / "run", first, again
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vae_cli")
-    data_dir = write_idx_dataset(str(root / "idx"))
-    workdir = root / "run"
-    proc = run_script("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
-                      "--workdir", workdir, *TINY_FLAGS)
+def trained(vae_cli_run):
+    data_dir, workdir, proc, _ = vae_cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data_dir, workdir, proc.stdout
 
@@ -38,10 +45,8 @@ def test_run_logs_trains_and_evaluates(trained):
         assert Image.open(workdir / name).size[0] > 100
 
 
-def test_rerun_reads_the_evaluation_back(trained):
-    data_dir, workdir, _ = trained
-    proc = run_script("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
-                      "--workdir", workdir, *TINY_FLAGS)
+def test_rerun_reads_the_evaluation_back(trained, vae_cli_run):
+    proc = vae_cli_run[3]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing to train" in proc.stdout and "read from" in proc.stdout
 
@@ -59,12 +64,17 @@ def test_sample_draws_prior_reconstructions_and_interpolations(trained, tmp_path
         assert images.shape == (count, 28, 28, 1) and -1 <= images.min() <= images.max() <= 1
 
 
-def test_ablation_writes_the_table_and_figures(tmp_path):
-    data_dir = write_idx_dataset(str(tmp_path / "idx"))
-    workdir = tmp_path / "ablation"
-    proc = run_script("vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1,
-                      "--latent-dim", 3, "--eval-images", 16, "--num-samples", 60,
-                      "--workdir", workdir, *TINY_FLAGS)
+@background_run
+def ablation_run(directory):
+    data_dir = write_idx_dataset(str(directory / "idx"))
+    workdir = directory / "ablation"
+    return workdir, run_in_background(
+        "vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1, "--latent-dim", 3,
+        "--eval-images", 16, "--num-samples", 60, "--workdir", workdir, *TINY_FLAGS)
+
+
+def test_ablation_writes_the_table_and_figures(ablation_run):
+    workdir, proc = ablation_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(workdir / "ablation.csv")))
     assert [float(r["beta"]) for r in rows] == [1.0, 0.0]
