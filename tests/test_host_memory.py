@@ -24,13 +24,14 @@ import jax, jax.numpy as jnp
 x = jnp.ones(2**24, jnp.float32)
 step = jax.jit(lambda x: jnp.cumsum(x)[::4096]).lower(x).compile()
 temp = step.memory_analysis().temp_size_in_bytes
-warmup, runs = int(sys.argv[2]), 4
+warmup, runs = int(sys.argv[2]), 8
 for _ in range(warmup):  # the heap settles at its working size
     y = step(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(runs):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = step(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / runs
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 late = parallel.reuse_host_memory()  # the backend has started: refused
 print(json.dumps({"applied": applied, "late": late, "temp": temp, "faults": faults}))
 """
@@ -47,14 +48,15 @@ def _probe(mode: str, warmup: int = 2, **env) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_scratch_memory_is_reused_instead_of_faulted_in_every_run():
-    default, reused = _probe("default"), _probe("reuse", warmup=12)
+    default, reused = _probe("default"), _probe("reuse", warmup=24)
     pages = default["temp"] / 4096
     assert default["temp"] > 2**26
-    # glibc's defaults: the scratch memory comes back as fresh pages every run...
-    assert default["faults"] > 0.5 * pages, default
-    # ...and after reuse_host_memory the same program runs without faulting it in again.
+    # glibc's defaults: the scratch memory comes back as fresh pages in every run...
+    assert min(default["faults"]) > 0.5 * pages, default
+    # ...and after reuse_host_memory the program runs without faulting it in again (the heap
+    # may still grow once or twice, depending on the order in which buffers are freed).
     assert reused["applied"] is True
-    assert reused["faults"] < 0.02 * pages, reused
+    assert sorted(reused["faults"])[len(reused["faults"]) // 2] < 0.02 * pages, reused
     assert reused["late"] is False
 
 
