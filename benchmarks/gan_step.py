@@ -98,19 +98,13 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
             "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
 
 
-# The environment that gives a fresh process the malloc settings of
-# jaxgen.parallel.reuse_host_memory, so that PyTorch can be timed with them too.
-REUSE_HOST_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                         "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-
-
 def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
                reuse_host_memory: bool) -> dict:
     """The PyTorch reference in its own process, with glibc's malloc defaults or with the
     settings of ``jaxgen.parallel.reuse_host_memory``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     if reuse_host_memory:
-        env.update(REUSE_HOST_MEMORY_ENV)
+        env.update(parallel.host_memory_environment())
     proc = subprocess.run([sys.executable, os.path.join(HERE, "torch_gan.py"), "--batch-size",
                            str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
                            "--log-every", str(log_every)], capture_output=True, text=True,

@@ -63,3 +63,13 @@ def test_scratch_memory_is_reused_instead_of_faulted_in_every_run():
 def test_the_users_malloc_settings_win():
     result = _probe("reuse", MALLOC_ARENA_MAX="4")
     assert result["applied"] is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_the_environment_version_gives_a_new_process_the_same_settings():
+    """What the benchmark starts PyTorch with: the settings from the process's start."""
+    from jaxgen import parallel
+
+    result = _probe("default", warmup=24, **parallel.host_memory_environment())
+    pages = result["temp"] / 4096
+    assert sorted(result["faults"])[len(result["faults"]) // 2] < 0.02 * pages, result
