@@ -21,15 +21,13 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxgen import parallel  # noqa: E402
-from jaxgen.train import loop  # noqa: E402
-from jaxgen.train.gan import GANConfig, GANTask  # noqa: E402
+from jaxgen import parallel
+from jaxgen.train import loop
+from jaxgen.train.gan import GANConfig, GANTask
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -12,12 +12,10 @@ scores for N real test images. Writes WORKDIR/eval.json and prints a table.
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxgen import cli  # noqa: E402
-from jaxgen.parallel import ACCELERATORS  # noqa: E402
+from jaxgen import cli, metrics, parallel
+from jaxgen.parallel import ACCELERATORS
+from jaxgen.runs.evaluate import EVAL_FILE, evaluate_run
 
 
 def main() -> None:
@@ -38,9 +36,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
     args = parser.parse_args()
 
-    from jaxgen import metrics, parallel
-
-    result = metrics.evaluate_run(args.workdir, args.classifier, args.num_samples,
+    result = evaluate_run(args.workdir, args.classifier, args.num_samples,
                                   data_dir=args.data_dir, seed=args.seed, k=args.k,
                                   devices=parallel.select_devices(args.accelerator))
     if parallel.is_main_process():
@@ -50,7 +46,7 @@ def main() -> None:
               f"classifier {clf['path']} (epoch {clf['checkpoint_epoch']}, test accuracy "
               f"{clf['test_accuracy']:.4f})")
         print(metrics.format_table(result, name=model["task"]))
-        print(f"wrote {os.path.join(model['workdir'], metrics.EVAL_FILE)} "
+        print(f"wrote {os.path.join(model['workdir'], EVAL_FILE)} "
               f"({result['seconds']:.1f} s)")
 
 

@@ -7,7 +7,7 @@
 
 --kind prior (GAN or VAE): samples from the model's prior. A .png is a grid; a .npy holds float32
 images in [-1, 1], shape (num, 28, 28, 1). The library call is
-``jaxgen.train.restore.sample_images(workdir, num, seed)``.
+``jaxgen.runs.restore.sample_images(workdir, num, seed)``.
 --kind reconstructions (VAE): the first --num test images, each row followed by its reconstructions.
 --kind interpolations (VAE): --num rows, each a straight line in latent space between the posterior
 means of two test images, in 10 steps. Test images come from --data-dir, or TFDS.
@@ -15,13 +15,14 @@ means of two test images, in 10 steps. Test images come from --data-dir, or TFDS
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from jaxgen import cli  # noqa: E402
-from jaxgen.errors import JaxgenError  # noqa: E402
-from jaxgen.parallel import ACCELERATORS  # noqa: E402
+from jaxgen import cli, data, parallel, viz
+from jaxgen.errors import JaxgenError
+from jaxgen.parallel import ACCELERATORS
+from jaxgen.runs import latents, restore
+from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
 
 KINDS = ("prior", "reconstructions", "interpolations")
 INTERPOLATION_STEPS = 10
@@ -55,32 +56,27 @@ def main() -> None:
         raise JaxgenError(f"cannot write --out {args.out}: {out_dir} is not a writable "
                           "directory.")
 
-    import numpy as np
-
-    from jaxgen import data, parallel, viz
-    from jaxgen.train import restore, vae
-
     devices = parallel.select_devices(args.accelerator)
     ncols = None
     if args.kind == "prior":
         images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices)
     else:
         task, state = restore.restore_run(args.workdir, devices=devices)
-        if not isinstance(task, vae.VAETask):
+        if not isinstance(task, VAETask):
             raise JaxgenError(f"--kind {args.kind} needs a VAE run; --workdir {args.workdir} "
                               f"holds a {task.name} run (use --kind prior).")
         test = data.load_dataset(task.config.dataset, "test", args.data_dir).images
         params = state.model.params
         if args.kind == "reconstructions":
             originals = test[:num]
-            shown = vae.fixed_targets(task, originals) * 2 - 1
-            images = vae.interleave_rows(shown, vae.reconstructions(task, params, originals), 8)
+            shown = fixed_targets(task, originals) * 2 - 1
+            images = interleave_rows(shown, latents.reconstructions(task, params, originals), 8)
             ncols = 8
         else:
             if 2 * num > len(test):
                 raise JaxgenError(f"--num {num} lines need {2 * num} test images; there are "
                                   f"{len(test)}.")
-            images = vae.interpolations(task, params, test[:num], test[num:2 * num],
+            images = latents.interpolations(task, params, test[:num], test[num:2 * num],
                                         steps=INTERPOLATION_STEPS)
             ncols = INTERPOLATION_STEPS
     if ext == ".npy":

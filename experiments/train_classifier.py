@@ -8,35 +8,20 @@ printed at the end and written to WORKDIR/classifier.json. Pass WORKDIR to evalu
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxgen import cli  # noqa: E402
+from jaxgen import cli, data
+from jaxgen.train import loop
+from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, write_report
 
 
 def main() -> None:
-    from jaxgen.train.classifier import ClassifierConfig
-
-    parser = cli.training_parser(__doc__, ClassifierConfig)
-    d = ClassifierConfig()
-    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
-    parser.add_argument("--dropout", type=float, default=d.dropout,
-                        help="dropout rate on the feature layer (%(default)s)")
-    parser.add_argument("--feature-dim", type=int, default=d.feature_dim,
-                        help="size of the feature layer the metrics use (%(default)s)")
-    args = parser.parse_args()
-
-    config = cli.config_from_flags(ClassifierConfig, args)
+    args = cli.training_parser(__doc__, ClassifierConfig).parse_args()
+    config = ClassifierConfig.from_flags(args)
     run = cli.prepare_run(args, config, "classifier")
 
-    from jaxgen import data
-    from jaxgen.train import loop
-    from jaxgen.train.classifier import REPORT, ClassifierTask, write_report
-
-    train = data.load_dataset(args.dataset, "train", args.data_dir)
-    test = data.load_dataset(args.dataset, "test", args.data_dir)
-    run.log(f"Classifier on {args.dataset}: {len(train)} training images, batch "
+    train = data.load_dataset(config.dataset, "train", run.options.data_dir)
+    test = data.load_dataset(config.dataset, "test", run.options.data_dir)
+    run.log(f"Classifier on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
     task = ClassifierTask(config)
     state, _ = loop.train(task, train.images, run.workdir, run.mesh, labels=train.labels)

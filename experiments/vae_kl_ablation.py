@@ -17,61 +17,259 @@ Writes into --workdir:
 Every run resumes; rerunning the same command only does what is missing.
 """
 
-import argparse
+import csv
+import dataclasses
 import os
 import sys
+from typing import Callable, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-from jaxgen import cli  # noqa: E402
+from jaxgen import cli, data, parallel, viz
+from jaxgen.config import DISTINCT_NON_NEGATIVE, Check, Settings, setting
+from jaxgen.data import Dataset
+from jaxgen.errors import JaxgenError
+from jaxgen.metrics import Evaluator, frechet_distance_of_features
+from jaxgen.runs import latents
+from jaxgen.runs.evaluate import load_classifier
+from jaxgen.runs.restore import draw_samples
+from jaxgen.train import vae_eval
+from jaxgen.train.vae import PRESETS, VAEConfig, fixed_targets, interleave_rows
+from jaxgen.train.vae_eval import TestEvalOptions
+from jaxgen.workdir import ensure_writable
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationOptions(Settings):
+    """What the ablation compares, beside the VAE's own settings."""
+
+    betas: tuple[float, ...] = setting((1.0, 0.0), "KL weights to compare",
+                                       DISTINCT_NON_NEGATIVE, metavar="B,B")
+    picture_latent_dim: int = setting(
+        2, "latent size of the companion runs drawn as latent scatter and grid (0 skips them)",
+        Check(lambda v: v in (0, 2), "2 (draw the latent space) or 0 (skip)"), metavar="D")
+    num_samples: int = setting(10000, "prior samples for the quality figures",
+                               Check(lambda v: v >= 2, "at least 2"), metavar="N")
+    classifier: Optional[str] = setting(
+        None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
+              "are scored in its feature space (FID, IS, coverage, precision, recall); without "
+              "it, the Frechet distance in pixel space", metavar="DIR")
 
 
 def main() -> None:
-    import dataclasses
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",), presets=PRESETS)
+    TestEvalOptions.add_flags(parser, "test-set evaluation after training")
+    AblationOptions.add_flags(parser, "the ablation")
+    args = cli.parse(parser, presets=PRESETS)
 
-    from jaxgen.errors import JaxgenError
-    from jaxgen.train.vae import VAEConfig
-
-    parser = cli.training_parser(__doc__, VAEConfig)
-    cli.add_vae_flags(parser)
-    parser.add_argument("--betas", type=cli.comma_floats, default=(1.0, 0.0), metavar="B,B",
-                        help="KL weights to compare (default: 1,0)")
-    parser.add_argument("--picture-latent-dim", type=int, default=2, metavar="D",
-                        help="latent size of the companion runs drawn as latent scatter and grid "
-                             "(default 2; 0 skips them)")
-    parser.add_argument("--num-samples", type=int, default=10000, metavar="N",
-                        help="prior samples for the quality figures (%(default)s)")
-    parser.add_argument("--classifier", default=None, metavar="DIR",
-                        help="workdir of experiments/train_classifier.py on the same dataset: "
-                             "prior samples are scored in its feature space (FID, IS, coverage, "
-                             "precision, recall); without it, the Frechet distance in pixel space")
-    cli.apply_preset(parser)
-    args = parser.parse_args()
-
-    base = cli.config_from_flags(VAEConfig, argparse.Namespace(**{**vars(args), "beta": 1.0}))
-    configs = [dataclasses.replace(base, beta=b) for b in args.betas]
+    base = VAEConfig.from_flags(args, beta=1.0)
+    options = AblationOptions.from_flags(args)
+    test_eval = TestEvalOptions.from_flags(args)
+    options.validate()
+    test_eval.validate()
+    configs = [dataclasses.replace(base, beta=b) for b in options.betas]
     for config in configs:
         config.validate()
-    if args.picture_latent_dim not in (0, 2):
-        raise JaxgenError(f"--picture-latent-dim must be 2 (draw the latent space) or 0 (skip), "
-                          f"got {args.picture_latent_dim}.")
-    if args.num_samples < 2:
-        raise JaxgenError(f"--num-samples must be at least 2, got {args.num_samples}.")
-    cli.check_vae_eval_flags(args)
     run = cli.prepare_run(args, base, "vae_kl_ablation")
 
-    from jaxgen import data
-    from jaxgen.train.ablation import classifier_quality, pixel_quality, run_kl_ablation
+    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
+    test = data.load_dataset(base.dataset, "test", run.options.data_dir)
+    quality = (classifier_quality(options.classifier, base.dataset, options.num_samples,
+                                  run.options.data_dir)
+               if options.classifier else pixel_quality(train, options.num_samples))
+    run.log(f"KL ablation on {base.dataset}: betas "
+            f"{', '.join(f'{b:g}' for b in options.betas)}, {base.epochs} epochs each, "
+            f"{run.describe()}")
+    run_kl_ablation(configs, train, test, run.workdir, run.mesh, iwae_k=test_eval.iwae_k,
+                    eval_images=test_eval.eval_images,
+                    picture_latent_dim=options.picture_latent_dim,
+                    num_samples=options.num_samples, quality=quality, log=run.log)
 
-    train = data.load_dataset(args.dataset, "train", args.data_dir)
-    test = data.load_dataset(args.dataset, "test", args.data_dir)
-    quality = (classifier_quality(args.classifier, args.dataset, args.num_samples, args.data_dir)
-               if args.classifier else pixel_quality(train, args.num_samples))
-    run.log(f"KL ablation on {args.dataset}: betas {', '.join(f'{b:g}' for b in args.betas)}, "
-            f"{base.epochs} epochs each, {run.describe()}")
-    run_kl_ablation(configs, train, test, run.workdir, run.mesh, iwae_k=args.iwae_k,
-                    eval_images=args.eval_images, picture_latent_dim=args.picture_latent_dim,
-                    num_samples=args.num_samples, quality=quality, log=run.log)
+
+# Columns of ablation.csv, with what each means (written under the table in ablation.md).
+COLUMNS = {
+    "beta": "weight of the KL term in training (1: the ELBO; 0: reconstruction only)",
+    "recon": "test reconstruction error -E_q log p(x|z), nats per image (one sample of z)",
+    "kl": "test KL(q(z|x) || N(0, I)), nats per image, measured whatever beta trained the model",
+    "neg_elbo": "test -ELBO = recon + kl, nats per image",
+    "iwae_nll": "test -log p(x) estimated with k importance samples (Burda et al. 2016), nats",
+    "mean_sigma": "encoder std sigma(x), averaged over test images and latent dimensions",
+    "mu_std": "std over test images of the posterior means, averaged over dimensions "
+              "(the prior's is 1)",
+    "active_units": "latent dimensions with Var_x E_q[z_u] > 0.01 (Burda et al.'s criterion)",
+}
+EVAL_KEYS = ("recon", "kl", "neg_elbo", "iwae_nll", "mean_sigma", "mu_std", "active_units")
+QualityFn = Callable[[np.ndarray], dict]
+
+
+def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
+                    workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
+                    picture_latent_dim: int = 2, num_samples: int = 10000,
+                    quality: Optional[tuple[str, QualityFn]] = None,
+                    log: Callable[[str], None] = print) -> list[dict]:
+    """Trains and evaluates one VAE per config; returns the table's rows.
+
+    ``quality`` is (description, fn): fn maps ``num_samples`` prior samples in [-1, 1] to a dict
+    of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``)."""
+    if eval_images == 0:
+        raise JaxgenError("the ablation compares test-set figures: --eval-images must not be 0.")
+    workdir = ensure_writable(workdir)
+    rows, main_runs, picture_runs = [], {}, {}
+    for config in configs:
+        label = f"beta={config.beta:g}"
+        run_dir = os.path.join(workdir, f"beta_{config.beta:g}")
+        log(f"--- {label}, latent {config.latent_dim}: {run_dir}")
+        task, state, summary = vae_eval.train_and_evaluate(
+            config, train.images, test.images, run_dir, mesh, iwae_k=iwae_k,
+            eval_images=eval_images, log=log)
+        row = {"beta": config.beta, **{k: summary[k] for k in EVAL_KEYS}}
+        if quality is not None:
+            samples = draw_samples(task, state.model, num_samples, jax.random.PRNGKey(0))
+            row.update(quality[1](samples))
+        rows.append(row)
+        main_runs[label] = (task, state)
+        if picture_latent_dim:
+            small = dataclasses.replace(config, latent_dim=picture_latent_dim)
+            small_dir = os.path.join(workdir, f"beta_{config.beta:g}_latent{picture_latent_dim}")
+            log(f"--- {label}, latent {picture_latent_dim} (pictures): {small_dir}")
+            picture_runs[label] = vae_eval.train_and_evaluate(
+                small, train.images, test.images, small_dir, mesh, eval_images=0, log=log)[:2]
+    if parallel.is_main_process():
+        write_table(rows, workdir, configs[0], quality[0] if quality else None,
+                    eval_images or len(test), iwae_k)
+        draw_figures(main_runs, picture_runs, test, workdir)
+        log(format_table(rows))
+        log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
+    return rows
+
+
+def classifier_quality(classifier_dir: str, dataset: str, num_samples: int,
+                       data_dir: Optional[str] = None) -> tuple[str, QualityFn]:
+    """Prior samples scored with ``jaxgen.metrics`` in a classifier's feature space."""
+    evaluator = Evaluator(load_classifier(classifier_dir), dataset, num_samples, data_dir)
+    floor = evaluator.floor
+    description = (
+        f"{num_samples} prior samples scored in the feature space of the classifier in "
+        f"`{classifier_dir}` (test accuracy {evaluator.test_accuracy:.4f}) against "
+        f"{num_samples} training images: `prior_fid` (Frechet distance, lower is better), "
+        "`prior_is` (Inception-Score-style, up to 10), `prior_classes` (classes hit), "
+        "`prior_precision`, `prior_recall` (k-NN manifolds, k=3). The real-data floor, "
+        f"{num_samples} test images scored the same way: fid {floor['fid']:.3f}, "
+        f"is {floor['inception_score']:.2f}, classes {floor['classes_covered']}, precision "
+        f"{floor['precision']:.3f}, recall {floor['recall']:.3f}.")
+
+    def score(samples: np.ndarray) -> dict:
+        m = evaluator.evaluate(samples)
+        return {"prior_fid": m["fid"], "prior_is": m["inception_score"],
+                "prior_classes": m["classes_covered"], "prior_precision": m["precision"],
+                "prior_recall": m["recall"]}
+
+    return description, score
+
+
+def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, QualityFn]:
+    """The simpler figure when no classifier is given: the Frechet distance between Gaussians
+    fitted to prior samples and to training images, in pixel space average-pooled to 7x7 (49
+    dimensions, so that a few hundred samples give a well-conditioned covariance)."""
+    n = min(num_samples, len(train))
+    if n < 50:
+        raise JaxgenError(f"--num-samples {num_samples} is too few for the pixel-space Frechet "
+                          "distance (49 dimensions); pass at least 50, or --classifier.")
+    pick = np.random.RandomState(0).permutation(len(train))[:n]
+    real = _pooled(train.images[pick].astype(np.float64) / 127.5 - 1)
+    description = (f"`prior_fd_pixels`: Frechet distance between Gaussians fitted to "
+                   f"{num_samples} prior samples and {n} training images, in pixel space "
+                   "average-pooled to 7x7 (intensities in [-1, 1]; lower is better). Pass "
+                   "--classifier for the classifier-space metrics.")
+
+    def score(samples: np.ndarray) -> dict:
+        return {"prior_fd_pixels": frechet_distance_of_features(
+            _pooled(samples.astype(np.float64)), real)}
+
+    return description, score
+
+
+def _pooled(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 1) -> (N, 49): means of 4x4 blocks."""
+    return images.reshape(len(images), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
+
+
+def format_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[k]:g}" if k == "beta" else _fmt(row[k])
+                                       for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def write_table(rows: list[dict], workdir: str, config: VAEConfig,
+                quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
+    with open(os.path.join(workdir, "ablation.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
+             f"{config.seed}; {config.architecture} {','.join(map(str, config.hidden))} "
+             f"{config.activation}, latent {config.latent_dim}, {config.likelihood} likelihood"
+             + (f" (sigma {config.sigma})" if config.likelihood == "gaussian" else "")
+             + f", K={config.mc_samples}, Adam lr {config.lr}. Test figures on {num_images} "
+             f"test images, iwae_nll with k={iwae_k}.")
+    columns = "\n".join(f"- `{k}`: {v}" for k, v in COLUMNS.items())
+    if quality_description:
+        columns += f"\n- prior-sample quality: {quality_description}"
+    text = f"""# KL ablation
+
+Command: `python {' '.join(sys.argv)}`
+
+Setup: {setup}
+
+{format_table(rows)}
+
+{columns}
+
+Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_samples.png`,
+`reconstructions.png`.
+"""
+    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+        f.write(text)
+
+
+def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:
+    viz.save_image_panels(
+        {label: draw_samples(task, state.model, 64, jax.random.PRNGKey(0))
+         for label, (task, state) in main_runs.items()},
+        os.path.join(workdir, "prior_samples.png"), ncols=8,
+        title="samples from the prior N(0, I)")
+    originals = test.images[:32]
+    panels = {}
+    for label, (task, state) in main_runs.items():
+        shown = fixed_targets(task, originals) * 2 - 1
+        recon = latents.reconstructions(task, state.model.params, originals)
+        panels[label] = interleave_rows(shown, recon, ncols=8)
+    viz.save_image_panels(panels, os.path.join(workdir, "reconstructions.png"), ncols=8,
+                          title="test images (odd rows) and reconstructions (even rows)")
+    if not picture_runs:
+        return
+    scatter = {label: (latents.encode_means(task, state.model.params, test.images), test.labels)
+               for label, (task, state) in picture_runs.items()}
+    viz.plot_latent_scatter(scatter, test.class_names,
+                            os.path.join(workdir, "latent_scatter.png"),
+                            title="posterior means of the test images (2-D latent)")
+    points = viz.latent_grid_points(15, 2.0)
+    viz.save_image_panels(
+        {label: latents.decode_means(task, state.model.params, points)
+         for label, (task, state) in picture_runs.items()},
+        os.path.join(workdir, "latent_grid.png"), ncols=15,
+        title="decoder means over z in [-2, 2]^2 (where the prior's samples fall)")
 
 
 if __name__ == "__main__":

@@ -10,43 +10,32 @@ Losses are nats per image. After training it prints and writes to WORKDIR/test_e
 encoder std and the active units. Rerunning the same command resumes from the newest checkpoint.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxgen import cli  # noqa: E402
+from jaxgen import cli, data
+from jaxgen.cli import EvalOptions
+from jaxgen.train.vae import PRESETS, VAEConfig
+from jaxgen.train.vae_eval import TestEvalOptions, train_and_evaluate
 
 
 def main() -> None:
-    from jaxgen.train.vae import VAEConfig
+    parser = cli.training_parser(__doc__, VAEConfig, presets=PRESETS)
+    TestEvalOptions.add_flags(parser, "test-set evaluation after training")
+    EvalOptions.add_flags(parser, "evaluation during training")
+    args = cli.parse(parser, presets=PRESETS)
 
-    parser = cli.training_parser(__doc__, VAEConfig)
-    parser.add_argument("--beta", type=float, default=VAEConfig().beta,
-                        help="weight of the KL term: 1 = the ELBO, 0 = reconstruction only "
-                             "(%(default)s)")
-    cli.add_vae_flags(parser)
-    cli.add_eval_flags(parser)
-    cli.apply_preset(parser)
-    args = parser.parse_args()
-
-    config = cli.config_from_flags(VAEConfig, args)
-    cli.check_vae_eval_flags(args)
-    cli.check_eval_flags(args)
+    config = VAEConfig.from_flags(args)
+    test_eval = TestEvalOptions.from_flags(args)
+    test_eval.validate()
     run = cli.prepare_run(args, config, "vae")
-    hooks = cli.eval_hooks_from_flags(args)
+    hooks = cli.eval_hooks(args, config)
 
-    from jaxgen import data
-    from jaxgen.train.vae import train_and_evaluate
-
-    train = data.load_dataset(args.dataset, "train", args.data_dir)
-    test = data.load_dataset(args.dataset, "test", args.data_dir)
+    train = data.load_dataset(config.dataset, "train", run.options.data_dir)
+    test = data.load_dataset(config.dataset, "test", run.options.data_dir)
     run.log(f"VAE (beta={config.beta}, {config.likelihood}, latent {config.latent_dim}, "
-            f"{config.architecture} {','.join(map(str, config.hidden))}) on {args.dataset}: "
+            f"{config.architecture} {','.join(map(str, config.hidden))}) on {config.dataset}: "
             f"{len(train)} training images, batch {config.batch_size}, {run.describe()}")
     train_and_evaluate(config, train.images, test.images, run.workdir, run.mesh,
-                       iwae_k=args.iwae_k, eval_images=args.eval_images, epoch_hooks=hooks,
-                       log=run.log)
+                       iwae_k=test_eval.iwae_k, eval_images=test_eval.eval_images,
+                       epoch_hooks=hooks, log=run.log)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ class Checkpoints:
                 state, meta = self.restore(epoch, target(self.read_meta(epoch)))
             except JaxgenError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any failure to read: try the previous one
+            except Exception as e:  # any failure to read: try the previous one
                 reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 unreadable.append(f"epoch {epoch}: {reason}")
                 log(f"warning: checkpoint of epoch {epoch} cannot be read ({reason}); trying "

@@ -7,12 +7,12 @@ import os
 from typing import Iterable, Optional, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+matplotlib.use("Agg")  # files only: no display is needed or opened
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -1,24 +1,23 @@
-"""Sample-quality evaluation: classifier features, Fréchet distance, scores, the real-data floor.
+"""Sample-quality scores in a classifier's feature space, on plain arrays and functions.
 
-    from jaxgen import metrics
-    result = metrics.evaluate_run("checkpoints/gan_mnist", "checkpoints/classifier_mnist", 10000)
+For an array of samples (N, 28, 28, 1) in [-1, 1] and a classifier's feature function::
 
-or, for an array of samples (N, 28, 28, 1) in [-1, 1]:
-
-    extractor = metrics.load_classifier("checkpoints/classifier_mnist")
-    evaluator = metrics.Evaluator(extractor, "mnist", num_samples=len(samples))
+    extractor = FeatureExtractor(features_and_logits, params, mesh, dataset="mnist",
+                                 feature_dim=128)
+    evaluator = Evaluator(extractor, "mnist", num_samples=len(samples))
     scores = evaluator.evaluate(samples)      # {"fid", "inception_score", ...}
     floor = evaluator.floor                   # the same, for N real test images
+
+Nothing here knows a trainer or a checkpoint: ``jaxgen.runs.evaluate`` restores a trained
+classifier (``load_classifier``) and scores a run's samples (``evaluate_run``).
 """
 
-from jaxgen.metrics.evaluate import (EVAL_FILE, HISTORY_FILE, METRICS, EvaluateEvery, Evaluator,
-                                     evaluate_run, format_table, sample_metrics)
-from jaxgen.metrics.features import FeatureExtractor, load_classifier
+from jaxgen.metrics.evaluator import METRICS, Evaluator, format_table, sample_metrics
+from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.metrics.scores import (class_coverage, frechet_distance,
                                    frechet_distance_of_features, gaussian_stats,
                                    inception_score, precision_recall, trace_sqrt_product)
 
-__all__ = ["EVAL_FILE", "HISTORY_FILE", "METRICS", "EvaluateEvery", "Evaluator", "evaluate_run",
-           "format_table", "sample_metrics", "FeatureExtractor", "load_classifier",
+__all__ = ["METRICS", "Evaluator", "format_table", "sample_metrics", "FeatureExtractor",
            "class_coverage", "frechet_distance", "frechet_distance_of_features",
            "gaussian_stats", "inception_score", "precision_recall", "trace_sqrt_product"]

@@ -29,9 +29,8 @@ class Classifier(nn.Module):
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The penultimate activations (N, feature_dim), after the ReLU."""
-        pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
-        x = pool(nn.relu(self.conv1(x)))
-        x = pool(nn.relu(self.conv2(x)))
+        x = nn.max_pool(nn.relu(self.conv1(x)), (2, 2), strides=(2, 2))
+        x = nn.max_pool(nn.relu(self.conv2(x)), (2, 2), strides=(2, 2))
         return nn.relu(self.embed(x.reshape(x.shape[0], -1)))
 
     def features_and_logits(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -1,4 +1,4 @@
-"""The evaluation classifier as a :class:`~jaxgen.train.loop.Task`, trained by the shared loop.
+"""The evaluation classifier as a :class:`~jaxgen.train.task.Task`, trained by the shared loop.
 
 A supervised task (``needs_labels``): the loop hands the train step the batch's labels. One step
 is one Adam step on the mean softmax cross-entropy of the logits, with dropout on the features;
@@ -20,9 +20,10 @@ import optax
 from flax import struct
 
 from jaxgen import parallel
-from jaxgen.errors import JaxgenError
+from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
+from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.models.classifier import Classifier
-from jaxgen.train.loop import Task, TrainConfig
+from jaxgen.train.task import Task, TrainConfig
 
 NUM_CLASSES = 10
 REPORT = "classifier.json"  # written beside the checkpoints after training
@@ -30,21 +31,12 @@ REPORT = "classifier.json"  # written beside the checkpoints after training
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig(TrainConfig):
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    dropout: float = 0.5
-    feature_dim: int = 128  # size of the feature layer the metrics use
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.lr > 0:
-            raise JaxgenError(f"--lr must be positive, got {self.lr}.")
-        if not 0 <= self.dropout < 1:
-            raise JaxgenError(f"--dropout must be in [0, 1), got {self.dropout}.")
-        if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
-            raise JaxgenError(f"--feature-dim must be a positive integer, got "
-                              f"{self.feature_dim}.")
+    epochs: int = setting(10, "epochs to train in total; rerunning with more continues",
+                          POSITIVE_INT, resumable=True)
+    batch_size: int = setting(128, "global batch size, split over all devices", POSITIVE_INT)
+    lr: float = setting(1e-3, "Adam learning rate", POSITIVE)
+    dropout: float = setting(0.5, "dropout rate on the feature layer", UNIT_INTERVAL)
+    feature_dim: int = setting(128, "size of the feature layer the metrics use", POSITIVE_INT)
 
 
 class ClassifierModel(struct.PyTreeNode):
@@ -54,6 +46,7 @@ class ClassifierModel(struct.PyTreeNode):
 
 class ClassifierTask(Task):
     name = "Classifier"
+    config_class = ClassifierConfig
     metric_names = ("loss", "accuracy")
     needs_labels = True
 
@@ -86,14 +79,19 @@ class ClassifierTask(Task):
         return self.module.apply({"params": params}, images,
                                  method=Classifier.features_and_logits)
 
+    def feature_extractor(self, params: Any, mesh, **kwargs) -> FeatureExtractor:
+        """The metrics' view of this classifier with ``params``: features and probabilities of
+        many images over ``mesh`` (keyword arguments go to FeatureExtractor)."""
+        return FeatureExtractor(self.features_and_logits, params, mesh,
+                                dataset=self.config.dataset,
+                                feature_dim=self.config.feature_dim, **kwargs)
+
 
 def write_report(task: ClassifierTask, model: ClassifierModel, test_images: np.ndarray,
                  test_labels: np.ndarray, workdir: str, num_train: int, epoch: int,
                  mesh) -> dict:
     """Measures the test accuracy and writes ``classifier.json`` (process 0); returns it."""
-    from jaxgen.metrics.features import FeatureExtractor
-
-    extractor = FeatureExtractor(task, model.params, mesh, directory=os.path.abspath(workdir))
+    extractor = task.feature_extractor(model.params, mesh, directory=os.path.abspath(workdir))
     _, probs = extractor.embed(test_images)
     report = {"dataset": task.config.dataset,
               "test_accuracy": float(np.mean(np.argmax(probs, -1) == test_labels)),

@@ -1,4 +1,4 @@
-"""The reference vanilla GAN as a :class:`~jaxgen.train.loop.Task`.
+"""The reference vanilla GAN as a :class:`~jaxgen.train.task.Task`.
 
 One train step is the reference's: with the same z, one Adam step of D on
 BCE(D(x), 1) + BCE(D(G(z)), 0), then one Adam step of G on BCE(D(G(z)), 1) through the updated D.
@@ -20,10 +20,13 @@ import optax
 from flax import struct
 
 from jaxgen import losses, parallel, viz
-from jaxgen.errors import JaxgenError
+from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
+from jaxgen.keys import named_key
 from jaxgen.models.gan import Discriminator, Generator
 from jaxgen.models.layers import BATCHNORM_MOMENTUM
-from jaxgen.train.loop import Task, TrainConfig, TrainState, epoch_images, named_key
+from jaxgen.train.history import epoch_images
+from jaxgen.train.state import TrainState
+from jaxgen.train.task import Task, TrainConfig
 
 PRIORS = ("uniform", "normal")
 SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
@@ -33,26 +36,13 @@ SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
 class GANConfig(TrainConfig):
     """The reference's hyper-parameters are the defaults."""
 
-    z_dim: int = 62
-    prior: str = "uniform"  # z ~ U[0, 1)^z_dim as the reference; "normal" for N(0, I)
-    lr_d: float = 2e-4
-    lr_g: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-
-    def validate(self) -> None:
-        super().validate()
-        if self.z_dim < 1:
-            raise JaxgenError(f"--z-dim must be a positive integer, got {self.z_dim}.")
-        if self.prior not in PRIORS:
-            raise JaxgenError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}.")
-        for name in ("lr_d", "lr_g"):
-            if not getattr(self, name) > 0:
-                raise JaxgenError(f"--{name.replace('_', '-')} must be positive, got "
-                                  f"{getattr(self, name)}.")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise JaxgenError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
+    z_dim: int = setting(62, "latent size", POSITIVE_INT)
+    prior: str = setting("uniform", "z ~ U[0,1)^z_dim (uniform, the reference) or N(0, I)",
+                         choices=PRIORS)
+    lr_d: float = setting(2e-4, "Adam learning rate of D", POSITIVE)
+    lr_g: float = setting(2e-4, "Adam learning rate of G", POSITIVE)
+    beta1: float = setting(0.5, "Adam beta1 of both networks", UNIT_INTERVAL)
+    beta2: float = setting(0.999, "Adam beta2 of both networks", UNIT_INTERVAL)
 
 
 class Network(struct.PyTreeNode):
@@ -72,6 +62,7 @@ class GANModel(struct.PyTreeNode):
 
 class GANTask(Task):
     name = "GAN"
+    config_class = GANConfig
     metric_names = ("D_loss", "G_loss")
 
     def __init__(self, config: GANConfig, subpixel: bool = True):

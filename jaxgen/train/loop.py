@@ -1,179 +1,37 @@
-"""The shared training core: state, keys, the sharded step, the epoch loop, resume.
+"""The shared training loop: the sharded step, the epochs, logging, NaN checks, resume.
 
-A model plugs in as a :class:`Task`: how to initialise its pytree, one pure train step on a batch
-of images, and what to draw after each epoch. Everything else is here, once: the dataset resident
-on the devices as uint8, a per-epoch shuffle from a ``jax.random`` key, the step jitted once with
-data-parallel shardings over the mesh, logging in the reference's format, the history, NaN checks,
-orbax checkpoints every epoch and exact resume.
+A model plugs in as a :class:`~jaxgen.train.task.Task`. Everything else is here, once: the
+dataset resident on the devices as uint8, a per-epoch shuffle from a ``jax.random`` key, the step
+jitted once with data-parallel shardings over the mesh, logging in the reference's format, the
+history, NaN checks, orbax checkpoints every epoch and exact resume.
 
-Keys: one root key from the seed, stored in the state. Every other key is derived from it by
-purpose and by position (``fold_in`` of the epoch for the shuffle, of the global step for the
-noise), so a resumed run draws exactly what an uninterrupted one would.
+Keys (``jaxgen.keys``): the shuffle's is folded with the epoch, the step's noise with the global
+step, so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax import lax
 from jax.sharding import Mesh
+from tqdm import tqdm
 
-from jaxgen import parallel, viz
+from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
-
-# fold_in constants naming what a derived key is for.
-KEY_PURPOSES = {"init": 0, "shuffle": 1, "noise": 2, "sample": 3}
-
-
-def named_key(rng: jax.Array, purpose: str, *positions) -> jax.Array:
-    """The key for ``purpose`` (one of KEY_PURPOSES), folded with e.g. the epoch or the step."""
-    key = jax.random.fold_in(rng, KEY_PURPOSES[purpose])
-    for position in positions:
-        key = jax.random.fold_in(key, position)
-    return key
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Fields every experiment has. Subclasses add the model's; all are saved with checkpoints."""
-
-    dataset: str = "mnist"
-    epochs: int = 50
-    batch_size: int = 64
-    seed: int = 0
-    log_every: int = 100  # steps between log lines
-    keep_checkpoints: int = 3
-    # Train steps per call of the compiled program (a lax.scan over steps): 1 dispatches every
-    # step from Python; a whole epoch (e.g. 937) makes one program of it, which saves the
-    # per-step dispatch on accelerators. It does not change what is computed.
-    steps_per_call: int = 1
-
-    # Fields a resumed run may change; every other field must match the checkpoint's.
-    RESUMABLE = ("epochs", "log_every", "keep_checkpoints", "steps_per_call")
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints", "steps_per_call"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise JaxgenError(f"{flag} must be a positive integer, got {value}.")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-class TrainState(struct.PyTreeNode):
-    step: jax.Array  # global step, int32
-    rng: jax.Array  # root key (raw uint32[2]); all randomness derives from it
-    model: Any  # the task's pytree: params, batch statistics, optimiser states
-
-
-class Task(abc.ABC):
-    """A model as the training core sees it."""
-
-    name: str  # file prefix and checkpoint tag, e.g. "GAN"
-    metric_names: tuple[str, ...]  # scalars the train step returns, logged as "name: value"
-    config: TrainConfig
-    # True for supervised tasks (a classifier): train_step then also gets the batch's int32 labels.
-    needs_labels: bool = False
-
-    @abc.abstractmethod
-    def init(self, key: jax.Array) -> Any:
-        """The model pytree for a fresh run."""
-
-    @abc.abstractmethod
-    def train_step(self, model: Any, images: jax.Array, key: jax.Array,
-                   labels: Optional[jax.Array] = None) -> tuple[Any, dict]:
-        """One update on a global batch of images in [-1, 1], shape (B, H, W, C), and their
-        labels (B,) when ``needs_labels``. Pure."""
-
-    def sample_images(self, model: Any, key: jax.Array, num: int) -> jax.Array:
-        """``num`` images in [-1, 1], shape (num, H, W, C), drawn from a generative model (GAN:
-        z from the prior through G; VAE: z from the prior through the decoder's mean)."""
-        raise NotImplementedError(f"{self.name} is not a generative model")
-
-    def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
-        """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""
-
-    def train_end(self, workdir: str, history: dict) -> None:
-        """Pictures after the last epoch (process 0 only)."""
-
-
-@dataclasses.dataclass
-class History:
-    """The reference's ``train_hist``: per-step metrics, per-epoch times, total time (seconds)."""
-
-    metrics: dict[str, list[float]]
-    per_epoch_time: list[float]
-    total_time: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {**self.metrics, "per_epoch_time": self.per_epoch_time,
-                "total_time": [self.total_time]}
-
-    @classmethod
-    def from_dict(cls, d: dict, metric_names) -> "History":
-        total = d.get("total_time") or [0.0]
-        return cls({k: list(d[k]) for k in metric_names}, list(d["per_epoch_time"]), total[0])
-
-
-def ensure_writable(workdir: str) -> str:
-    workdir = os.path.abspath(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir):
-            pass
-    except OSError as e:
-        raise JaxgenError(f"--workdir {workdir} is not writable ({e.strerror}); pass a directory "
-                          "you can write to.") from None
-    return workdir
-
-
-def check_workdir(workdir: str) -> None:
-    """Fails, creating nothing, if ``workdir`` could not be created or written."""
-    path = os.path.abspath(workdir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-        raise JaxgenError(f"--workdir {workdir} is not writable ({path} is not a writable "
-                          "directory); pass a directory you can write to.")
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
-
-
-def abstract_state(task: Task, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the task's train state, without computing it."""
-    shapes = jax.eval_shape(lambda: init_state(task, task.config.seed))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
-
-
-def init_state(task: Task, seed: int) -> TrainState:
-    rng = jax.random.PRNGKey(seed)
-    return TrainState(step=jnp.zeros((), jnp.int32), rng=rng,
-                      model=task.init(named_key(rng, "init")))
-
-
-def config_conflicts(saved: dict, config: TrainConfig) -> list[str]:
-    # Compared as JSON gives them back (a tuple field is saved as a list).
-    current = json.loads(json.dumps(config.to_dict()))
-    return [f"{k}={saved.get(k)!r} (this command: {v!r})" for k, v in current.items()
-            if k not in config.RESUMABLE and saved.get(k) != v]
+from jaxgen.keys import named_key
+from jaxgen.train.history import History, write_epoch_outputs, write_history
+from jaxgen.train.state import TrainState, abstract_state, init_state
+from jaxgen.train.task import Task
+from jaxgen.workdir import checkpoint_dir, ensure_writable
 
 
 def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
@@ -184,7 +42,7 @@ def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
         if meta.get("task") != task.name:
             raise JaxgenError(f"--workdir {workdir} holds a {meta.get('task')} run, not a "
                               f"{task.name} run; pass another --workdir.")
-        conflicts = config_conflicts(meta["config"], task.config)
+        conflicts = task.config.conflicts(meta["config"])
         if meta.get("num_images", num_images) != num_images:
             conflicts.append(f"{meta['num_images']} training images (this command: "
                              f"{num_images})")
@@ -233,7 +91,6 @@ def _stopped(ckpts: Checkpoints) -> str:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
     return tqdm(total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
@@ -336,17 +193,21 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             # The next step donates (reuses) the state's buffers: let the save read them first.
             ckpts.wait()
             if main:
-                _write_epoch_outputs(task, workdir, history, config.log_every)
+                write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
 
         history.total_time = total_before + (time.time() - session_start)
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
             f"epochs time: {history.total_time:.2f}")
         if main:
-            _write_history(task, workdir, history)
+            write_history(task.name, _title(task), workdir, history)
             task.train_end(workdir, history.to_dict())
         ckpts.wait()
         ckpts.close()
     return state, history
+
+
+def _title(task: Task) -> str:
+    return f"{task.name} on {task.config.dataset}"
 
 
 def _last_saved(ckpts: Checkpoints) -> Optional[int]:
@@ -367,7 +228,10 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
     def step(state: TrainState, data, perm: jax.Array):
         i = state.step % steps_per_epoch
         idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-        gather = lambda x: parallel.shard_batch(jnp.take(x, idx, axis=0))  # noqa: E731
+
+        def gather(x):
+            return parallel.shard_batch(jnp.take(x, idx, axis=0))
+
         key = named_key(state.rng, "noise", state.step)
         if task.needs_labels:
             images, labels = data
@@ -397,36 +261,3 @@ def build_permutation(mesh: Mesh, num_images: int):
         return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
 
     return jax.jit(permutation, out_shardings=parallel.replicated(mesh))
-
-
-def _write_history(task: Task, workdir: str, history: History) -> None:
-    with open(os.path.join(workdir, f"{task.name}_history.json"), "w") as f:
-        json.dump(history.to_dict(), f)
-    viz.plot_curves({k: history.metrics[k] for k in task.metric_names},
-                    os.path.join(workdir, f"{task.name}_loss.png"),
-                    title=f"{task.name} on {task.config.dataset}")
-
-
-def _write_epoch_outputs(task: Task, workdir: str, history: History, log_every: int) -> None:
-    """``metrics.jsonl`` (the logged steps and a summary per epoch, written anew from the
-    history so a resumed run has each row once), the history JSON and the loss plot."""
-    epochs = len(history.per_epoch_time)
-    steps = len(next(iter(history.metrics.values()))) // epochs
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-        for epoch in range(1, epochs + 1):
-            offset = (epoch - 1) * steps
-            for i in range(log_every, steps + 1, log_every):
-                row = {"epoch": epoch, "step": i,
-                       **{k: v[offset + i - 1] for k, v in history.metrics.items()}}
-                f.write(json.dumps(row) + "\n")
-            summary = {"epoch": epoch, "epoch_time": history.per_epoch_time[epoch - 1],
-                       **{f"mean_{k}": float(np.mean(v[offset:offset + steps]))
-                          for k, v in history.metrics.items()}}
-            f.write(json.dumps(summary) + "\n")
-    _write_history(task, workdir, history)
-
-
-def epoch_images(workdir: str, prefix: str) -> list[str]:
-    names = sorted(n for n in os.listdir(workdir)
-                   if n.startswith(prefix + "_epoch") and n.endswith(".png"))
-    return [os.path.join(workdir, n) for n in names]

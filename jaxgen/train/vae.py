@@ -1,4 +1,4 @@
-"""The variational autoencoder as a :class:`~jaxgen.train.loop.Task`, and its test-set evaluation.
+"""The variational autoencoder as a :class:`~jaxgen.train.task.Task`.
 
 Objective, per image, in nats (Kingma & Welling 2014; Higgins et al. 2017 for the weight beta):
 
@@ -8,17 +8,12 @@ Objective, per image, in nats (Kingma & Welling 2014; Higgins et al. 2017 for th
 beta = 1 is the negative ELBO; beta = 0 trains the reconstruction term alone. The KL is in closed
 form. The likelihood is Bernoulli (decoder logits; images dynamically binarised, x ~ Bernoulli(pixel
 intensity), afresh every step, as for "dynamically binarised MNIST") or Gaussian with a fixed std
-``sigma`` on intensities in [0, 1]. The evaluation adds the importance-weighted bound on log p(x)
-with k samples (Burda et al. 2016), the encoder's mean std and the active units (Burda et al.'s
-criterion: latent dimensions whose posterior mean varies across the data, Var_x E_q[z_u] > 0.01).
+``sigma`` on intensities in [0, 1]. The test-set evaluation is ``jaxgen.train.vae_eval``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import math
 import os
 from typing import Any, Optional
 
@@ -27,70 +22,44 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax import lax
 
 from jaxgen import losses, parallel, viz
+from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, POSITIVE_INTS, setting
 from jaxgen.errors import JaxgenError
+from jaxgen.keys import named_key
 from jaxgen.models.vae import ACTIVATIONS, ARCHITECTURES, IMAGE_SHAPE, VAE
-from jaxgen.train.loop import Task, TrainConfig, TrainState, epoch_images, named_key
+from jaxgen.train.history import epoch_images
+from jaxgen.train.state import TrainState
+from jaxgen.train.task import Task, TrainConfig
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 LR_SCHEDULES = ("constant", "burda")
 SAMPLE_GRID = 64  # prior samples drawn after every epoch (an 8x8 grid)
 DISPLAY_IMAGES = 32  # fixed test images shown beside their reconstructions
-ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al. (2016), section 5.2
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(TrainConfig):
-    batch_size: int = 100
-    latent_dim: int = 20
-    likelihood: str = "bernoulli"  # or "gaussian" (fixed std ``sigma``)
-    sigma: float = 0.1  # the Gaussian decoder's std, in units of pixel intensity in [0, 1]
-    beta: float = 1.0  # weight of the KL term: 1 = the ELBO, 0 = reconstruction only
-    mc_samples: int = 1  # K, samples of z per image in the reconstruction term
-    architecture: str = "mlp"
-    hidden: tuple[int, ...] = (400, 400)
-    activation: str = "relu"
-    lr: float = 1e-3
-    adam_eps: float = 1e-8
-    lr_schedule: str = "constant"  # or "burda": 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7
-
-    def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON gives a list back
-
-    def validate(self) -> None:
-        super().validate()
-        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
-            raise JaxgenError(f"--latent-dim must be a positive integer, got {self.latent_dim}.")
-        if not isinstance(self.mc_samples, int) or self.mc_samples < 1:
-            raise JaxgenError(f"--mc-samples must be a positive integer (K >= 1 samples of z per "
-                              f"image), got {self.mc_samples}.")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise JaxgenError(f"--beta must be a finite number >= 0 (1 = the ELBO, 0 = no KL "
-                              f"term), got {self.beta}.")
-        if not (self.sigma > 0 and math.isfinite(self.sigma)):
-            raise JaxgenError(f"--sigma must be positive (the Gaussian decoder's std), got "
-                              f"{self.sigma}.")
-        if self.likelihood not in LIKELIHOODS:
-            raise JaxgenError(f"unknown likelihood {self.likelihood!r}; choose one of "
-                              f"{', '.join(LIKELIHOODS)}.")
-        if self.architecture not in ARCHITECTURES:
-            raise JaxgenError(f"unknown architecture {self.architecture!r}; choose one of "
-                              f"{', '.join(ARCHITECTURES)}.")
-        if self.activation not in ACTIVATIONS:
-            raise JaxgenError(f"unknown activation {self.activation!r}; choose one of "
-                              f"{', '.join(ACTIVATIONS)}.")
-        if not self.hidden or any(not isinstance(w, int) or w < 1 for w in self.hidden):
-            raise JaxgenError(f"--hidden must be positive layer widths such as 400,400, got "
-                              f"{','.join(map(str, self.hidden))}.")
-        if not self.lr > 0:
-            raise JaxgenError(f"--lr must be positive, got {self.lr}.")
-        if not self.adam_eps > 0:
-            raise JaxgenError(f"--adam-eps must be positive, got {self.adam_eps}.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise JaxgenError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of "
-                              f"{', '.join(LR_SCHEDULES)}.")
+    batch_size: int = setting(100, "global batch size, split over all devices", POSITIVE_INT)
+    latent_dim: int = setting(20, "latent size: 2 for pictures, 20-50 for quality",
+                              POSITIVE_INT)
+    likelihood: str = setting("bernoulli", "decoder: Bernoulli on dynamically binarised "
+                              "images, or Gaussian of fixed std --sigma on intensities in [0, 1]",
+                              choices=LIKELIHOODS)
+    sigma: float = setting(0.1, "the Gaussian decoder's fixed std, in units of pixel intensity "
+                           "in [0, 1]", POSITIVE)
+    beta: float = setting(1.0, "weight of the KL term: 1 = the ELBO, 0 = reconstruction only",
+                          NON_NEGATIVE)
+    mc_samples: int = setting(1, "K, samples of z per image in the reconstruction term",
+                              POSITIVE_INT, metavar="K")
+    architecture: str = setting("mlp", "encoder/decoder networks", choices=ARCHITECTURES)
+    hidden: tuple[int, ...] = setting((400, 400), "hidden layer widths, encoder order",
+                                      POSITIVE_INTS, metavar="W,W")
+    activation: str = setting("relu", "hidden activation", choices=sorted(ACTIVATIONS))
+    lr: float = setting(1e-3, "Adam learning rate", POSITIVE)
+    adam_eps: float = setting(1e-8, "Adam epsilon", POSITIVE)
+    lr_schedule: str = setting("constant", "constant, or burda: lr * 10^(-i/7) for 3^i epochs, "
+                               "i = 0..7", choices=LR_SCHEDULES)
 
 
 # Burda et al. (2016), section 5: the 784-200-200-50 Bernoulli VAE (their "one stochastic layer"
@@ -98,9 +67,9 @@ class VAEConfig(TrainConfig):
 # learning rate 1e-3 * 10^(-i/7), i = 0..7 (3280 epochs). They report a test NLL of 86.76 nats
 # (k = 5000) for K = 1 training.
 PRESETS = {
-    "burda": dict(architecture="mlp", hidden=(200, 200), latent_dim=50, activation="tanh",
-                  likelihood="bernoulli", mc_samples=1, batch_size=20, lr=1e-3, adam_eps=1e-4,
-                  lr_schedule="burda", epochs=3280),
+    "burda": VAEConfig(architecture="mlp", hidden=(200, 200), latent_dim=50, activation="tanh",
+                       likelihood="bernoulli", mc_samples=1, batch_size=20, lr=1e-3,
+                       adam_eps=1e-4, lr_schedule="burda", epochs=3280),
 }
 
 
@@ -118,6 +87,7 @@ class VAEModel(struct.PyTreeNode):
 
 class VAETask(Task):
     name = "VAE"
+    config_class = VAEConfig
     metric_names = ("loss", "recon", "kl", "sigma")  # nats per image; sigma: mean encoder std
 
     def __init__(self, config: VAEConfig, steps_per_epoch: Optional[int] = None,
@@ -194,8 +164,7 @@ class VAETask(Task):
         if not self._trainable:
             raise JaxgenError("the burda learning-rate schedule needs steps_per_epoch; pass it "
                               "to VAETask.")
-        loss_fn = lambda params: self.loss(params, images, key)  # noqa: E731
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(model.params)
+        grads, metrics = jax.grad(self.loss, has_aux=True)(model.params, images, key)
         updates, opt_state = self.tx.update(grads, model.opt_state, model.params)
         return VAEModel(optax.apply_updates(model.params, updates), opt_state), metrics
 
@@ -245,188 +214,8 @@ def interleave_rows(originals: np.ndarray, others: np.ndarray, ncols: int) -> np
     return np.concatenate(rows)
 
 
-# ----------------------------------------------------------------------------- evaluation
-def _chunk_size(k: int, limit: int = 500) -> int:
-    """The largest divisor of k not above ``limit``: the samples of z decoded at once."""
-    return max(d for d in range(1, min(k, limit) + 1) if k % d == 0)
-
-
-def build_evaluator(task: VAETask, mesh, iwae_k: int):
-    """``evaluate(params, x, key) -> per-image dict`` on a batch of targets x sharded over the
-    mesh: the 1-sample reconstruction log-likelihood, the KL, the posterior mean and std, and the
-    k-sample importance-weighted bound, accumulated in chunks of samples (a running logsumexp)."""
-    chunk = _chunk_size(iwae_k)
-    repl = parallel.replicated(mesh)
-
-    def evaluate(params, x, key):
-        x = parallel.shard_batch(x)
-        mu, log_var = task.encode(params, x)
-        recon_key, iwae_key = jax.random.split(key)
-        eps = parallel.shard_batch(jax.random.normal(recon_key, (x.shape[0], 1, mu.shape[-1])))
-        log_lik = task.log_likelihood(x[:, None], task.decode(
-            params, task.reparameterise(mu, log_var, eps)))[:, 0]
-
-        def add_chunk(running, i):
-            eps = jax.random.normal(jax.random.fold_in(iwae_key, i),
-                                    (x.shape[0], chunk, mu.shape[-1]))
-            z = task.reparameterise(mu, log_var, parallel.shard_batch(eps))
-            log_w = (task.log_likelihood(x[:, None], task.decode(params, z))
-                     + losses.standard_normal_log_density(z)
-                     - losses.diagonal_gaussian_log_density(z, mu[:, None], log_var[:, None]))
-            return jnp.logaddexp(running, jax.scipy.special.logsumexp(log_w, axis=1)), None
-
-        lse, _ = lax.scan(add_chunk, jnp.full(x.shape[:1], -jnp.inf), jnp.arange(iwae_k // chunk))
-        return {"log_lik": log_lik, "kl": losses.gaussian_kl_to_standard(mu, log_var),
-                "mu": mu, "sigma": jnp.exp(0.5 * log_var),
-                "iwae": lse - math.log(iwae_k)}
-
-    return jax.jit(evaluate, in_shardings=(repl, repl, repl), out_shardings=repl,
-                   compiler_options=parallel.compiler_options(mesh))
-
-
-def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000,
-             seed: int = 0, batch_size: int = 100, log=None) -> tuple[dict, dict]:
-    """Test-set figures of a trained VAE on uint8 ``images``, in nats per image.
-
-    Returns (summary, per_image). The summary has ``neg_elbo`` (-ELBO, the beta = 1 bound, whatever
-    beta trained the model), ``recon`` (-E_q log p(x|z), one sample of z), ``kl``, ``iwae_nll``
-    (-log p(x) estimated with ``iwae_k`` importance samples: an upper bound that tightens with k),
-    ``mean_sigma`` (the encoder's std averaged over images and dimensions), ``active_units``.
-    A Bernoulli model sees the test set binarised once with ``seed``, the same for every model.
-    """
-    if iwae_k < 1:
-        raise JaxgenError(f"--iwae-k must be a positive integer, got {iwae_k}.")
-    n = len(images)
-    if n < 2:
-        raise JaxgenError(f"evaluation needs at least 2 test images, got {n}.")
-    key = jax.random.PRNGKey(seed)
-    step = mesh.size * -(-batch_size // mesh.size)  # a multiple of the device count
-    evaluator = build_evaluator(task, mesh, iwae_k)
-    targets = fixed_targets(task, images, seed)
-    parts = []
-    with jax.set_mesh(mesh):
-        for i, start in enumerate(range(0, n, step)):
-            x = targets[start:start + step]
-            real = len(x)
-            if real < step:  # pad the last batch to the sharded size; the padding is dropped
-                x = np.concatenate([x, np.repeat(x[-1:], step - real, axis=0)])
-            out = parallel.to_host(evaluator(params, x, jax.random.fold_in(key, i)))
-            parts.append({k: v[:real] for k, v in out.items()})
-            if log and (i + 1) % 10 == 0:
-                log(f"  evaluated {start + real}/{n} test images")
-    per_image = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    mu_variance = per_image["mu"].astype(np.float64).var(axis=0)
-    summary = {
-        "neg_elbo": float(np.mean(per_image["kl"] - per_image["log_lik"])),
-        "recon": float(-np.mean(per_image["log_lik"])),
-        "kl": float(np.mean(per_image["kl"])),
-        "iwae_nll": float(-np.mean(per_image["iwae"])),
-        "iwae_k": iwae_k,
-        "mean_sigma": float(np.mean(per_image["sigma"])),
-        # The spread of the posterior means over the data (mean over dimensions of their std):
-        # the scale of the latent space the decoder learnt, next to the prior's 1.
-        "mu_std": float(np.mean(np.sqrt(mu_variance))),
-        "active_units": int(np.sum(mu_variance > ACTIVE_UNIT_THRESHOLD)),
-        "latent_dim": task.config.latent_dim,
-        "num_images": n,
-    }
-    return summary, per_image
-
-
-def write_evaluation(workdir: str, summary: dict, epoch: int) -> str:
-    path = os.path.join(workdir, "test_eval.json")
-    with open(path, "w") as f:
-        json.dump({**summary, "epoch": epoch}, f, indent=2)
-    return path
-
-
-def read_evaluation(workdir: str) -> Optional[dict]:
-    path = os.path.join(workdir, "test_eval.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def train_and_evaluate(config: VAEConfig, train_images: np.ndarray, test_images: np.ndarray,
-                       workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
-                       epoch_hooks=(), log=print) -> tuple[VAETask, TrainState, Optional[dict]]:
-    """Trains (or resumes) a VAE run in ``workdir``, then evaluates it on the first
-    ``eval_images`` test images (default all; 0 skips) and writes ``test_eval.json``. An
-    evaluation already written for the same epoch and settings is reused."""
-    from jaxgen.train import loop
-
-    steps_per_epoch = len(train_images) // config.batch_size
-    task = VAETask(config, steps_per_epoch=steps_per_epoch, display_images=test_images)
-    state, history = loop.train(task, train_images, workdir, mesh, log=log,
-                                epoch_hooks=epoch_hooks)
-    n = len(test_images) if eval_images is None else min(eval_images, len(test_images))
-    if n == 0:
-        return task, state, None
-    epoch = len(history.per_epoch_time)
-    cached = read_evaluation(workdir)
-    if cached and (cached.get("epoch"), cached.get("iwae_k"), cached.get("num_images")) == (
-            epoch, iwae_k, n):
-        log(f"Test-set evaluation of epoch {epoch} read from {workdir}/test_eval.json.")
-        return task, state, cached
-    log(f"Evaluating on {n} test images (importance-weighted bound with k={iwae_k})...")
-    summary, _ = evaluate(task, state.model.params, test_images[:n], mesh, iwae_k=iwae_k,
-                          log=log)
-    summary = {"epoch": epoch, **summary}
-    if parallel.is_main_process():
-        write_evaluation(workdir, summary, epoch)
-    log(format_evaluation(summary))
-    return task, state, summary
-
-
-def format_evaluation(s: dict) -> str:
-    return (f"test, nats per image: -ELBO {s['neg_elbo']:.2f} = recon {s['recon']:.2f} + KL "
-            f"{s['kl']:.2f}; -log p(x) <= {s['iwae_nll']:.2f} (k={s['iwae_k']}); mean encoder "
-            f"std {s['mean_sigma']:.4g}; std of posterior means {s['mu_std']:.3g}; active units "
-            f"{s['active_units']}/{s['latent_dim']} ({s['num_images']} images)")
-
-
 def fixed_targets(task: VAETask, images: np.ndarray, seed: int = 0) -> np.ndarray:
     """The model's view of uint8 test images, the same for every model and batching: intensities
     in [0, 1], binarised once with key ``seed`` for a Bernoulli model."""
     images = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
     return np.asarray(jax.jit(task.targets)(images, jax.random.PRNGKey(seed)))
-
-
-def encode_means(task: VAETask, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Posterior means mu(x) of uint8 images (seen as ``fixed_targets``), on the default device."""
-    x = fixed_targets(task, images)
-    fn = _encode_means_fn(task)
-    return np.concatenate([np.asarray(fn(params, x[i:i + batch_size]))
-                           for i in range(0, len(x), batch_size)])
-
-
-def decode_means(task: VAETask, params, z: np.ndarray) -> np.ndarray:
-    """Decoder means E[x | z] in [-1, 1] of latents z (N, latent_dim)."""
-    return np.asarray(_decode_means_fn(task)(params, z))
-
-
-@functools.lru_cache(maxsize=8)
-def _encode_means_fn(task: VAETask):
-    """Jitted once per task (a retrace per call would recompile each time)."""
-    return jax.jit(lambda p, x: task.encode(p, x)[0])
-
-
-@functools.lru_cache(maxsize=8)
-def _decode_means_fn(task: VAETask):
-    return jax.jit(lambda p, z: task.mean_image(task.decode(p, z)))
-
-
-def reconstructions(task: VAETask, params, images: np.ndarray) -> np.ndarray:
-    """The decoder means at the posterior means of uint8 images, in [-1, 1]."""
-    return decode_means(task, params, encode_means(task, params, images))
-
-
-def interpolations(task: VAETask, params, start: np.ndarray, end: np.ndarray,
-                   steps: int = 10) -> np.ndarray:
-    """Decoded straight lines in latent space between the posterior means of paired uint8 images:
-    (pairs * steps) images in [-1, 1], one row of ``steps`` per pair."""
-    za, zb = encode_means(task, params, start), encode_means(task, params, end)
-    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
-    z = (1 - t) * za[:, None] + t * zb[:, None]
-    return decode_means(task, params, z.reshape(-1, za.shape[-1]))

@@ -1,8 +1,7 @@
-"""Restoring a finished or running experiment from its workdir, for sampling and evaluation."""
+"""Restoring a finished or running experiment from its workdir, and drawing its samples."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from typing import Optional
@@ -14,14 +13,10 @@ from jax.sharding import Mesh, NamedSharding
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
-from jaxgen.train.classifier import ClassifierConfig, ClassifierTask
-from jaxgen.train.gan import GANConfig, GANTask
-from jaxgen.train.loop import Task, TrainState, abstract_state, checkpoint_dir
-from jaxgen.train.vae import VAEConfig, VAETask
-
-# Checkpoint tag -> (config class, task class).
-TASKS = {"GAN": (GANConfig, GANTask), "VAE": (VAEConfig, VAETask),
-         "Classifier": (ClassifierConfig, ClassifierTask)}
+from jaxgen.runs.registry import task_class
+from jaxgen.train.state import TrainState, abstract_state
+from jaxgen.train.task import Task
+from jaxgen.workdir import checkpoint_dir
 
 
 def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:
@@ -40,24 +35,42 @@ def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, Tra
     task_box = {}
 
     def target(meta: dict):
-        if meta.get("task") not in TASKS:
-            raise JaxgenError(f"--workdir {workdir} holds an unknown kind of run "
-                              f"({meta.get('task')!r}).")
-        config_cls, task_cls = TASKS[meta["task"]]
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(meta["config"]) - known)
-        if unknown:
+        task_cls = task_class(meta.get("task"), workdir)
+        try:
+            config = task_cls.config_class.from_dict(meta["config"])
+        except JaxgenError as e:
             raise JaxgenError(f"--workdir {workdir} was written by another version of jaxgen "
-                              f"(config fields {', '.join(unknown)} are unknown here); restore "
-                              "it with that version.")
+                              f"({e}); restore it with that version.") from None
         # The config, and so the shapes to restore, come from the checkpoint itself.
-        task_box["task"] = task_cls(config_cls(**meta["config"]))
+        task_box["task"] = task_cls(config)
         return abstract_state(task_box["task"], mesh)
 
     with jax.set_mesh(mesh):
         _, state, _ = ckpts.restore_latest(target, quarantine=False)
     ckpts.close()
     return task_box["task"], state
+
+
+def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
+    """(epoch, meta) of the newest readable checkpoint in ``workdir``, reading no arrays; a
+    JaxgenError naming ``flag`` and ``fix`` when there is none."""
+    directory = checkpoint_dir(os.path.abspath(workdir))
+    if not os.path.isdir(directory):
+        raise JaxgenError(f"{flag} {workdir} holds no checkpoints ({directory} is missing); "
+                          f"{fix}.")
+    ckpts = Checkpoints(directory, read_only=True)
+    try:
+        epochs = ckpts.epochs()
+        if not epochs:
+            raise JaxgenError(f"{flag} {workdir} holds no finished checkpoint yet; {fix}.")
+        for epoch in reversed(epochs):  # as restoring does, skip an unreadable newest one
+            try:
+                return epoch, ckpts.read_meta(epoch)
+            except Exception:  # any failure to read: try the previous one
+                continue
+        raise JaxgenError(f"none of the checkpoints of {flag} {workdir} can be read; {fix}.")
+    finally:
+        ckpts.close()
 
 
 def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None,
@@ -68,17 +81,10 @@ def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list]
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
     task, state = restore_run(workdir, devices=devices)
-    if not is_generative(task):
+    if not task.is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
     return draw_samples(task, state.model, num, jax.random.PRNGKey(seed), batch_size)
-
-
-def is_generative(task) -> bool:
-    """Whether ``task`` (a Task or a Task class) can draw samples (it defines
-    ``sample_images``)."""
-    task_cls = task if isinstance(task, type) else type(task)
-    return task_cls.sample_images is not Task.sample_images
 
 
 def draw_samples(task: Task, model, num: int, key: jax.Array,
@@ -88,7 +94,7 @@ def draw_samples(task: Task, model, num: int, key: jax.Array,
     ``batch_size`` at a time; chunk i uses ``fold_in(key, i)``. Every sampler in jaxgen
     (``sample_images``, evaluate.py, evaluation during training, the ablation) draws through
     here, so the same model, key and num give the same images everywhere."""
-    if not is_generative(task):
+    if not task.is_generative():
         raise JaxgenError(f"a {task.name} model is not a generative model: it draws no samples.")
     if num < 1:
         raise JaxgenError(f"the number of samples must be a positive integer, got {num}.")

@@ -1,0 +1,118 @@
+"""Scoring a generative model's samples against real images, beside the real-data floor.
+
+The reference is N training images (a fixed random subset); a model's N samples are scored
+against it. The floor scores N *test* images against the same reference: what a generator that
+draws fresh images from the data distribution itself would get at this N. The Fréchet distance
+and precision/recall are biased at finite N, so only numbers at the same N compare, and a model
+is judged by its distance to the floor, not to 0.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+from jaxgen import data
+from jaxgen.errors import JaxgenError
+from jaxgen.keys import named_key
+from jaxgen.metrics import scores
+from jaxgen.metrics.features import FeatureExtractor, quantize
+
+METRICS = ("fid", "inception_score", "classes_covered", "class_kl", "precision", "recall")
+
+
+def train_classifier_hint(workdir: str, dataset: str = "DATASET") -> str:
+    return (f"train one with python experiments/train_classifier.py --dataset {dataset} "
+            f"--workdir {workdir}")
+
+
+def sample_metrics(features: np.ndarray, probs: np.ndarray, reference_features: np.ndarray,
+                   k: int = 3, flag: str = "--num-samples") -> dict:
+    """Every score of one set of images (their classifier features and probabilities) against
+    the reference features of real images."""
+    covered, class_kl = scores.class_coverage(probs)
+    precision, recall = scores.precision_recall(reference_features, features, k=k)
+    return {"fid": scores.frechet_distance_of_features(features, reference_features, flag),
+            "inception_score": scores.inception_score(probs),
+            "classes_covered": covered, "class_kl": class_kl,
+            "precision": precision, "recall": recall}
+
+
+def check_num_samples(num: int, feature_dim: int, flag: str = "--num-samples") -> None:
+    if not isinstance(num, int) or num < 1:
+        raise JaxgenError(f"{flag} must be a positive integer, got {num}.")
+    if num < feature_dim + 1:
+        raise JaxgenError(f"{flag} {num} is too few for the classifier's {feature_dim}-"
+                          "dimensional features: their covariance would be singular; pass "
+                          f"{flag} of at least {feature_dim + 1}.")
+
+
+def check_dataset(classifier_dataset: str, dataset: str, classifier_dir: str) -> None:
+    if classifier_dataset != dataset:
+        raise JaxgenError(f"--classifier {classifier_dir} was trained on {classifier_dataset}, "
+                          f"but the model was trained on {dataset}; pass a classifier trained on "
+                          f"{dataset} ({train_classifier_hint(classifier_dir, dataset)}).")
+
+
+class Evaluator:
+    """Scores sets of N images with a classifier against N real training images of ``dataset``;
+    ``floor`` holds the scores of N real test images, ``test_accuracy`` the classifier's on the
+    whole test set."""
+
+    def __init__(self, extractor: FeatureExtractor, dataset: str, num_samples: int,
+                 data_dir: Optional[str] = None, seed: int = 0, k: int = 3,
+                 flag: str = "--num-samples"):
+        check_dataset(extractor.dataset, dataset, extractor.directory)
+        check_num_samples(num_samples, extractor.feature_dim, flag)
+        self.extractor, self.num_samples, self.k, self.flag = extractor, num_samples, k, flag
+        test = data.load_dataset(dataset, "test", data_dir)
+        train = data.load_dataset(dataset, "train", data_dir)
+        smallest = min(len(test), len(train))
+        if num_samples > smallest:
+            raise JaxgenError(f"{flag} {num_samples} is more than the {smallest} images of "
+                              f"{dataset}'s smaller split, which the real-data floor needs; "
+                              f"pass at most {smallest}.")
+        key = named_key(jax.random.PRNGKey(seed), "shuffle")
+
+        def pick(position: int, n: int) -> np.ndarray:  # a random subset of N of n
+            return np.asarray(
+                jax.random.permutation(jax.random.fold_in(key, position), n)[:num_samples])
+
+        self.reference_features, _ = extractor.embed(train.images[pick(0, len(train))])
+        test_features, test_probs = extractor.embed(test.images)
+        self.test_accuracy = float(np.mean(np.argmax(test_probs, -1) == test.labels))
+        subset = pick(1, len(test))
+        self.floor = self.score_features(test_features[subset], test_probs[subset])
+
+    def score_features(self, features: np.ndarray, probs: np.ndarray) -> dict:
+        return sample_metrics(features, probs, self.reference_features, self.k, self.flag)
+
+    def evaluate(self, images: np.ndarray) -> dict:
+        """The scores of ``images`` (N, 28, 28, 1) in [-1, 1] (or uint8); quantized to uint8
+        first, as when saved to a PNG."""
+        if len(images) != self.num_samples:
+            raise JaxgenError(f"got {len(images)} images to score against a reference of "
+                              f"{self.num_samples}; pass {self.num_samples} images.")
+        return self.score_features(*self.extractor.embed(quantize(images)))
+
+    def classifier_info(self) -> dict:
+        return {"path": self.extractor.directory, "dataset": self.extractor.dataset,
+                "test_accuracy": self.test_accuracy, "feature_dim": self.extractor.feature_dim,
+                "checkpoint_epoch": self.extractor.epoch}
+
+
+def format_table(result: dict, name: str = "model") -> str:
+    """The scores of ``result`` (as ``evaluate_run`` returns) beside the floor, as text."""
+    rows = [("FID (lower is better)", "fid", "{:.3f}"),
+            ("Inception score (max 10)", "inception_score", "{:.3f}"),
+            ("classes covered", "classes_covered", "{:d}/10"),
+            ("class KL from uniform", "class_kl", "{:.4f}"),
+            ("precision (k=%d)" % result.get("k", 3), "precision", "{:.3f}"),
+            ("recall (k=%d)" % result.get("k", 3), "recall", "{:.3f}")]
+    lines = [f"{'':26s}{name:>14s}{'real-data floor':>18s}"]
+    for label, key, fmt in rows:
+        lines.append(f"{label:26s}{fmt.format(result[key]):>14s}"
+                     f"{fmt.format(result['floor'][key]):>18s}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Scoring a run's samples with a trained classifier: ``evaluate_run`` (evaluate.py) and the
+``EvaluateEvery`` epoch hook (``--eval-every``). The scores themselves are ``jaxgen.metrics``'s."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+from jaxgen import parallel, viz
+from jaxgen.errors import JaxgenError
+from jaxgen.keys import named_key
+from jaxgen.metrics.evaluator import (Evaluator, check_dataset, check_num_samples,
+                                      train_classifier_hint)
+from jaxgen.metrics.features import FeatureExtractor
+from jaxgen.runs.registry import TASKS
+from jaxgen.runs.restore import draw_samples, newest_meta, restore_run, sample_images
+from jaxgen.train.classifier import ClassifierTask
+
+EVAL_FILE = "eval.json"
+HISTORY_FILE = "eval_history.jsonl"
+
+
+def classifier_meta(classifier_dir: str) -> tuple[int, dict]:
+    """The newest checkpoint's (epoch, meta) of a classifier workdir, checked to be one."""
+    epoch, meta = newest_meta(classifier_dir, "--classifier",
+                              train_classifier_hint(classifier_dir))
+    if meta.get("task") != ClassifierTask.name:
+        raise JaxgenError(f"--classifier {classifier_dir} holds a {meta.get('task')} run, not a "
+                          "classifier; pass the --workdir of experiments/train_classifier.py.")
+    return epoch, meta
+
+
+def load_classifier(classifier_dir: str, devices: Optional[list] = None,
+                    batch_size: int = 512) -> FeatureExtractor:
+    """The classifier trained in ``classifier_dir`` (its newest checkpoint) as a feature
+    extractor replicated over ``devices`` (default: all)."""
+    epoch, _ = classifier_meta(classifier_dir)
+    task, state = restore_run(classifier_dir, devices=devices)
+    return task.feature_extractor(state.model.params, parallel.make_mesh(devices),
+                                  directory=os.path.abspath(classifier_dir), epoch=epoch,
+                                  batch_size=batch_size)
+
+
+def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
+                 data_dir: Optional[str] = None, seed: int = 0, devices: Optional[list] = None,
+                 k: int = 3, log=print) -> dict:
+    """Scores ``num_samples`` samples of the generative run in ``workdir`` (its newest
+    checkpoint) and the real-data floor, with the classifier in ``classifier_dir``; writes
+    ``workdir/eval.json`` (process 0) and returns its content. Everything is checked before
+    anything is computed or written."""
+    start = time.time()
+    if not isinstance(k, int) or not 1 <= k < num_samples:
+        raise JaxgenError(f"--k must be a positive integer below --num-samples {num_samples}, "
+                          f"got {k}.")
+    model_epoch, model_meta = newest_meta(workdir, "--workdir",
+                                          "pass the --workdir of a training run")
+    task_name, dataset = model_meta.get("task"), model_meta.get("config", {}).get("dataset")
+    task_cls = TASKS.get(task_name)
+    if task_cls is None or not task_cls.is_generative():
+        raise JaxgenError(f"--workdir {workdir} holds a {task_name} run, which is not a "
+                          "generative model; pass the --workdir of a GAN or VAE run.")
+    _, cls_meta = classifier_meta(classifier_dir)
+    check_dataset(cls_meta["config"]["dataset"], dataset, classifier_dir)
+    check_num_samples(num_samples, cls_meta["config"]["feature_dim"])
+
+    extractor = load_classifier(classifier_dir, devices=devices)
+    evaluator = Evaluator(extractor, dataset, num_samples, data_dir, seed, k)
+    images = sample_images(workdir, num_samples, seed=seed, devices=devices)
+    result = {"model": {"workdir": os.path.abspath(workdir), "task": task_name,
+                        "dataset": dataset, "checkpoint_epoch": model_epoch},
+              **evaluator.evaluate(images),
+              "num_samples": num_samples, "seed": seed, "k": k,
+              "floor": evaluator.floor, "classifier": evaluator.classifier_info(),
+              "seconds": time.time() - start}
+    if parallel.is_main_process():
+        _write_json(os.path.join(os.path.abspath(workdir), EVAL_FILE), result)
+    return result
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class EvaluateEvery:
+    """An epoch hook for ``loop.train``: every ``every`` epochs (and after the last), scores
+    ``num_samples`` samples of the model being trained as ``evaluate_run`` does, appends the
+    scores to ``WORKDIR/eval_history.jsonl`` and draws ``WORKDIR/<task>_fid.png``.
+
+    The samples come from one fixed key of the run (``named_key(rng, "sample", 1)``), so the
+    curve shows the model changing, not the latent draws. The classifier is checked when the
+    hook is made (so bad input stops training before it starts) and restored at the first
+    evaluation, onto the training mesh's devices."""
+
+    def __init__(self, classifier_dir: str, every: int, num_samples: int = 10000,
+                 data_dir: Optional[str] = None, dataset: Optional[str] = None, seed: int = 0,
+                 k: int = 3):
+        if not isinstance(every, int) or every < 1:
+            raise JaxgenError(f"--eval-every must be a positive integer, got {every}.")
+        _, meta = classifier_meta(classifier_dir)
+        if dataset is not None:
+            check_dataset(meta["config"]["dataset"], dataset, classifier_dir)
+        check_num_samples(num_samples, meta["config"]["feature_dim"], "--eval-samples")
+        self.classifier_dir, self.every, self.num_samples = classifier_dir, every, num_samples
+        self.data_dir, self.seed, self.k = data_dir, seed, k
+        self._evaluator: Optional[Evaluator] = None
+
+    def __call__(self, task, state, epoch: int, workdir: str) -> None:
+        if epoch % self.every and epoch != task.config.epochs:
+            return
+        mesh = state.step.sharding.mesh
+        if self._evaluator is None:
+            extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
+            self._evaluator = Evaluator(extractor, task.config.dataset, self.num_samples,
+                                        self.data_dir, self.seed, self.k, "--eval-samples")
+        images = draw_samples(task, state.model, self.num_samples,
+                              named_key(state.rng, "sample", 1))
+        row = {"epoch": epoch, **self._evaluator.evaluate(images),
+               "floor": self._evaluator.floor}
+        if parallel.is_main_process():
+            self._write(task, workdir, row)
+            print(f"Eval: [{epoch:2d}] FID {row['fid']:.3f} (floor {row['floor']['fid']:.3f}), "
+                  f"IS {row['inception_score']:.3f}, classes {row['classes_covered']}, "
+                  f"precision {row['precision']:.3f}, recall {row['recall']:.3f}", flush=True)
+
+    def _write(self, task, workdir: str, row: dict) -> None:
+        path = os.path.join(workdir, HISTORY_FILE)
+        rows = []
+        if os.path.exists(path):  # a resumed run evaluates its epochs again: keep each once
+            with open(path) as f:
+                rows = [r for r in map(json.loads, filter(str.strip, f))
+                        if r["epoch"] < row["epoch"]]
+        rows.append(row)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+        viz.plot_curves({"FID": [r["fid"] for r in rows],
+                         "real-data floor": [r["floor"]["fid"] for r in rows]},
+                        os.path.join(workdir, f"{task.name}_fid.png"), xlabel="epoch",
+                        ylabel=f"FID ({self.num_samples} samples)",
+                        title=f"{task.name} on {task.config.dataset}",
+                        x=[r["epoch"] for r in rows])

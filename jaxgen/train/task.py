@@ -1,0 +1,74 @@
+"""What a model is to the training core: a :class:`Task` and its :class:`TrainConfig`.
+
+A model plugs in as a Task: how to initialise its pytree, one pure train step on a batch of
+images, and what to draw after each epoch. Its config extends TrainConfig with the model's own
+settings, each declared once (``jaxgen.config.setting``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Optional
+
+import jax
+
+from jaxgen.config import POSITIVE_INT, SEED, Settings, setting
+from jaxgen.data import DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Settings every experiment has. Subclasses add the model's; all are saved with
+    checkpoints, and a resumed run may change only those marked resumable."""
+
+    dataset: str = setting("mnist", "dataset to train on", choices=sorted(DATASETS))
+    epochs: int = setting(50, "epochs to train in total; rerunning with more continues",
+                          POSITIVE_INT, resumable=True)
+    batch_size: int = setting(64, "global batch size, split over all devices", POSITIVE_INT)
+    seed: int = setting(0, "root of every random number of the run", SEED)
+    log_every: int = setting(100, "steps between log lines", POSITIVE_INT, resumable=True)
+    keep_checkpoints: int = setting(3, "how many of the newest per-epoch checkpoints to keep",
+                                    POSITIVE_INT, resumable=True)
+    # A lax.scan over steps: 1 dispatches every step from Python; a whole epoch (e.g. 937) makes
+    # one program of it, which saves the per-step dispatch on accelerators.
+    steps_per_call: int = setting(
+        1, "train steps per compiled call (a lax.scan); e.g. a whole epoch on an accelerator; "
+           "the same steps, rounded differently", POSITIVE_INT, resumable=True)
+
+
+class Task(abc.ABC):
+    """A model as the training core sees it."""
+
+    name: str  # file prefix and checkpoint tag, e.g. "GAN"
+    config_class: type  # the TrainConfig subclass a checkpoint's config is read back as
+    metric_names: tuple[str, ...]  # scalars the train step returns, logged as "name: value"
+    config: TrainConfig
+    # True for supervised tasks (a classifier): train_step then also gets the batch's int32 labels.
+    needs_labels: bool = False
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array) -> Any:
+        """The model pytree for a fresh run."""
+
+    @abc.abstractmethod
+    def train_step(self, model: Any, images: jax.Array, key: jax.Array,
+                   labels: Optional[jax.Array] = None) -> tuple[Any, dict]:
+        """One update on a global batch of images in [-1, 1], shape (B, H, W, C), and their
+        labels (B,) when ``needs_labels``. Pure."""
+
+    def sample_images(self, model: Any, key: jax.Array, num: int) -> jax.Array:
+        """``num`` images in [-1, 1], shape (num, H, W, C), drawn from a generative model (GAN:
+        z from the prior through G; VAE: z from the prior through the decoder's mean)."""
+        raise NotImplementedError(f"{self.name} is not a generative model")
+
+    @classmethod
+    def is_generative(cls) -> bool:
+        """Whether the task draws samples (it defines ``sample_images``)."""
+        return cls.sample_images is not Task.sample_images
+
+    def epoch_end(self, state, epoch: int, workdir: str) -> None:
+        """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""
+
+    def train_end(self, workdir: str, history: dict) -> None:
+        """Pictures after the last epoch (process 0 only)."""
