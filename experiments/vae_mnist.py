@@ -1,8 +1,8 @@
 """Train a VAE on MNIST-like images, then evaluate it on the test set.
 
-    python experiments/vae_mnist.py                                   # MNIST via TFDS, beta = 1
-    python experiments/vae_mnist.py --beta 0 --latent-dim 2           # reconstruction term only
-    python experiments/vae_mnist.py --preset burda                    # Burda et al.'s 784-200-200-50
+    python experiments/vae_mnist.py                          # MNIST via TFDS, beta = 1
+    python experiments/vae_mnist.py --beta 0 --latent-dim 2  # reconstruction term only
+    python experiments/vae_mnist.py --preset burda           # Burda et al.'s 784-200-200-50
     python experiments/vae_mnist.py --dataset fashion_mnist --data-dir /path/to/idx-files
 
 Losses are nats per image. After training it prints and writes to WORKDIR/test_eval.json the test

@@ -68,10 +68,10 @@ class Checkpoints:
         """The newest readable checkpoint as (epoch, state, meta); None if there is none at all.
 
         ``target(meta)`` sees a checkpoint's meta before any array is read: it raises
-        ``JaxgenError`` when the checkpoint belongs to another run, else returns the abstract
-        state (shapes, dtypes, shardings) to restore onto. An unreadable checkpoint is reported and the previous
-        one is tried. Once an older one has been restored, the newer unreadable ones are moved
-        aside into ``<directory>-corrupt/`` (with ``quarantine``; nothing is deleted) so that
+        ``JaxgenError`` when the checkpoint belongs to another run, else returns the abstract state
+        (shapes, dtypes, shardings) to restore onto. An unreadable checkpoint is reported and the
+        previous one is tried. Once an older one has been restored, the newer unreadable ones are
+        moved aside into ``<directory>-corrupt/`` (with ``quarantine``; nothing is deleted) so that
         training can save those epochs again. If checkpoints exist but none is readable, nothing
         is moved and that is an error: a run never silently starts over.
         """

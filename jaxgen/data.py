@@ -16,8 +16,8 @@ import os
 import socket
 import struct
 import zlib
-from urllib.parse import urlparse
 from typing import Optional
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -184,8 +184,9 @@ def _load_tfds_split(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndar
         if not _reachable(info.download_url):
             raise JaxgenError(
                 f"TFDS has no prepared copy of {info.name} and cannot reach "
-                f"{urlparse(info.download_url).hostname} to download it; download the four IDX files on a "
-                "machine with network access and pass their directory with --data-dir DIR."
+                f"{urlparse(info.download_url).hostname} to download it; download the four IDX "
+                "files on a machine with network access and pass their directory with "
+                "--data-dir DIR."
             ) from None
         ds = load(download=True)
     chunks = list(tfds.as_numpy(ds.batch(10_000)))

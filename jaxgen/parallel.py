@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxgen.errors import JaxgenError
 
@@ -58,12 +59,11 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                           "process 0 is running.") from None
 
 
-# XLA:CPU hands dots, convolutions and some elementwise work to YNNPACK by default. On the 2-core
-# CPUs jaxgen is measured on (jax 0.10.2), YNNPACK's convolutions and elementwise kernels are
-# slower than XLA's own: keeping YNNPACK for dots only made the GAN step 1.2-1.3x faster, the
-# classifier's 1.37x and the conv VAE's 1.34x (the MLP VAE, all dots, is unchanged), with the
-# same maths (benchmarks/gan_step.py --xla-defaults prints both). An XLA_FLAGS entry of the
-# user's for the same option wins.
+# XLA:CPU hands dots, convolutions and some elementwise work to YNNPACK by default. On the CPUs
+# jaxgen is measured on, YNNPACK's convolutions and elementwise kernels are slower than XLA's own,
+# so YNNPACK keeps the dots only; the maths is the same. benchmarks/gan_step.py --xla-defaults
+# prints both; docs/performance.md has the figures. An XLA_FLAGS entry of the user's for the same
+# option wins.
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }
@@ -98,13 +98,13 @@ def reuse_host_memory() -> bool:
     """Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel;
     returns whether it did. jaxgen's scripts and benchmarks call it first thing.
 
-    XLA:CPU allocates each run's scratch memory afresh (about 100 MB for the GAN step at batch
-    64) and frees it at the end. glibc serves blocks that large from fresh ``mmap`` pages and
-    unmaps them on free, so every step page-faults its whole scratch memory back in: some
-    25,000 faults and 60-100 ms of kernel time per GAN step on a 2-core CPU; reusing the memory
-    made the step 1.07-1.14x faster there. With one malloc arena, no ``mmap`` and no trimming, each step reuses the memory the
-    previous one freed; results are unchanged. The process keeps its peak heap instead of
-    returning memory after a large free.
+    XLA:CPU allocates each run's scratch memory afresh and frees it at the end. glibc serves
+    blocks that large from fresh ``mmap`` pages and unmaps them on free, so every step
+    page-faults its whole scratch memory back in. With one malloc arena, no ``mmap`` and no
+    trimming, each step reuses the memory the previous one freed; results are unchanged. The
+    process keeps its peak heap instead of returning memory after a large free.
+    ``benchmarks/gan_step.py`` prints the faults per step and the speed with and without it
+    (figures: docs/performance.md).
 
     It must run before JAX starts its backend (the first array or device query): the threads
     that allocate take their arena then. It does nothing, and returns False, if the backend has
@@ -122,7 +122,8 @@ def reuse_host_memory() -> bool:
         pass
     try:
         libc = ctypes.CDLL(None)  # the C library the process runs on
-        libc.gnu_get_libc_version  # glibc only; musl and macOS have no mallopt of these
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl and macOS lack these mallopts
+            return False
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

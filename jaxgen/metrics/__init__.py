@@ -14,9 +14,15 @@ classifier (``load_classifier``) and scores a run's samples (``evaluate_run``).
 
 from jaxgen.metrics.evaluator import METRICS, Evaluator, format_table, sample_metrics
 from jaxgen.metrics.features import FeatureExtractor
-from jaxgen.metrics.scores import (class_coverage, frechet_distance,
-                                   frechet_distance_of_features, gaussian_stats,
-                                   inception_score, precision_recall, trace_sqrt_product)
+from jaxgen.metrics.scores import (
+                                   class_coverage,
+                                   frechet_distance,
+                                   frechet_distance_of_features,
+                                   gaussian_stats,
+                                   inception_score,
+                                   precision_recall,
+                                   trace_sqrt_product,
+)
 
 __all__ = ["METRICS", "Evaluator", "format_table", "sample_metrics", "FeatureExtractor",
            "class_coverage", "frechet_distance", "frechet_distance_of_features",

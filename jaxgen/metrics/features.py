@@ -62,7 +62,7 @@ class FeatureExtractor:
                 pad = np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)
                 batch = np.concatenate([batch, pad])
             # Every process holds all images: each puts the rows of its own devices.
-            x = jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+            x = jax.make_array_from_callback(batch.shape, sharding, batch.__getitem__)
             f, p = parallel.to_host(self._apply(self.params, x))
             features.append(f[:n])
             probs.append(p[:n])

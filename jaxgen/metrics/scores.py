@@ -49,9 +49,9 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     which 128-d features of a few thousand images often are. But S1 S2 = A B with A = S1^{1/2},
     B = S1^{1/2} S2, and A B and B A share their eigenvalues: those of
     M = S1^{1/2} S2 S1^{1/2}, which is symmetric PSD. So
-    tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)), with S1^{1/2} and the lambda_i from symmetric eigen-decompositions (``eigh``, stable and real)
-    and tiny negative eigenvalues from rounding clipped to 0. No inverse is needed: it holds for
-    singular S1 too.
+    tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)), with S1^{1/2} and the lambda_i from symmetric
+    eigen-decompositions (``eigh``, stable and real) and tiny negative eigenvalues from rounding
+    clipped to 0. No inverse is needed: it holds for singular S1 too.
     """
     root1 = _psd_sqrt(np.asarray(sigma1, np.float64))
     m = root1 @ np.asarray(sigma2, np.float64) @ root1

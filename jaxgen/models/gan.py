@@ -1,6 +1,7 @@
 """The infoGAN-style MNIST generator and discriminator of the reference vanilla GAN.
 
-Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen et al. 2016, InfoGAN):
+Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen et al. 2016,
+InfoGAN):
   G: FC 1024-BN-ReLU, FC 7x7x128-BN-ReLU, deconv 64 (4x4, s2)-BN-ReLU, deconv 1 (4x4, s2)-tanh
   D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
 Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss.
@@ -11,8 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxgen.models.layers import (BatchNorm, Conv4x4Down, ConvTranspose4x4Up, Dense,
-                                  GroupedBatchNorm)
+from jaxgen.models.layers import BatchNorm, Conv4x4Down, ConvTranspose4x4Up, Dense, GroupedBatchNorm
 
 
 class Generator(nn.Module):
@@ -23,7 +23,9 @@ class Generator(nn.Module):
 
     @nn.compact
     def __call__(self, z: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = lambda: BatchNorm(use_running_average=not train)
+        def norm():
+            return BatchNorm(use_running_average=not train)
+
         x = nn.relu(norm()(Dense(1024)(z)))
         x = nn.relu(norm()(Dense(7 * 7 * 128)(x)))
         x = x.reshape(x.shape[0], 7, 7, 128)
@@ -42,9 +44,12 @@ class Discriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1) -> jnp.ndarray:
-        norm = lambda name: GroupedBatchNorm(use_running_average=not train, groups=groups,
-                                             name=name)
-        lrelu = lambda v: nn.leaky_relu(v, negative_slope=0.2)
+        def norm(name):
+            return GroupedBatchNorm(use_running_average=not train, groups=groups, name=name)
+
+        def lrelu(v):
+            return nn.leaky_relu(v, negative_slope=0.2)
+
         x = lrelu(Conv4x4Down(64)(x))
         x = lrelu(norm("BatchNorm_0")(Conv4x4Down(128)(x)))
         x = x.reshape(x.shape[0], -1)

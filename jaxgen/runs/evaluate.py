@@ -11,8 +11,12 @@ from typing import Optional
 from jaxgen import parallel, viz
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
-from jaxgen.metrics.evaluator import (Evaluator, check_dataset, check_num_samples,
-                                      train_classifier_hint)
+from jaxgen.metrics.evaluator import (
+    Evaluator,
+    check_dataset,
+    check_num_samples,
+    train_classifier_hint,
+)
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.runs.registry import TASKS
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_run, sample_images
