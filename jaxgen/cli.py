@@ -84,12 +84,13 @@ class EvalOptions(Settings):
 
 
 def training_parser(doc: str, config_class: type, exclude: tuple = (),
-                    presets: Optional[dict] = None) -> argparse.ArgumentParser:
-    """A training script's parser: its docstring as help, a flag per field of ``config_class``
-    (but ``exclude``), the run options and the multi-host flags. With ``presets`` (name ->
-    config), ``--preset NAME`` makes that config's values the defaults; flags given explicitly
-    still win."""
-    parser = argparse.ArgumentParser(description=doc,
+                    presets: Optional[dict] = None,
+                    parents: tuple = ()) -> argparse.ArgumentParser:
+    """A training script's parser: its docstring as help, the flags of ``parents``, a flag per
+    field of ``config_class`` (but ``exclude``), the run options and the multi-host flags. With
+    ``presets`` (name -> config), ``--preset NAME`` makes that config's values the defaults;
+    flags given explicitly still win."""
+    parser = argparse.ArgumentParser(description=doc, parents=list(parents),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None,

@@ -1,8 +1,11 @@
 """Losses and likelihood pieces as pure functions; all in nats.
 
-GAN: the non-saturating binary cross-entropy of Goodfellow et al. (2014), as the reference
-computes it with ``nn.BCELoss`` on sigmoid outputs: here on logits, for numerical stability.
-These return a mean over the batch.
+GAN objectives, as pytorch-generative-model-collections computes them, each a mean over the batch:
+the non-saturating binary cross-entropy of Goodfellow et al. (2014) (the reference's
+``nn.BCELoss`` on sigmoid outputs; here on logits, for numerical stability), least squares (Mao et
+al. 2017), the Wasserstein critic (Arjovsky et al. 2017), the gradient penalty (Gulrajani et al.
+2017; Kodali et al. 2017), and the energy-based and boundary-equilibrium autoencoder losses (Zhao
+et al. 2017; Berthelot et al. 2017).
 
 VAE (Kingma & Welling 2014; Burda et al. 2016 for the importance-weighted bound): log-densities
 and the KL are per image, summed over pixels or latent dimensions, with every constant included,
@@ -33,6 +36,65 @@ def discriminator_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jn
 def generator_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
     """BCE(D(G(z)), 1): the reference's (non-saturating) G_loss."""
     return bce_with_logits(fake_logits, 1.0)
+
+
+def least_squares_discriminator_loss(real_out: jnp.ndarray,
+                                     fake_out: jnp.ndarray) -> jnp.ndarray:
+    """LSGAN: MSE(D(x), 1) + MSE(D(G(z)), 0) on D's raw output."""
+    return jnp.mean(jnp.square(real_out - 1.0)) + jnp.mean(jnp.square(fake_out))
+
+
+def least_squares_generator_loss(fake_out: jnp.ndarray) -> jnp.ndarray:
+    """LSGAN: MSE(D(G(z)), 1)."""
+    return jnp.mean(jnp.square(fake_out - 1.0))
+
+
+def wasserstein_critic_loss(real_out: jnp.ndarray, fake_out: jnp.ndarray) -> jnp.ndarray:
+    """WGAN: -E D(x) + E D(G(z)), the negated estimate of the Wasserstein-1 distance."""
+    return -jnp.mean(real_out) + jnp.mean(fake_out)
+
+
+def wasserstein_generator_loss(fake_out: jnp.ndarray) -> jnp.ndarray:
+    """WGAN: -E D(G(z))."""
+    return -jnp.mean(fake_out)
+
+
+def gradient_penalty(input_grads: jnp.ndarray) -> jnp.ndarray:
+    """E (||grad_x f(x)||_2 - 1)^2 from the gradients (N, ...) of f at N points, one norm per
+    point (WGAN-GP at interpolates, DRAGAN at perturbed real images). The weight is the
+    caller's."""
+    norms = jnp.sqrt(jnp.sum(jnp.square(input_grads.reshape(input_grads.shape[0], -1)), axis=1))
+    return jnp.mean(jnp.square(norms - 1.0))
+
+
+def mse(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """Mean squared error over every element (PyTorch's ``nn.MSELoss``)."""
+    return jnp.mean(jnp.square(a - b))
+
+
+def energy_discriminator_loss(real_energy: jnp.ndarray, fake_energy: jnp.ndarray,
+                              margin: float) -> jnp.ndarray:
+    """EBGAN: D(x) + max(0, margin - D(G(z))), the energies being reconstruction MSEs."""
+    return real_energy + jnp.maximum(margin - fake_energy, 0.0)
+
+
+def pulling_away_term(codes: jnp.ndarray) -> jnp.ndarray:
+    """EBGAN's repelling regulariser on a batch of codes (N, d): the mean squared cosine
+    similarity of distinct pairs, sum_{i != j} (s_i . s_j / (|s_i| |s_j|))^2 / (N (N - 1)).
+
+    pytorch-generative-model-collections' ``pullaway_loss`` divides every code by one L1 norm of
+    the whole matrix (``torch.norm(embeddings, 1)``) instead of each row by its own L2 norm, so
+    its term is not a cosine and shrinks with the batch; this is the term of Zhao et al. (2017).
+    """
+    unit = codes / jnp.linalg.norm(codes, axis=1, keepdims=True)
+    similarity = jnp.square(unit @ unit.T)
+    n = codes.shape[0]
+    return (jnp.sum(similarity) - jnp.trace(similarity)) / (n * (n - 1))
+
+
+def l1_reconstruction(recon: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """BEGAN's autoencoder loss: mean |D(x) - x| over every element."""
+    return jnp.mean(jnp.abs(recon - x))
 
 
 # ----------------------------------------------------------------------------- VAE pieces

@@ -1,10 +1,11 @@
-"""The infoGAN-style MNIST generator and discriminator of the reference vanilla GAN.
+"""The infoGAN-style MNIST generator and discriminators of pytorch-generative-model-collections.
 
 Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen et al. 2016,
 InfoGAN):
   G: FC 1024-BN-ReLU, FC 7x7x128-BN-ReLU, deconv 64 (4x4, s2)-BN-ReLU, deconv 1 (4x4, s2)-tanh
   D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
-Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss.
+Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss. EBGAN and BEGAN
+replace D with an autoencoder (:class:`EnergyDiscriminator`, :class:`BoundaryDiscriminator`).
 """
 
 from __future__ import annotations
@@ -55,3 +56,44 @@ class Discriminator(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = lrelu(norm("BatchNorm_1")(Dense(1024)(x)))
         return Dense(1)(x)[:, 0]
+
+
+class EnergyDiscriminator(nn.Module):
+    """EBGAN's autoencoder D: images (N, 28, 28, C) -> (reconstructions (N, 28, 28, C), codes
+    (N, 32)).
+
+    ``EBGAN.py``: conv 64 (4x4, s2)-ReLU, FC 32 (the code: no BN or ReLU, as the pulling-away
+    term reads it), FC 64x14x14-BN-ReLU, deconv C (4x4, s2), no output non-linearity. ``groups``
+    as for :class:`Discriminator`.
+    """
+
+    image_channels: int = 1
+    code_dim: int = 32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1):
+        x = nn.relu(Conv4x4Down(64)(x))
+        code = Dense(self.code_dim)(x.reshape(x.shape[0], -1))
+        x = Dense(14 * 14 * 64)(code)
+        x = GroupedBatchNorm(use_running_average=not train, groups=groups, name="BatchNorm_0")(x)
+        x = nn.relu(x).reshape(x.shape[0], 14, 14, 64)
+        return ConvTranspose4x4Up(self.image_channels)(x), code
+
+
+class BoundaryDiscriminator(nn.Module):
+    """BEGAN's autoencoder D: images (N, 28, 28, C) -> reconstructions (N, 28, 28, C).
+
+    ``BEGAN.py``: conv 64 (4x4, s2)-ReLU, FC 32, FC 64x14x14 (no normalisation or activation
+    between them), deconv C (4x4, s2), no output non-linearity. Without BatchNorm, each image's
+    reconstruction depends on that image alone; ``groups`` is accepted and changes nothing.
+    """
+
+    image_channels: int = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1) -> jnp.ndarray:
+        del train, groups  # no batch statistics
+        x = nn.relu(Conv4x4Down(64)(x))
+        code = Dense(32)(x.reshape(x.shape[0], -1))
+        x = Dense(14 * 14 * 64)(code)
+        return ConvTranspose4x4Up(self.image_channels)(x.reshape(x.shape[0], 14, 14, 64))

@@ -18,7 +18,7 @@ from jaxgen.metrics.evaluator import (
     train_classifier_hint,
 )
 from jaxgen.metrics.features import FeatureExtractor
-from jaxgen.runs.registry import TASKS
+from jaxgen.runs.registry import task_class
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_run, sample_images
 from jaxgen.train.classifier import ClassifierTask
 
@@ -61,8 +61,7 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     model_epoch, model_meta = newest_meta(workdir, "--workdir",
                                           "pass the --workdir of a training run")
     task_name, dataset = model_meta.get("task"), model_meta.get("config", {}).get("dataset")
-    task_cls = TASKS.get(task_name)
-    if task_cls is None or not task_cls.is_generative():
+    if not task_class(task_name, workdir).is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task_name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
     _, cls_meta = classifier_meta(classifier_dir)

@@ -184,6 +184,10 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             for k in task.metric_names:
                 history.metrics[k].extend(epoch_metrics[k].tolist())
             history.total_time = total_before + (time.time() - session_start)
+            model, lines = task.update_after_epoch(state.model, epoch_metrics)
+            state = state.replace(model=model)
+            for line in lines:
+                log(line)
             task.epoch_end(state, epoch, workdir)
             for hook in epoch_hooks:
                 hook(task, state, epoch, workdir)
@@ -239,7 +243,8 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
         else:
             images, extra = data, ()
         images = gather(images).astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
-        model, metrics = task.train_step(state.model, images, key, *extra)
+        kwargs = {"step_in_epoch": i} if task.needs_step_in_epoch else {}
+        model, metrics = task.train_step(state.model, images, key, *extra, **kwargs)
         return state.replace(step=state.step + 1, model=model), metrics
 
     def run(state: TrainState, data, perm: jax.Array):

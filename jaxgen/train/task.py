@@ -46,6 +46,8 @@ class Task(abc.ABC):
     config: TrainConfig
     # True for supervised tasks (a classifier): train_step then also gets the batch's int32 labels.
     needs_labels: bool = False
+    # True when train_step also takes ``step_in_epoch``, the step's 0-based index in its epoch.
+    needs_step_in_epoch: bool = False
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> Any:
@@ -66,6 +68,12 @@ class Task(abc.ABC):
     def is_generative(cls) -> bool:
         """Whether the task draws samples (it defines ``sample_images``)."""
         return cls.sample_images is not Task.sample_images
+
+    def update_after_epoch(self, model: Any, metrics: dict) -> tuple[Any, list[str]]:
+        """The model after an epoch whose per-step ``metrics`` (numpy arrays, name -> (steps,))
+        are known, and lines to log (e.g. a learning rate that changed); before the checkpoint,
+        on every process. Most tasks change nothing."""
+        return model, []
 
     def epoch_end(self, state, epoch: int, workdir: str) -> None:
         """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""

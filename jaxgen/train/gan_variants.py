@@ -1,0 +1,254 @@
+"""The unconditional GANs of pytorch-generative-model-collections on the adversarial core, and
+the registry of objectives by name (``--gan-type``).
+
+Each variant is its settings (a config declared once), its pair of loss functions and one entry
+in :data:`OBJECTIVES`; everything else (the step, sharding, checkpoints, pictures) is
+``jaxgen.train.gan``'s. As the reference files have them (``LSGAN.py``, ``WGAN.py``,
+``WGAN_GP.py``, ``DRAGAN.py``, ``EBGAN.py``, ``BEGAN.py``), with the same G, Adam (0.5, 0.999),
+batch 64 and z ~ U[0,1)^62:
+
+- LSGAN (Mao et al. 2017): least squares against 1 and 0 on D's raw output.
+- WGAN (Arjovsky et al. 2017): the critic loss -E D(x) + E D(G(z)); D's parameters clipped to
+  [-0.01, 0.01] after every critic step; G updated on every 5th step of an epoch.
+- WGAN_GP (Gulrajani et al. 2017): the WGAN losses plus 10 E(||grad D(x_hat)||_2 - 1)^2 at
+  x_hat = a x + (1 - a) G(z), a ~ U(0, 1) per image; n_critic 5; no clipping.
+- DRAGAN (Kodali et al. 2017): the GAN's BCE plus 0.25 times the same penalty of sigmoid(D) at
+  x + a (x_p - x), x_p = x + 0.5 std(x) U[0, 1).
+- EBGAN (Zhao et al. 2017): an autoencoder D; D loss MSE(x) + max(0, 1 - MSE(G(z))), G loss
+  MSE(G(z)) + 0.1 PT(codes of G(z)). The reference's pulling-away term normalises by one norm of
+  the whole batch; this is the paper's, row by row (``jaxgen.losses.pulling_away_term``).
+- BEGAN (Berthelot et al. 2017): an autoencoder D without BatchNorm and L1 reconstruction loss
+  L; D loss L(x) - k L(G(z)), G loss L(G(z)); k += 0.001 (gamma L(x) - L(G(z))) clipped to
+  [0, 1] after each step, k from 0, gamma 1; the convergence measure M = L(x) + |gamma L(x) -
+  L(G(z))| logged with k; both learning rates (2e-4) halved, down to 2e-5, at the end of an
+  epoch whose M rose. The reference compares the last iteration's M; this compares the epoch's
+  mean M with the previous epoch's, as its own bookkeeping (``M['cur']`` a list) intends.
+
+A new variant: a config (if it has settings of its own), two loss functions and
+``register(Objective(...))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgen import losses, parallel
+from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, setting
+from jaxgen.errors import JaxgenError
+from jaxgen.models.gan import BoundaryDiscriminator, EnergyDiscriminator
+from jaxgen.train.gan import (
+    VANILLA,
+    GANConfig,
+    GANTask,
+    LossContext,
+    Objective,
+    Penalty,
+    learning_rate,
+    with_learning_rate,
+)
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class WGANConfig(GANConfig):
+    n_critic: int = setting(5, "critic steps per G step: G is updated on every n-th step of an "
+                            "epoch", POSITIVE_INT)
+    clip: float = setting(0.01, "D's parameters are clipped to [-clip, clip] after every "
+                          "critic step", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class WGANGPConfig(GANConfig):
+    n_critic: int = setting(5, "critic steps per G step: G is updated on every n-th step of an "
+                            "epoch", POSITIVE_INT)
+    gp_weight: float = setting(10.0, "weight of the gradient penalty at interpolates of real "
+                               "and generated images", NON_NEGATIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DRAGANConfig(GANConfig):
+    gp_weight: float = setting(0.25, "weight of the gradient penalty at perturbed real images",
+                               NON_NEGATIVE)
+    perturbation: float = setting(0.5, "x_p = x + perturbation * std(x) * U[0, 1)", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class EBGANConfig(GANConfig):
+    margin: float = setting(1.0, "D's hinge: fake images' energy is pushed up to the margin",
+                            POSITIVE)
+    pt_weight: float = setting(0.1, "weight of the pulling-away term in G's loss", NON_NEGATIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class BEGANConfig(GANConfig):
+    gamma: float = setting(1.0, "diversity ratio: the equilibrium E L(G(z)) = gamma E L(x)",
+                           POSITIVE)
+    k_lr: float = setting(0.001, "lambda_k, the step of the equilibrium weight k", POSITIVE)
+    lr_floor: float = setting(2e-5, "the learning rates are halved at the end of an epoch whose "
+                              "mean M rose, down to this floor", POSITIVE)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _least_squares_d(real_out, fake_out, ctx: LossContext):
+    return losses.least_squares_discriminator_loss(real_out, fake_out)
+
+
+def _least_squares_g(fake_out, ctx: LossContext):
+    return losses.least_squares_generator_loss(fake_out)
+
+
+def _critic_d(real_out, fake_out, ctx: LossContext):
+    return losses.wasserstein_critic_loss(real_out, fake_out)
+
+
+def _critic_g(fake_out, ctx: LossContext):
+    return losses.wasserstein_generator_loss(fake_out)
+
+
+def _interpolates(real, fake, key, config):
+    """x_hat = a x + (1 - a) G(z), a ~ U(0, 1) per image (WGAN-GP)."""
+    a = parallel.shard_batch(jax.random.uniform(key, (real.shape[0], 1, 1, 1)))
+    return a * real + (1 - a) * jax.lax.stop_gradient(fake)
+
+
+def _perturbed_real(real, fake, key, config):
+    """x + a (x_p - x), x_p = x + perturbation std(x) U[0, 1), a ~ U(0, 1) per image (DRAGAN;
+    std over every pixel of the batch, unbiased, as torch's ``x.std()``)."""
+    a_key, noise_key = jax.random.split(key)
+    a = parallel.shard_batch(jax.random.uniform(a_key, (real.shape[0], 1, 1, 1)))
+    noise = parallel.shard_batch(jax.random.uniform(noise_key, real.shape))
+    x_p = real + config.perturbation * jnp.std(real, ddof=1) * noise
+    return real + a * (x_p - real)
+
+
+def _energy_d(real_out, fake_out, ctx: LossContext):
+    (real_recon, _), (fake_recon, _) = real_out, fake_out
+    return losses.energy_discriminator_loss(losses.mse(real_recon, ctx.real),
+                                            losses.mse(fake_recon, ctx.fake), ctx.config.margin)
+
+
+def _energy_g(fake_out, ctx: LossContext):
+    recon, codes = fake_out
+    return (losses.mse(recon, jax.lax.stop_gradient(ctx.fake))
+            + ctx.config.pt_weight * losses.pulling_away_term(codes))
+
+
+def _boundary_d(real_out, fake_out, ctx: LossContext):
+    real_loss = losses.l1_reconstruction(real_out, ctx.real)
+    fake_loss = losses.l1_reconstruction(fake_out, ctx.fake)
+    return real_loss - ctx.extra["k"] * fake_loss, {"real_loss": real_loss}
+
+
+def _boundary_g(fake_out, ctx: LossContext):
+    return losses.l1_reconstruction(fake_out, ctx.fake)  # through D and through the target
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _last_g_loss(config) -> dict:
+    """WGAN's G loss of the last G step, reported on the steps in between."""
+    return {"g_loss": jnp.zeros((), jnp.float32)}
+
+
+def _keep_g_loss(extra, d_aux, g_loss, config):
+    return {"g_loss": g_loss}, {}
+
+
+def _began_init(config) -> dict:
+    return {"k": jnp.zeros((), jnp.float32), "m_previous": jnp.ones((), jnp.float32)}
+
+
+def began_update(k, real_loss, g_loss, config):
+    """BEGAN's proportional control of k, and the convergence measure M."""
+    balance = config.gamma * real_loss - g_loss
+    return jnp.clip(k + config.k_lr * balance, 0.0, 1.0), real_loss + jnp.abs(balance)
+
+
+def _began_after_step(extra, d_aux, g_loss, config):
+    k, m = began_update(extra["k"], d_aux["real_loss"], g_loss, config)
+    return {**extra, "k": k}, {"M": m, "k": k}
+
+
+def _injected_adam(lr: float, config) -> optax.GradientTransformation:
+    """Adam whose learning rate lives in its state, so BEGAN can halve it (and resume it)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=config.beta1,
+                                                b2=config.beta2)
+
+
+def _began_after_epoch(model, metrics: dict, config):
+    """Halve both learning rates (not below ``lr_floor``) when this epoch's mean M is above the
+    previous reference M; otherwise this epoch's M becomes the reference."""
+    previous = float(parallel.to_host(model.extra["m_previous"]))
+    current = float(np.mean(metrics["M"]))
+    if previous < current:
+        old = float(parallel.to_host(learning_rate(model.g.opt_state)))
+
+        def halve(net):
+            lr = learning_rate(net.opt_state)
+            halved = jnp.maximum(lr / 2.0, config.lr_floor).astype(lr.dtype)
+            return net.replace(opt_state=with_learning_rate(net.opt_state, _like(halved, lr)))
+
+        model = model.replace(g=halve(model.g), d=halve(model.d))
+        new = float(parallel.to_host(learning_rate(model.g.opt_state)))
+        return model, [f"M_pre: {previous:.8f}, M_cur: {current:.8f}, lr: {old:.3g} --> {new:.3g}"]
+    m_previous = _like(jnp.asarray(current, jnp.float32), model.extra["m_previous"])
+    return (model.replace(extra={**model.extra, "m_previous": m_previous}),
+            [f"M_pre: {previous:.8f}, M_cur: {current:.8f}"])
+
+
+def _like(value: jax.Array, old: jax.Array) -> jax.Array:
+    """``value`` placed as ``old`` is (replicated over the training mesh)."""
+    return jax.device_put(value, old.sharding)
+
+
+# ----------------------------------------------------------------------------- registry
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(objective: Objective) -> Objective:
+    """Adds ``objective`` to the registry: ``--gan-type NAME``, restore and sampling find it."""
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"a GAN objective named {objective.name!r} is registered already")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+register(VANILLA)
+register(Objective("LSGAN", _least_squares_d, _least_squares_g))
+register(Objective("WGAN", _critic_d, _critic_g, config_class=WGANConfig, clip_d=True,
+                   init_extra=_last_g_loss, after_step=_keep_g_loss))
+register(Objective("WGAN_GP", _critic_d, _critic_g, config_class=WGANGPConfig,
+                   penalty=Penalty(_interpolates), init_extra=_last_g_loss,
+                   after_step=_keep_g_loss))
+register(Objective("DRAGAN", VANILLA.d_loss, VANILLA.g_loss, config_class=DRAGANConfig,
+                   penalty=Penalty(_perturbed_real, transform=jax.nn.sigmoid)))
+register(Objective("EBGAN", _energy_d, _energy_g, config_class=EBGANConfig,
+                   discriminator=EnergyDiscriminator))
+register(Objective("BEGAN", _boundary_d, _boundary_g, config_class=BEGANConfig,
+                   discriminator=BoundaryDiscriminator, optimizer=_injected_adam,
+                   init_extra=_began_init, after_step=_began_after_step, extra_metrics=("M", "k"),
+                   after_epoch=_began_after_epoch))
+
+
+@functools.cache
+def task_class(name: str) -> type[GANTask]:
+    """The Task class of the registered objective ``name`` (GANTask itself for "GAN")."""
+    if name not in OBJECTIVES:
+        raise JaxgenError(f"unknown GAN type {name!r}; choose one of "
+                          f"{', '.join(OBJECTIVES)}.")
+    objective = OBJECTIVES[name]
+    if objective is VANILLA:
+        return GANTask
+    return type(f"{name}Task", (GANTask,), {"objective": objective, "name": name,
+                                            "config_class": objective.config_class})

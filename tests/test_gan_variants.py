@@ -1,0 +1,289 @@
+"""The GAN collection on the adversarial core: each loss by hand, the penalty against a critic
+whose input gradient is known, clipping, n_critic, BEGAN's k and learning rates, sharding,
+resume, a toy objective registered here, and every variant trained and sampled end to end."""
+
+import dataclasses
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import host_leaves
+
+from jaxgen import losses, parallel
+from jaxgen.runs.restore import restore_run, sample_images
+from jaxgen.train import gan_variants, loop
+from jaxgen.train.gan import GANConfig, GANTask, Objective, Penalty
+
+TINY = dict(epochs=1, batch_size=16, log_every=1)
+
+
+def _images(tiny_images, n=16):
+    return jnp.asarray(tiny_images[:n], jnp.float32) / 127.5 - 1.0
+
+
+def _task(name, **settings):
+    cls = gan_variants.task_class(name)
+    return cls(cls.config_class(**{**TINY, **settings}))
+
+
+def _train(task, images, workdir, n_devices=1, log=None):
+    mesh = parallel.make_mesh(jax.devices()[:n_devices])
+    return loop.train(task, images, str(workdir), mesh, log=log or (lambda _: None))
+
+
+# ----------------------------------------------------------------------------- losses by hand
+
+def test_least_squares_losses_by_hand():
+    real, fake = jnp.array([1.0, 0.5]), jnp.array([0.0, 2.0])
+    # D: mean((1-1)^2, (0.5-1)^2) + mean(0^2, 2^2) = 0.125 + 2; G: mean((0-1)^2, (2-1)^2) = 1
+    assert float(losses.least_squares_discriminator_loss(real, fake)) == pytest.approx(2.125)
+    assert float(losses.least_squares_generator_loss(fake)) == pytest.approx(1.0)
+
+
+def test_wasserstein_losses_by_hand():
+    real, fake = jnp.array([3.0, 1.0]), jnp.array([-1.0, 0.0])
+    assert float(losses.wasserstein_critic_loss(real, fake)) == pytest.approx(-2.0 - 0.5)
+    assert float(losses.wasserstein_generator_loss(fake)) == pytest.approx(0.5)
+
+
+def test_energy_losses_by_hand():
+    assert float(losses.mse(jnp.ones((2, 2)), jnp.zeros((2, 2)))) == pytest.approx(1.0)
+    # D(x) + max(0, margin - D(G(z))): the hinge is active below the margin, off above it
+    assert float(losses.energy_discriminator_loss(0.3, 0.4, 1.0)) == pytest.approx(0.9)
+    assert float(losses.energy_discriminator_loss(0.3, 1.5, 1.0)) == pytest.approx(0.3)
+    assert float(losses.l1_reconstruction(jnp.array([1.0, -1.0]), jnp.zeros(2))) == 1.0
+
+
+def test_pulling_away_term_is_the_mean_squared_cosine_of_distinct_pairs():
+    codes = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    # cosines: (1,2) 0, (1,3) 1/sqrt2, (2,3) 1/sqrt2; squared, both orders, over 3 * 2 pairs
+    assert float(losses.pulling_away_term(codes)) == pytest.approx((4 * 0.5) / 6, rel=1e-6)
+    # A cosine: the scale of each code does not matter (the reference's whole-batch L1 norm
+    # made it depend on every code's scale).
+    scaled = codes * jnp.array([[10.0], [0.1], [7.0]])
+    assert float(losses.pulling_away_term(scaled)) == pytest.approx((4 * 0.5) / 6, rel=1e-6)
+
+
+def test_gradient_penalty_of_a_linear_critic_is_closed_form():
+    """For f(x) = w . x the input gradient is w at every point: the penalty is (||w|| - 1)^2."""
+    w = jax.random.normal(jax.random.PRNGKey(0), (28, 28, 1))
+    points = jax.random.uniform(jax.random.PRNGKey(1), (5, 28, 28, 1))
+    grads = jax.grad(lambda x: jnp.sum(jnp.tensordot(x, w, axes=3)))(points)
+    expected = (float(jnp.linalg.norm(w)) - 1.0) ** 2
+    assert float(losses.gradient_penalty(grads)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_penalty_points():
+    real = jnp.full((4, 28, 28, 1), 0.5)
+    fake = jnp.full((4, 28, 28, 1), -0.5)
+    config = gan_variants.DRAGANConfig()
+    with jax.set_mesh(parallel.make_mesh(jax.devices()[:1])):
+        x_hat = gan_variants._interpolates(real, fake, jax.random.PRNGKey(0), config)
+        perturbed = gan_variants._perturbed_real(
+            real + jnp.linspace(-0.1, 0.1, 28)[None, :, None, None], fake,
+            jax.random.PRNGKey(0), config)
+    # a x + (1 - a) G(z), one a per image in [0, 1): constant within each image
+    per_image = np.asarray(x_hat).reshape(4, -1)
+    assert np.all(per_image.min(1) == per_image.max(1))
+    assert np.all((per_image[:, 0] > -0.5) & (per_image[:, 0] <= 0.5))
+    # x + a (x_p - x) with x_p - x = 0.5 std(x) U[0, 1): above x by at most 0.5 std(x)
+    x = np.asarray(real + jnp.linspace(-0.1, 0.1, 28)[None, :, None, None])
+    bound = 0.5 * np.std(x, ddof=1)
+    assert np.all(np.asarray(perturbed) >= x - 1e-7)
+    assert np.all(np.asarray(perturbed) <= x + bound + 1e-7)
+
+
+# ----------------------------------------------------------------------------- the step
+
+def _step_fn(task):
+    return jax.jit(task.train_step)
+
+
+def _one_step(step_fn, model, images, step_in_epoch, n_devices=1):
+    with jax.set_mesh(parallel.make_mesh(jax.devices()[:n_devices])):
+        return step_fn(model, images, jax.random.PRNGKey(1), jnp.int32(step_in_epoch))
+
+
+def _unchanged(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _all_changed(a, b) -> bool:
+    return all(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_wgan_critic_step_clips_every_weight_and_g_waits(tiny_images):
+    task = _task("WGAN", lr_d=0.05)  # a large step, so that the clip has work to do
+    model = task.init(jax.random.PRNGKey(0))
+    new, metrics = _one_step(_step_fn(task), model, _images(tiny_images), step_in_epoch=0)
+    leaves = jax.tree.leaves(new.d.params)
+    assert all(float(jnp.max(jnp.abs(p))) <= task.config.clip for p in leaves)
+    assert any(float(jnp.max(jnp.abs(p))) == pytest.approx(task.config.clip) for p in leaves)
+    # step 1 of 5: G's parameters and optimiser state wait; its running averages moved (the
+    # D step ran G forward once), and the G loss reported is the carried one
+    assert _unchanged((model.g.params, model.g.opt_state), (new.g.params, new.g.opt_state))
+    assert _all_changed(model.g.batch_stats, new.g.batch_stats)
+    assert float(metrics["G_loss"]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def wgan_gp_steps(tiny_images):
+    """WGAN-GP from one model: a step that waits for G and one that updates it, on one device,
+    and the second on eight."""
+    task = _task("WGAN_GP")
+    model = task.init(jax.random.PRNGKey(0))
+    step_fn, images, last = _step_fn(task), _images(tiny_images), task.config.n_critic - 1
+    return dict(task=task, model=model, waits=_one_step(step_fn, model, images, 0),
+                one=_one_step(step_fn, model, images, last),
+                eight=_one_step(step_fn, model, images, last, n_devices=8))
+
+
+def test_g_steps_only_on_the_n_critic_th_step(wgan_gp_steps):
+    model, (waits, _), (stepped, metrics) = (wgan_gp_steps[k] for k in ("model", "waits", "one"))
+    assert _unchanged((model.g.params, model.g.opt_state), (waits.g.params, waits.g.opt_state))
+    assert not _unchanged(model.d.params, waits.d.params)
+    assert _all_changed(model.g.params, stepped.g.params)
+    assert float(metrics["G_loss"]) != 0.0
+    assert float(stepped.extra["g_loss"]) == float(metrics["G_loss"])
+
+
+def _assert_same_update(one, eight, lr):
+    """The same losses, and the same update up to rounding: Adam's first step moves every
+    parameter by about lr, so a missing or wrong gradient would show."""
+    (a, m1), (b, m8) = one, eight
+    for k in m1:
+        assert float(m8[k]) == pytest.approx(float(m1[k]), rel=1e-4, abs=1e-5), k
+    for x, y in zip(jax.tree.leaves(parallel.to_host(a)), jax.tree.leaves(parallel.to_host(b))):
+        assert np.max(np.abs(np.asarray(x, np.float64) - y)) <= 2 * lr + 1e-4 * np.max(np.abs(x))
+
+
+def test_eight_devices_match_one_with_a_gradient_penalty(wgan_gp_steps):
+    _assert_same_update(wgan_gp_steps["one"], wgan_gp_steps["eight"],
+                        wgan_gp_steps["task"].config.lr_d)
+
+
+def test_eight_devices_match_one_with_an_autoencoder_d(tiny_images):
+    task = _task("EBGAN")
+    model, step_fn, images = task.init(jax.random.PRNGKey(0)), _step_fn(task), _images(tiny_images)
+    _assert_same_update(_one_step(step_fn, model, images, 0),
+                        _one_step(step_fn, model, images, 0, n_devices=8), task.config.lr_d)
+
+
+def test_began_k_follows_the_balance_and_stays_in_0_1():
+    config = gan_variants.BEGANConfig()
+    k, m = gan_variants.began_update(jnp.float32(0.5), 0.3, 0.1, config)
+    assert float(k) == pytest.approx(0.5 + 0.001 * (0.3 - 0.1))
+    assert float(m) == pytest.approx(0.3 + abs(0.3 - 0.1))
+    assert float(gan_variants.began_update(jnp.float32(0.0), 0.1, 5.0, config)[0]) == 0.0
+    assert float(gan_variants.began_update(jnp.float32(1.0), 5.0, 0.1, config)[0]) == 1.0
+
+
+def test_began_halves_the_learning_rates_when_the_epochs_mean_m_rose():
+    task = _task("BEGAN", lr_floor=6e-5)
+    model = task.init(jax.random.PRNGKey(0))  # the reference M starts at 1
+    rose, lines = task.update_after_epoch(model, {"M": np.array([0.5, 2.0])})  # mean 1.25 > 1
+    assert [float(gan_variants.learning_rate(n.opt_state)) for n in (rose.g, rose.d)] == \
+        pytest.approx([1e-4, 1e-4]) and "lr: 0.0002 --> 0.0001" in lines[0]
+    assert float(rose.extra["m_previous"]) == 1.0  # as the reference: kept when M rose
+    floored, _ = task.update_after_epoch(rose, {"M": np.array([3.0])})
+    assert float(gan_variants.learning_rate(floored.g.opt_state)) == pytest.approx(6e-5)
+    fell, lines = task.update_after_epoch(model, {"M": np.array([0.5, 0.7])})
+    assert float(gan_variants.learning_rate(fell.g.opt_state)) == pytest.approx(2e-4)
+    assert float(fell.extra["m_previous"]) == pytest.approx(0.6)
+
+
+# ----------------------------------------------------------------------------- through the loop
+
+def _assert_outputs_and_samples(name, workdir):
+    for output in (f"{name}_epoch001.png", f"{name}_generate_animation.gif", f"{name}_loss.png",
+                   f"{name}_history.json"):
+        assert (workdir / output).exists(), output
+    task, restored = restore_run(str(workdir), devices=jax.devices()[:1])
+    assert task.name == name and type(task.config) is gan_variants.OBJECTIVES[name].config_class
+    samples = sample_images(str(workdir), 3, seed=0, devices=jax.devices()[:1])
+    assert samples.shape == (3, 28, 28, 1) and np.all(np.abs(samples) <= 1)
+    # what the restored G draws from the documented key (compiled differently: rounding only)
+    np.testing.assert_allclose(samples, np.asarray(task.sample_images(
+        restored.model, jax.random.fold_in(jax.random.PRNGKey(0), 0), 3)), atol=1e-5)
+
+
+def _resume_matches(name, tiny_images, tmp_path, **settings):
+    """Two epochs of two steps, uninterrupted and stopped after one then resumed."""
+    task_cls = gan_variants.task_class(name)
+    config = task_cls.config_class(**{**TINY, "epochs": 2, **settings})
+    images = tiny_images[:32]
+    full, full_history = _train(task_cls(config), images, tmp_path / "full")
+    _train(task_cls(dataclasses.replace(config, epochs=1)), images, tmp_path / "half")
+    logs = []
+    resumed, history = _train(task_cls(config), images, tmp_path / "half", log=logs.append)
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
+    for a, b in zip(host_leaves(resumed), host_leaves(full)):
+        np.testing.assert_array_equal(a, b)
+    assert history.metrics == full_history.metrics
+    _assert_outputs_and_samples(name, tmp_path / "half")
+    return logs
+
+
+def test_wgan_resume_is_bit_identical(tiny_images, tmp_path):
+    _resume_matches("WGAN", tiny_images, tmp_path, n_critic=2)  # G steps in both epochs
+
+
+def test_began_resume_is_bit_identical(tiny_images, tmp_path):
+    logs = _resume_matches("BEGAN", tiny_images, tmp_path)
+    first = next(line for line in logs if line.startswith("Epoch: "))
+    assert first.startswith("Epoch: [ 2] [   1/   2] D_loss: ")
+    assert ", M: " in first and ", k: " in first  # the reference's BEGAN log line
+    assert any(line.startswith("M_pre: ") for line in logs)
+
+
+# GAN is trained through the loop by test_train_loop.py; WGAN and BEGAN above.
+@pytest.mark.parametrize("name", ["LSGAN", "WGAN_GP", "DRAGAN", "EBGAN"])
+def test_every_variant_trains_and_samples(name, tiny_images, tmp_path):
+    logs = []
+    _, history = _train(_task(name), tiny_images[:32], tmp_path / name, log=logs.append)
+    assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in history.metrics.values())
+    assert logs[0].startswith("Epoch: [ 1] [   1/   2] D_loss: ")
+    _assert_outputs_and_samples(name, tmp_path / name)
+
+
+# ----------------------------------------------------------------------------- a new variant
+
+def _hinge_d(real_out, fake_out, ctx):
+    return jnp.mean(jax.nn.relu(1.0 - real_out)) + jnp.mean(jax.nn.relu(1.0 + fake_out))
+
+
+def _hinge_g(fake_out, ctx):
+    return -jnp.mean(fake_out)
+
+
+def _real_points(real, fake, key, config):
+    return real
+
+
+def test_a_new_objective_is_two_functions_and_one_entry(tiny_images, tmp_path):
+    """A hinge-loss GAN with a gradient penalty at the real images, defined in this file:
+    registered, it trains through the loop, restores and samples."""
+    @dataclasses.dataclass(frozen=True)
+    class HingeConfig(GANConfig):
+        gp_weight: float = 1.0
+
+    objective = Objective("HINGE_TEST", _hinge_d, _hinge_g, config_class=HingeConfig,
+                          penalty=Penalty(_real_points))
+    gan_variants.register(objective)
+    try:
+        task_cls = gan_variants.task_class("HINGE_TEST")
+        assert issubclass(task_cls, GANTask) and task_cls.objective is objective
+        state, history = _train(task_cls(HingeConfig(**TINY)), tiny_images[:32],
+                                tmp_path / "hinge")
+        d_loss = history.metrics["D_loss"]
+        assert len(d_loss) == 2 and all(math.isfinite(v) for v in d_loss)
+        task, _ = restore_run(str(tmp_path / "hinge"), devices=jax.devices()[:1])
+        assert task.objective is objective
+        assert sample_images(str(tmp_path / "hinge"), 2).shape == (2, 28, 28, 1)
+    finally:
+        del gan_variants.OBJECTIVES["HINGE_TEST"]
+        gan_variants.task_class.cache_clear()
+    shutil.rmtree(tmp_path / "hinge")
