@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
-from jaxgen.train import loop
-from jaxgen.train.gan import GANConfig, GANTask
+from jaxgen.train import gan_variants, loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,11 +52,13 @@ def peak_memory_bytes() -> int:
 
 
 def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpixel: bool,
-                mesh, steps_per_call: int = 1, xla_defaults: bool = False) -> dict:
-    """Times ``warmup + steps`` steps; with ``steps_per_call`` K, each call runs K of them.
-    ``xla_defaults`` compiles without ``jaxgen.parallel.compiler_options``."""
+                mesh, steps_per_call: int = 1, xla_defaults: bool = False,
+                gan_type: str = "GAN") -> dict:
+    """Times ``warmup + steps`` steps of ``gan_type``; with ``steps_per_call`` K, each call runs
+    K of them. ``xla_defaults`` compiles without ``jaxgen.parallel.compiler_options``."""
     start = time.perf_counter()
-    task = GANTask(GANConfig(batch_size=batch_size), subpixel=subpixel)
+    task_class = gan_variants.task_class(gan_type)
+    task = task_class(task_class.config_class(batch_size=batch_size), subpixel=subpixel)
     steps_per_epoch = 16
     images = np.random.RandomState(0).randint(0, 256, (batch_size * steps_per_epoch, 28, 28, 1),
                                               dtype=np.uint8)
@@ -86,7 +87,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    return {"framework": f"jaxgen (jax {jax.__version__})",
+    return {"framework": f"jaxgen {gan_type} (jax {jax.__version__})",
             "form": ("sub-pixel" if subpixel else "direct")
             + (f", {steps_per_call} steps/call" if steps_per_call > 1 else "")
             + (", XLA default options" if xla_defaults else ""),
@@ -115,13 +116,15 @@ def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
 
 
 def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, log_every: int,
-                                     subpixel: bool, steps_per_call: int) -> dict:
+                                     subpixel: bool, steps_per_call: int,
+                                     gan_type: str = "GAN") -> dict:
     """``time_jaxgen`` in a fresh process that keeps glibc's malloc defaults (malloc's settings
     are process-wide and fixed once JAX has started)."""
     call = (f"import json, sys; sys.path.insert(0, {HERE!r}); import gan_step; "
             f"from jaxgen import parallel; "
             f"row = gan_step.time_jaxgen({batch_size}, {steps}, {warmup}, {log_every}, "
-            f"{subpixel}, parallel.make_mesh(), {steps_per_call}); print(json.dumps(row))")
+            f"{subpixel}, parallel.make_mesh(), {steps_per_call}, gan_type={gan_type!r}); "
+            f"print(json.dumps(row))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -156,6 +159,9 @@ def main() -> None:
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="also time the first form with glibc's malloc defaults, without "
                              "jaxgen.parallel.reuse_host_memory (in a separate process)")
+    parser.add_argument("--gan-type", default="GAN", choices=list(gan_variants.OBJECTIVES),
+                        help="which GAN's step to time (%(default)s); the PyTorch reference "
+                             "is GAN.py's, so other types have no PyTorch row")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -170,7 +176,8 @@ def main() -> None:
     mesh = parallel.make_mesh()
     for b in batch_sizes:
         parallel.check_batch_size(b, mesh)
-    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    with_torch = (not args.no_torch and args.gan_type == "GAN"
+                  and importlib.util.find_spec("torch") is not None)
     info = machine()
     info["reuse_host_memory"] = reused
     print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
@@ -187,7 +194,7 @@ def main() -> None:
         entry = {"batch_size": b}
         for form in forms:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form == "sub-pixel",
-                              mesh, args.steps_per_call)
+                              mesh, args.steps_per_call, gan_type=args.gan_type)
             rows.append(row)
             key = "jaxgen" if form == forms[0] else f"jaxgen_{form.replace('-', '')}"
             entry[f"{key}_steps_per_s"] = row["steps_per_s"]
@@ -195,13 +202,14 @@ def main() -> None:
         if args.xla_defaults:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every,
                               forms[0] == "sub-pixel", mesh, args.steps_per_call,
-                              xla_defaults=True)
+                              xla_defaults=True, gan_type=args.gan_type)
             rows.append(row)
             entry["jaxgen_xla_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_xla_defaults_row"] = row
         if args.malloc_defaults:
             row = time_jaxgen_with_malloc_defaults(b, args.steps, args.warmup, args.log_every,
-                                                   forms[0] == "sub-pixel", args.steps_per_call)
+                                                   forms[0] == "sub-pixel", args.steps_per_call,
+                                                   args.gan_type)
             rows.append(row)
             entry["jaxgen_malloc_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_malloc_defaults_row"] = row
