@@ -184,8 +184,7 @@ def _problem(value, kind, metadata: dict) -> Optional[str]:
             if not check:
                 return "a finite number"
             return check.wanted if "finite" in check.wanted else f"finite and {check.wanted}"
-    if kind is tuple and not all(isinstance(w, (int, float)) and math.isfinite(w)
-                                 for w in value):
+    if kind is tuple and any(isinstance(w, float) and not math.isfinite(w) for w in value):
         return check.wanted if check else "finite numbers"
     if check and not check.test(value):
         return check.wanted
