@@ -48,6 +48,9 @@ def main() -> None:
                                                  "interpolations": 8}[args.kind]
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
+    if os.path.isdir(args.out):
+        raise JaxgenError(f"--out {args.out} is a directory; pass a file name such as "
+                          f"{os.path.join(args.out, 'samples.png')}.")
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".png", ".npy"):
         raise JaxgenError(f"--out {args.out} must end in .png (a grid) or .npy (an array).")
@@ -68,6 +71,9 @@ def main() -> None:
         test = data.load_dataset(task.config.dataset, "test", args.data_dir).images
         params = state.model.params
         if args.kind == "reconstructions":
+            if num > len(test):
+                raise JaxgenError(f"--num {num} reconstructions need {num} test images; there "
+                                  f"are {len(test)}: pass --num {len(test)} or fewer.")
             originals = test[:num]
             shown = fixed_targets(task, originals) * 2 - 1
             images = interleave_rows(shown, latents.reconstructions(task, params, originals), 8)

@@ -32,11 +32,19 @@ class _ReadOnlyNotice(logging.Filter):
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
+# What every checkpoint's meta holds (jaxgen.train.loop writes them).
+REQUIRED_META = ("task", "epoch", "config", "history")
+
+
 class Checkpoints:
     """A directory of per-epoch checkpoints (orbax ``CheckpointManager``; steps are epochs)."""
 
-    def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
+    def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False,
+                 required_meta: tuple = REQUIRED_META):
+        """``required_meta``: the fields a checkpoint's meta must have; one without them is
+        corrupt, like one whose bytes cannot be read."""
         self.directory = os.path.abspath(directory)
+        self.required_meta = required_meta
         # cleanup_tmp_directories: a save cut short (kill -9) leaves a temporary directory.
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
                                                save_interval_steps=0 if read_only else 1,
@@ -54,8 +62,22 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def read_meta(self, epoch: int) -> dict:
-        return self._manager.restore(epoch, args=ocp.args.Composite(
+        """The meta of ``epoch``'s checkpoint; a ValueError if it lacks a required field."""
+        meta = self._manager.restore(epoch, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore())).meta
+        missing = [k for k in self.required_meta if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise ValueError(f"its metadata lacks {', '.join(missing)}")
+        return meta
+
+    def discard_partial(self, epoch: int) -> None:
+        """Removes what an interrupted save of ``epoch`` left (process 0 removes, all wait)."""
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if name == str(epoch) or name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        multihost_utils.sync_global_devices("jaxgen-discard-partial")
+        self._manager.reload()
 
     def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores onto the shardings of ``abstract_state`` (any device count)."""

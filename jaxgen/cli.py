@@ -52,6 +52,17 @@ class DistributedOptions(Settings):
     num_processes: Optional[int] = setting(None, "number of processes in the run", POSITIVE_INT)
     process_id: Optional[int] = setting(None, "this process's index, 0 on the coordinator's "
                                         "host", NON_NEGATIVE_INT)
+    distributed_timeout: int = setting(300, "seconds to wait for every process to join the "
+                                       "run", POSITIVE_INT, metavar="SECONDS")
+
+    def validate(self) -> None:
+        super().validate()
+        address = self.coordinator_address
+        if address is not None and address != "auto":
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise JaxgenError(f"--coordinator-address must be HOST:PORT (e.g. "
+                                  f"10.0.0.1:1234) or auto, got {address}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +177,7 @@ def start_devices(accelerator: str = "auto",
     """Starts the multi-host runtime if asked, then the mesh over the chosen devices."""
     distributed = distributed or DistributedOptions()
     parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
-                                    distributed.process_id)
+                                    distributed.process_id, distributed.distributed_timeout)
     return parallel.make_mesh(parallel.select_devices(accelerator))
 
 

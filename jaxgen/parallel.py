@@ -25,7 +25,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "tpu")
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
+                           process_id: Optional[int] = None, timeout: int = 300) -> None:
     """Starts JAX's multi-process runtime when a multi-host run is asked for; else does nothing.
 
     Asked for by the arguments (``coordinator_address="HOST:PORT"`` of process 0 with
@@ -51,7 +51,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         coordinator_address = None
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+                                   num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=timeout)
     except (RuntimeError, ValueError) as e:
         reason = str(e).splitlines()[0][:200]
         raise JaxgenError(f"could not join the multi-host run ({reason}); check "

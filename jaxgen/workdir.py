@@ -1,9 +1,13 @@
-"""A run's working directory: where its checkpoints live, and checks that it can be written."""
+"""A run's working directory: where its checkpoints live, checks that it can be written, and the
+lock that keeps a second run out of it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import tempfile
+import time
 
 from jaxgen.errors import JaxgenError
 
@@ -36,3 +40,44 @@ def ensure_writable(workdir: str) -> str:
         raise JaxgenError(f"--workdir {workdir} is not writable ({e.strerror}); pass a directory "
                           "you can write to.") from None
     return workdir
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+    """Holds ``workdir`` for one run: an exclusive ``flock`` on ``WORKDIR/.lock`` that the
+    operating system releases when the process ends, however it ends (so ``kill -9`` leaves no
+    stale lock). A second run on the same workdir is refused with the holder's host, PID and
+    start time, which the holder writes into the file. Reading a run (sampling, evaluation)
+    takes no lock. Use as a context manager; on several hosts only process 0 takes it."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.enabled = enabled
+        self._file = None
+
+    def __enter__(self) -> "WorkdirLock":
+        if not self.enabled:
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise JaxgenError(f"--workdir {os.path.dirname(self.path)} is in use by a run of "
+                              f"{holder}; wait for it to end, or pass another --workdir.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()}, PID {os.getpid()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Optional
 
+import jax
+
 from jaxgen import parallel, viz
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
@@ -19,7 +21,7 @@ from jaxgen.metrics.evaluator import (
 )
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.runs.registry import task_class
-from jaxgen.runs.restore import draw_samples, newest_meta, restore_run, sample_images
+from jaxgen.runs.restore import draw_samples, newest_meta, restore_newest
 from jaxgen.train.classifier import ClassifierTask
 
 EVAL_FILE = "eval.json"
@@ -40,11 +42,11 @@ def load_classifier(classifier_dir: str, devices: Optional[list] = None,
                     batch_size: int = 512) -> FeatureExtractor:
     """The classifier trained in ``classifier_dir`` (its newest checkpoint) as a feature
     extractor replicated over ``devices`` (default: all)."""
-    epoch, _ = classifier_meta(classifier_dir)
-    task, state = restore_run(classifier_dir, devices=devices)
-    return task.feature_extractor(state.model.params, parallel.make_mesh(devices),
-                                  directory=os.path.abspath(classifier_dir), epoch=epoch,
-                                  batch_size=batch_size)
+    classifier_meta(classifier_dir)
+    restored = restore_newest(classifier_dir, devices=devices)
+    return restored.task.feature_extractor(
+        restored.state.model.params, parallel.make_mesh(devices),
+        directory=os.path.abspath(classifier_dir), epoch=restored.epoch, batch_size=batch_size)
 
 
 def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
@@ -58,8 +60,7 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     if not isinstance(k, int) or not 1 <= k < num_samples:
         raise JaxgenError(f"--k must be a positive integer below --num-samples {num_samples}, "
                           f"got {k}.")
-    model_epoch, model_meta = newest_meta(workdir, "--workdir",
-                                          "pass the --workdir of a training run")
+    _, model_meta = newest_meta(workdir, "--workdir", "pass the --workdir of a training run")
     task_name, dataset = model_meta.get("task"), model_meta.get("config", {}).get("dataset")
     if not task_class(task_name, workdir).is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task_name} run, which is not a "
@@ -70,9 +71,11 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
 
     extractor = load_classifier(classifier_dir, devices=devices)
     evaluator = Evaluator(extractor, dataset, num_samples, data_dir, seed, k)
-    images = sample_images(workdir, num_samples, seed=seed, devices=devices)
+    # As sample_images draws them; the epoch is the checkpoint's actually restored.
+    model = restore_newest(workdir, devices=devices)
+    images = draw_samples(model.task, model.state.model, num_samples, jax.random.PRNGKey(seed))
     result = {"model": {"workdir": os.path.abspath(workdir), "task": task_name,
-                        "dataset": dataset, "checkpoint_epoch": model_epoch},
+                        "dataset": dataset, "checkpoint_epoch": model.epoch},
               **evaluator.evaluate(images),
               "num_samples": num_samples, "seed": seed, "k": k,
               "floor": evaluator.floor, "classifier": evaluator.classifier_info(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -19,9 +19,20 @@ from jaxgen.train.task import Task
 from jaxgen.workdir import checkpoint_dir
 
 
+class Restored(NamedTuple):
+    task: Task  # with the run's own config
+    state: TrainState  # replicated over the devices asked for
+    epoch: int  # the epoch of the checkpoint actually restored (an unreadable newer one skipped)
+
+
 def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:
     """The task (with the run's own config) and the newest readable train state of ``workdir``,
     replicated over ``devices`` (default: all), whatever device count trained it."""
+    return restore_newest(workdir, devices)[:2]
+
+
+def restore_newest(workdir: str, devices: Optional[list] = None) -> Restored:
+    """``restore_run``, with the epoch of the checkpoint it restored."""
     directory = checkpoint_dir(os.path.abspath(workdir))
     if not os.path.isdir(directory):
         raise JaxgenError(f"--workdir {workdir} holds no checkpoints ({directory} is missing); "
@@ -46,9 +57,9 @@ def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, Tra
         return abstract_state(task_box["task"], mesh)
 
     with jax.set_mesh(mesh):
-        _, state, _ = ckpts.restore_latest(target, quarantine=False)
+        epoch, state, _ = ckpts.restore_latest(target, quarantine=False)
     ckpts.close()
-    return task_box["task"], state
+    return Restored(task_box["task"], state, epoch)
 
 
 def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:

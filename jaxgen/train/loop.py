@@ -11,6 +11,7 @@ step, so a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from jaxgen.keys import named_key
 from jaxgen.train.history import History, write_epoch_outputs, write_history
 from jaxgen.train.state import TrainState, abstract_state, init_state
 from jaxgen.train.task import Task
-from jaxgen.workdir import checkpoint_dir, ensure_writable
+from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
 
 def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
@@ -118,6 +119,15 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
         raise JaxgenError(f"--batch-size {config.batch_size} is larger than the {len(images)} "
                           "training images; pass a smaller batch size.")
     workdir = ensure_writable(workdir)
+    with WorkdirLock(workdir, enabled=main):
+        return _train(task, images, workdir, mesh, log, labels, epoch_hooks, steps_per_epoch)
+
+
+def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels, epoch_hooks,
+           steps_per_epoch: int) -> tuple[TrainState, History]:
+    """``train`` in a checked, writable and locked workdir."""
+    config = task.config
+    main = parallel.is_main_process()
     ckpts = Checkpoints(checkpoint_dir(workdir), max_to_keep=config.keep_checkpoints)
 
     with jax.set_mesh(mesh):
@@ -137,7 +147,10 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
                 json.dump({"task": task.name, "config": config.to_dict()}, f, indent=2)
         if start_epoch >= config.epochs:
             log(f"{workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
-                "nothing to train.")
+                "nothing to train. Its end-of-run outputs are written anew from the history.")
+            if main:  # a run killed after its last checkpoint may lack them
+                write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
+                task.train_end(workdir, history.to_dict())
             ckpts.close()
             return state, history
 
@@ -192,10 +205,10 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
             for hook in epoch_hooks:
                 hook(task, state, epoch, workdir)
             _check_finite_state(state, epoch, ckpts)
-            ckpts.save(epoch, state, {"task": task.name, "epoch": epoch, "num_images": len(images),
-                                      "config": config.to_dict(), "history": history.to_dict()})
-            # The next step donates (reuses) the state's buffers: let the save read them first.
-            ckpts.wait()
+            # The next step donates (reuses) the state's buffers: the save reads them first.
+            _save(ckpts, epoch, state, {"task": task.name, "epoch": epoch,
+                                        "num_images": len(images), "config": config.to_dict(),
+                                        "history": history.to_dict()})
             if main:
                 write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
 
@@ -208,6 +221,36 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
         ckpts.wait()
         ckpts.close()
     return state, history
+
+
+def _save(ckpts: Checkpoints, epoch: int, state: TrainState, meta: dict) -> None:
+    """Saves the checkpoint of ``epoch`` and waits for it. A disk that runs out of space is one
+    error naming the directory and the size needed, with the partial save removed (the earlier
+    checkpoints are untouched)."""
+    try:
+        ckpts.save(epoch, state, meta)
+        ckpts.wait()
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        ckpts.discard_partial(epoch)
+        needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2 ** 20
+        raise JaxgenError(
+            f"no space left on the device of {ckpts.directory} to save the checkpoint of epoch "
+            f"{epoch} (about {needed:.0f} MB needed); the partial save was removed and the "
+            "earlier checkpoints are intact. Free some space and rerun the same command to "
+            "resume.") from None
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk, however the writer reports it."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _title(task: Task) -> str:

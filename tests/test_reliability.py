@@ -1,0 +1,201 @@
+"""What a run promises when things go wrong: one run per workdir, a full disk, a kill at the very
+end, a corrupt newest checkpoint, and bad input refused before anything is created."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxgen import parallel
+from jaxgen.checkpoint import Checkpoints
+from jaxgen.errors import JaxgenError
+from jaxgen.runs.restore import restore_newest
+from jaxgen.train import loop
+from jaxgen.train.task import Task, TrainConfig
+from jaxgen.workdir import WorkdirLock, checkpoint_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Counter(Task):
+    """The cheapest task: counts its steps, draws constant images (so it restores and samples)."""
+
+    name = "PROBE_COUNTER"
+    config_class = TrainConfig
+    metric_names = ("count",)
+
+    def __init__(self, config):
+        self.config = config
+
+    def init(self, key):
+        return {"count": jnp.zeros((), jnp.float32)}
+
+    def train_step(self, model, images, key):
+        count = model["count"] + 1
+        return {"count": count}, {"count": count}
+
+    def epoch_end(self, state, epoch, workdir):
+        open(os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"), "w").close()
+
+    def train_end(self, workdir, history):
+        open(os.path.join(workdir, f"{self.name}_generate_animation.gif"), "w").close()
+
+
+def _train(workdir, images, epochs=2, log=None):
+    config = TrainConfig(epochs=epochs, batch_size=16, log_every=1)
+    return loop.train(_Counter(config), images, str(workdir),
+                      parallel.make_mesh(jax.devices()[:1]), log=log or (lambda _: None))
+
+
+# ----------------------------------------------------------------------------- the lock
+
+def test_a_second_run_on_a_workdir_is_refused_until_the_first_dies(tiny_images, tmp_path):
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jaxgen.workdir import WorkdirLock\n"
+         f"with WorkdirLock({str(workdir)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(JaxgenError, match=f"in use by a run of host .*PID {holder.pid}"):
+            _train(workdir, tiny_images, epochs=2)
+        assert Checkpoints(checkpoint_dir(str(workdir)), read_only=True).epochs() == [1]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # killed with SIGKILL, the holder leaves no stale lock: the next run starts at once
+    state, history = _train(workdir, tiny_images, epochs=2)
+    assert len(history.per_epoch_time) == 2
+
+
+def test_the_lock_is_released_when_training_fails(tiny_images, tmp_path):
+    with pytest.raises(JaxgenError):
+        loop.train(_Counter(TrainConfig(epochs=1, batch_size=1000)), tiny_images,
+                   str(tmp_path / "run"), parallel.make_mesh(jax.devices()[:1]))
+    with WorkdirLock(str(tmp_path)):  # nothing is held by the failed run
+        pass
+
+
+# ----------------------------------------------------------------------------- disk full
+
+def test_a_full_disk_is_one_error_and_keeps_the_earlier_checkpoints(tiny_images, tmp_path,
+                                                                     monkeypatch):
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=1)
+    real_save = Checkpoints.save
+
+    def save_then_fill(self, epoch, state, meta):
+        real_save(self, epoch, state, meta)  # the writer starts, then the disk fills up
+        self.wait()
+        os.makedirs(os.path.join(self.directory, f"{epoch}.orbax-checkpoint-tmp-123"))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_fill)
+    with pytest.raises(JaxgenError, match=r"no space left .* epoch 2 \(about \d+ MB needed\)"):
+        _train(workdir, tiny_images, epochs=2)
+    assert sorted(os.listdir(checkpoint_dir(str(workdir)))) == ["1"]  # partial save removed
+    monkeypatch.setattr(Checkpoints, "save", real_save)
+    state, _ = _train(workdir, tiny_images, epochs=2)  # and the run resumes from epoch 1
+    assert float(state.model["count"]) == 8
+
+
+# ----------------------------------------------------------------------------- kill at the end
+
+def test_a_rerun_rebuilds_the_end_of_run_outputs(tiny_images, tmp_path):
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=2)
+    gif = workdir / "PROBE_COUNTER_generate_animation.gif"
+    history_file = workdir / "PROBE_COUNTER_history.json"
+    os.remove(gif)  # as if killed after the last checkpoint, before the end-of-run outputs
+    history_file.write_text(json.dumps({"count": [1.0], "per_epoch_time": [0.1]}))  # stale
+    logs = []
+    _train(workdir, tiny_images, epochs=2, log=logs.append)
+    assert any("nothing to train" in line for line in logs)
+    assert gif.exists()
+    assert json.loads(history_file.read_text())["count"] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+# ----------------------------------------------------------------------------- corrupt meta
+
+def _write_meta(workdir, epoch, meta):
+    path = os.path.join(checkpoint_dir(str(workdir)), str(epoch), "meta", "metadata")
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.parametrize("meta", [{}, {"task": "PROBE_COUNTER"}])
+def test_metadata_without_its_fields_is_a_corrupt_checkpoint(meta, tiny_images, tmp_path):
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=2)
+    _write_meta(workdir, 2, meta)
+    logs = []
+    state, history = _train(workdir, tiny_images, epochs=2, log=logs.append)
+    assert any("checkpoint of epoch 2 cannot be read (its metadata lacks" in line
+               for line in logs)
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
+    assert float(state.model["count"]) == 8  # epoch 2 trained again
+
+
+def test_a_restore_reports_the_epoch_it_actually_restored(tiny_images, tmp_path):
+    from jaxgen.runs import registry
+
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=2)
+    _write_meta(workdir, 2, {})
+    registry.OTHER_TASKS[_Counter.name] = _Counter
+    try:
+        restored = restore_newest(str(workdir), devices=jax.devices()[:1])
+    finally:
+        del registry.OTHER_TASKS[_Counter.name]
+    assert restored.epoch == 1 and float(restored.state.model["count"]) == 4
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _script(name, *args, cwd):
+    return subprocess.run([sys.executable, os.path.join(REPO, "experiments", name),
+                           *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--seed", 2 ** 64), "--seed must be an integer in 0..4294967295, got 18446744073709551616"),
+    (("--lr-d", "inf"), "--lr-d must be finite and positive, got inf"),
+    (("--lr-g", "nan"), "--lr-g must be finite and positive, got nan"),
+    (("--workdir", ""), "--workdir is empty"),
+    (("--coordinator-address", "notahost", "--num-processes", 2, "--process-id", 0),
+     "--coordinator-address must be HOST:PORT"),
+])
+def test_bad_training_input_is_one_line_and_creates_nothing(args, message, tmp_path):
+    proc = _script("gan_mnist.py", *args, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], \
+        proc.stderr
+    assert os.listdir(tmp_path) == []  # nothing created, in the working directory either
+
+
+def test_sample_out_naming_a_directory_is_refused(tmp_path):
+    out = tmp_path / "grid.png"
+    out.mkdir()
+    proc = _script("sample.py", "--workdir", tmp_path, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --out {out} is a directory")
+
+
+def test_a_real_divergence_stops_training(tiny_images, tmp_path):
+    """Not an injected NaN: a learning rate so large that a VAE's loss overflows."""
+    from jaxgen.train.vae import VAEConfig, VAETask
+
+    config = VAEConfig(epochs=3, batch_size=16, log_every=1, latent_dim=2, hidden=(8,), lr=1e30)
+    with pytest.raises(JaxgenError, match="became (nan|inf|-inf)|non-finite"):
+        loop.train(VAETask(config), tiny_images, str(tmp_path / "run"),
+                   parallel.make_mesh(jax.devices()[:1]), log=lambda _: None)
+    # stopped at the first non-finite value: no checkpoint holds a non-finite parameter
+    assert Checkpoints(checkpoint_dir(str(tmp_path / "run")), read_only=True).epochs() == []
