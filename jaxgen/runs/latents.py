@@ -1,5 +1,5 @@
-"""What a trained VAE's latent space shows: posterior means, decoder means, reconstructions and
-straight lines between images."""
+"""What a trained VAE's latent space shows: posterior means (and variances), decoder means,
+reconstructions and straight lines between images."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ def encode_means(task: VAETask, params, images: np.ndarray, batch_size: int = 10
                            for i in range(0, len(x), batch_size)])
 
 
+def encode_posteriors(task: VAETask, params, images: np.ndarray,
+                      batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, log_var) of q(z|x) for uint8 images (seen as ``fixed_targets``), each (N, latent)."""
+    x = fixed_targets(task, images)
+    fn = _encode_fn(task)
+    parts = [fn(params, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return (np.concatenate([np.asarray(p[0]) for p in parts]),
+            np.concatenate([np.asarray(p[1]) for p in parts]))
+
+
 def decode_means(task: VAETask, params, z: np.ndarray) -> np.ndarray:
     """Decoder means E[x | z] in [-1, 1] of latents z (N, latent_dim)."""
     return np.asarray(_decode_means_fn(task)(params, z))
@@ -28,6 +38,11 @@ def decode_means(task: VAETask, params, z: np.ndarray) -> np.ndarray:
 def _encode_means_fn(task: VAETask):
     """Jitted once per task (a retrace per call would recompile each time)."""
     return jax.jit(lambda p, x: task.encode(p, x)[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_fn(task: VAETask):
+    return jax.jit(lambda p, x: task.encode(p, x))
 
 
 @functools.lru_cache(maxsize=8)

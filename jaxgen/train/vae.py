@@ -125,13 +125,16 @@ class VAETask(Task):
             return losses.bernoulli_log_likelihood(x, decoded)
         return losses.gaussian_log_likelihood(x, decoded, self.config.sigma)
 
+    def decoder_mean(self, decoded: jax.Array) -> jax.Array:
+        """The decoder's mean E[x | z] in the targets' units (the Gaussian's mean unclipped:
+        the mean the likelihood uses)."""
+        if self.config.likelihood == "bernoulli":
+            return jax.nn.sigmoid(decoded)
+        return decoded
+
     def mean_image(self, decoded: jax.Array) -> jax.Array:
         """The decoder's mean E[x | z] as an image in [-1, 1]."""
-        if self.config.likelihood == "bernoulli":
-            mean = jax.nn.sigmoid(decoded)
-        else:
-            mean = jnp.clip(decoded, 0.0, 1.0)
-        return mean * 2.0 - 1.0
+        return jnp.clip(self.decoder_mean(decoded), 0.0, 1.0) * 2.0 - 1.0
 
     def reparameterise(self, mu: jax.Array, log_var: jax.Array, eps: jax.Array) -> jax.Array:
         """z = mu + sigma * eps; eps (B, K, latent) gives K samples per image."""

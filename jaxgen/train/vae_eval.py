@@ -2,10 +2,11 @@
 
 The 1-sample reconstruction term and the KL (so the -ELBO, the beta = 1 bound, whatever beta
 trained the model), the importance-weighted bound on -log p(x) with k samples (Burda et al. 2016),
-the encoder's mean std and the active units (Burda et al.'s criterion: latent dimensions whose
-posterior mean varies across the data, Var_x E_q[z_u] > 0.01). ``train_and_evaluate`` trains (or
-resumes) a run and writes these figures to ``test_eval.json``, reused when already written.
-"""
+the squared error of the decoder's mean (the distortion of a rate-distortion plane, whatever the
+likelihood), the encoder's mean std and the active units (Burda et al.'s criterion: latent
+dimensions whose posterior mean varies across the data, Var_x E_q[z_u] > 0.01).
+``train_and_evaluate`` trains (or resumes) a run and writes these figures to ``test_eval.json``,
+reused when already written; ``evaluate_cached`` does the same for any split."""
 
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def build_evaluator(task: VAETask, mesh, iwae_k: int):
         mu, log_var = task.encode(params, x)
         recon_key, iwae_key = jax.random.split(key)
         eps = parallel.shard_batch(jax.random.normal(recon_key, (x.shape[0], 1, mu.shape[-1])))
-        log_lik = task.log_likelihood(x[:, None], task.decode(
-            params, task.reparameterise(mu, log_var, eps)))[:, 0]
+        decoded = task.decode(params, task.reparameterise(mu, log_var, eps))
+        log_lik = task.log_likelihood(x[:, None], decoded)[:, 0]
+        sq_err = jnp.sum(jnp.square(x - task.decoder_mean(decoded)[:, 0]), axis=(1, 2, 3))
 
         def add_chunk(running, i):
             eps = jax.random.normal(jax.random.fold_in(iwae_key, i),
@@ -71,7 +73,7 @@ def build_evaluator(task: VAETask, mesh, iwae_k: int):
 
         lse, _ = lax.scan(add_chunk, jnp.full(x.shape[:1], -jnp.inf), jnp.arange(iwae_k // chunk))
         return {"log_lik": log_lik, "kl": losses.gaussian_kl_to_standard(mu, log_var),
-                "mu": mu, "sigma": jnp.exp(0.5 * log_var),
+                "sq_err": sq_err, "mu": mu, "log_var": log_var, "sigma": jnp.exp(0.5 * log_var),
                 "iwae": lse - math.log(iwae_k)}
 
     return jax.jit(evaluate, in_shardings=(repl, repl, repl), out_shardings=repl,
@@ -85,7 +87,10 @@ def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000
     Returns (summary, per_image). The summary has ``neg_elbo`` (-ELBO, the beta = 1 bound, whatever
     beta trained the model), ``recon`` (-E_q log p(x|z), one sample of z), ``kl``, ``iwae_nll``
     (-log p(x) estimated with ``iwae_k`` importance samples: an upper bound that tightens with k),
-    ``mean_sigma`` (the encoder's std averaged over images and dimensions), ``active_units``.
+    ``mse`` (per pixel, the decoder's mean at one z ~ q against x), ``mean_sigma`` (the encoder's
+    std averaged over images and dimensions), ``active_units``. For a Gaussian decoder ``recon``
+    and ``iwae_nll`` are densities of continuous pixels (with the -D log sigma - D/2 log 2 pi
+    constant), not probabilities: they do not compare with a Bernoulli decoder's nats.
     A Bernoulli model sees the test set binarised once with ``seed``, the same for every model.
     """
     if iwae_k < 1:
@@ -116,6 +121,9 @@ def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000
         "kl": float(np.mean(per_image["kl"])),
         "iwae_nll": float(-np.mean(per_image["iwae"])),
         "iwae_k": iwae_k,
+        # The distortion in the targets' units, whatever the likelihood: the squared distance
+        # between x and the decoder's mean at the same z as ``recon``, per pixel.
+        "mse": float(np.mean(per_image["sq_err"]) / np.prod(targets.shape[1:])),
         "mean_sigma": float(np.mean(per_image["sigma"])),
         # The spread of the posterior means over the data (mean over dimensions of their std):
         # the scale of the latent space the decoder learnt, next to the prior's 1.
@@ -127,19 +135,39 @@ def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000
     return summary, per_image
 
 
-def write_evaluation(workdir: str, summary: dict, epoch: int) -> str:
-    path = os.path.join(workdir, "test_eval.json")
+def write_evaluation(workdir: str, summary: dict, epoch: int, split: str = "test") -> str:
+    path = os.path.join(workdir, f"{split}_eval.json")
     with open(path, "w") as f:
         json.dump({**summary, "epoch": epoch}, f, indent=2)
     return path
 
 
-def read_evaluation(workdir: str) -> Optional[dict]:
-    path = os.path.join(workdir, "test_eval.json")
+def read_evaluation(workdir: str, split: str = "test") -> Optional[dict]:
+    path = os.path.join(workdir, f"{split}_eval.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def evaluate_cached(task: VAETask, params, images: np.ndarray, workdir: str, epoch: int, mesh,
+                    iwae_k: int = 5000, split: str = "test", log=print) -> dict:
+    """``evaluate`` on ``images`` (uint8) written to ``<split>_eval.json`` in ``workdir``, or read
+    from it when it holds the same epoch, k and number of images."""
+    n = len(images)
+    cached = read_evaluation(workdir, split)
+    if cached and "mse" in cached and (cached.get("epoch"), cached.get("iwae_k"),
+                                       cached.get("num_images")) == (epoch, iwae_k, n):
+        log(f"{split.capitalize()}-set evaluation of epoch {epoch} read from "
+            f"{workdir}/{split}_eval.json.")
+        return cached
+    log(f"Evaluating on {n} {split} images (importance-weighted bound with k={iwae_k})...")
+    summary, _ = evaluate(task, params, images, mesh, iwae_k=iwae_k, log=log)
+    summary = {"epoch": epoch, **summary}
+    if parallel.is_main_process():
+        write_evaluation(workdir, summary, epoch, split)
+    log(format_evaluation(summary, split))
+    return summary
 
 
 def train_and_evaluate(config: VAEConfig, train_images: np.ndarray, test_images: np.ndarray,
@@ -156,23 +184,13 @@ def train_and_evaluate(config: VAEConfig, train_images: np.ndarray, test_images:
     if n == 0:
         return task, state, None
     epoch = len(history.per_epoch_time)
-    cached = read_evaluation(workdir)
-    if cached and (cached.get("epoch"), cached.get("iwae_k"), cached.get("num_images")) == (
-            epoch, iwae_k, n):
-        log(f"Test-set evaluation of epoch {epoch} read from {workdir}/test_eval.json.")
-        return task, state, cached
-    log(f"Evaluating on {n} test images (importance-weighted bound with k={iwae_k})...")
-    summary, _ = evaluate(task, state.model.params, test_images[:n], mesh, iwae_k=iwae_k,
-                          log=log)
-    summary = {"epoch": epoch, **summary}
-    if parallel.is_main_process():
-        write_evaluation(workdir, summary, epoch)
-    log(format_evaluation(summary))
+    summary = evaluate_cached(task, state.model.params, test_images[:n], workdir, epoch, mesh,
+                              iwae_k=iwae_k, log=log)
     return task, state, summary
 
 
-def format_evaluation(s: dict) -> str:
-    return (f"test, nats per image: -ELBO {s['neg_elbo']:.2f} = recon {s['recon']:.2f} + KL "
+def format_evaluation(s: dict, split: str = "test") -> str:
+    return (f"{split}, nats per image: -ELBO {s['neg_elbo']:.2f} = recon {s['recon']:.2f} + KL "
             f"{s['kl']:.2f}; -log p(x) <= {s['iwae_nll']:.2f} (k={s['iwae_k']}); mean encoder "
             f"std {s['mean_sigma']:.4g}; std of posterior means {s['mu_std']:.3g}; active units "
             f"{s['active_units']}/{s['latent_dim']} ({s['num_images']} images)")
