@@ -13,6 +13,8 @@ Writes into --workdir:
   latent_grid.png             the decoder over a grid of [-2, 2]^2 of latent space, per beta
   prior_samples.png           samples from the N(0, I) prior, per beta
   reconstructions.png         test images (odd rows) and reconstructions (even rows), per beta
+  claims.csv, claims.md       with --claims: the measurements of jaxgen.runs.vae_claims (probes
+                              of the latent, I(x; z), train/test gaps, memorisation)
 
 Every run resumes; rerunning the same command only does what is missing.
 """
@@ -27,11 +29,11 @@ import jax
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
-from jaxgen.config import DISTINCT_NON_NEGATIVE, Check, Settings, setting
+from jaxgen.config import DISTINCT_NON_NEGATIVE, POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import Evaluator, frechet_distance_of_features
-from jaxgen.runs import latents
+from jaxgen.runs import latents, vae_claims
 from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
@@ -55,6 +57,11 @@ class AblationOptions(Settings):
         None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
               "are scored in its feature space (FID, IS, coverage, precision, recall); without "
               "it, the Frechet distance in pixel space", metavar="DIR")
+    claims: bool = setting(False, "also measure what tests the textbook's claims (probes of "
+                           "the latent, I(x; z), train/test gaps, memorisation; "
+                           "jaxgen.runs.vae_claims), as experiments/vae_kl_sweeps.py does")
+    nn_samples: int = setting(1000, "with --claims: prior samples whose nearest training and "
+                              "test images are found", POSITIVE_INT, metavar="N")
 
 
 def main() -> None:
@@ -84,7 +91,8 @@ def main() -> None:
     run_kl_ablation(configs, train, test, run.workdir, run.mesh, iwae_k=test_eval.iwae_k,
                     eval_images=test_eval.eval_images,
                     picture_latent_dim=options.picture_latent_dim,
-                    num_samples=options.num_samples, quality=quality, log=run.log)
+                    num_samples=options.num_samples, quality=quality, log=run.log,
+                    claims=options.claims, nn_samples=options.nn_samples)
 
 
 # Columns of ablation.csv, with what each means (written under the table in ablation.md).
@@ -107,15 +115,17 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
                     workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
                     picture_latent_dim: int = 2, num_samples: int = 10000,
                     quality: Optional[tuple[str, QualityFn]] = None,
-                    log: Callable[[str], None] = print) -> list[dict]:
+                    log: Callable[[str], None] = print, claims: bool = False,
+                    nn_samples: int = 1000) -> list[dict]:
     """Trains and evaluates one VAE per config; returns the table's rows.
 
     ``quality`` is (description, fn): fn maps ``num_samples`` prior samples in [-1, 1] to a dict
-    of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``)."""
+    of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``).
+    ``claims`` adds the columns of ``jaxgen.runs.vae_claims`` (written to ``claims.md``)."""
     if eval_images == 0:
         raise JaxgenError("the ablation compares test-set figures: --eval-images must not be 0.")
     workdir = ensure_writable(workdir)
-    rows, main_runs, picture_runs = [], {}, {}
+    rows, claim_rows, main_runs, picture_runs = [], [], {}, {}
     for config in configs:
         label = f"beta={config.beta:g}"
         run_dir = os.path.join(workdir, f"beta_{config.beta:g}")
@@ -128,6 +138,11 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
             samples = draw_samples(task, state.model, num_samples, jax.random.PRNGKey(0))
             row.update(quality[1](samples))
         rows.append(row)
+        if claims:
+            n = summary["num_images"]
+            claim_rows.append({"beta": config.beta, **vae_claims.measure(
+                task, state, train, test, run_dir, mesh, summary["epoch"], summary, iwae_k, n,
+                nn_samples=nn_samples, num_samples=num_samples, log=log)})
         main_runs[label] = (task, state)
         if picture_latent_dim:
             small = dataclasses.replace(config, latent_dim=picture_latent_dim)
@@ -139,6 +154,8 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         write_table(rows, workdir, configs[0], quality[0] if quality else None,
                     eval_images or len(test), iwae_k)
         draw_figures(main_runs, picture_runs, test, workdir)
+        if claims:
+            write_claims(claim_rows, workdir)
         log(format_table(rows))
         log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
     return rows
@@ -241,6 +258,25 @@ Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_sampl
 """
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(text)
+
+
+CLAIM_COLUMNS = ("beta", "rate", "mi", "mi_max", "probe_acc", "nn_acc", "mse_train", "mse_test",
+                 "recon_train", "recon_test", "recon_gap", "iwae_train", "iwae_test", "iwae_gap",
+                 "d_train", "d_test", "nearer_train")
+
+
+def write_claims(rows: list[dict], workdir: str) -> None:
+    """``claims.csv`` (every measured column) and ``claims.md`` (the claims' columns)."""
+    with open(os.path.join(workdir, "claims.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = format_table([{k: r[k] for k in CLAIM_COLUMNS} for r in rows])
+    notes = "\n".join(f"- `{k}`: {v}" for k, v in vae_claims.COLUMNS.items()
+                      if k in CLAIM_COLUMNS)
+    with open(os.path.join(workdir, "claims.md"), "w") as f:
+        f.write(f"# The claims' measurements\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
+                f"{table}\n\n{notes}\n")
 
 
 def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:

@@ -1,0 +1,380 @@
+"""The KL question for a VAE with a fixed-variance Gaussian decoder and K samples of z: sweeps of
+beta, of the decoder's sigma and of K, each point measured for the textbook's claims
+(``jaxgen.runs.vae_claims``: probes of the latent, I(x; z), train/test gaps, memorisation,
+sample quality, the encoder's std over training).
+
+    python experiments/vae_kl_sweeps.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
+        --epochs 10 --classifier checkpoints/classifier_fashion_mnist \\
+        --workdir checkpoints/vae_gaussian
+
+The sweeps: beta in --betas at --sigma and --mc-samples; sigma in --sigmas at beta =
+--sigma-sweep-beta; K in --mc-samples-sweep at each beta of --k-sweep-betas. A point shared by
+two sweeps is trained once. Writes into --workdir:
+  runs/beta<b>_sigma<s>_K<k>/  each run (checkpoints, grids, curves, test_eval.json,
+                               train_eval.json, claims.json); ..._latent2/ the 2-D latent runs
+  beta_sweep.{csv,md,png}, sigma_sweep.{csv,md,png}, mc_samples_sweep.{csv,md,png}
+                               one table and one figure per sweep
+  rate_distortion.png          every run of the beta and sigma sweeps on the (rate, distortion)
+                               plane
+  encoder_sigma.png            the encoder's std over training, one line per beta (and per K)
+  latent_scatter.png, latent_grid.png, prior_samples.png, reconstructions.png,
+  nearest_images.png           pictures of the runs at --picture-betas
+  sweeps.md                    every table, the command and the setup
+
+--sweep beta|sigma|mc-samples trains and measures that sweep's runs only (e.g. two processes at
+once); --sweep all (the default) then reads them back and writes everything. Every run resumes;
+rerunning the same command only does what is missing.
+"""
+
+import csv
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+import jax
+import numpy as np
+
+from jaxgen import cli, data, parallel, viz
+from jaxgen.config import (
+                           DISTINCT_NON_NEGATIVE,
+                           NON_NEGATIVE,
+                           POSITIVE_INT,
+                           Check,
+                           Settings,
+                           setting,
+)
+from jaxgen.data import Dataset
+from jaxgen.errors import JaxgenError
+from jaxgen.metrics import Evaluator, probes
+from jaxgen.runs import kl_figures, latents, vae_claims
+from jaxgen.runs.evaluate import load_classifier
+from jaxgen.runs.restore import draw_samples
+from jaxgen.train import vae_eval
+from jaxgen.train.vae import VAEConfig, fixed_targets, interleave_rows
+from jaxgen.train.vae_eval import TestEvalOptions
+from jaxgen.workdir import ensure_writable
+
+DISTINCT_POSITIVE = Check(lambda v: len(v) > 0 and len(set(v)) == len(v) and all(w > 0 for w in v),
+                          "distinct positive numbers such as 0.1,1")
+DISTINCT_POSITIVE_INTS = Check(
+    lambda v: len(v) > 0 and len(set(v)) == len(v)
+    and all(isinstance(w, int) and w >= 1 for w in v), "distinct positive integers such as 1,5")
+SWEEPS = ("all", "beta", "sigma", "mc-samples")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions(Settings):
+    """What the sweeps vary, beside the VAE's own settings (--sigma and --mc-samples are the
+    values the other sweeps hold fixed)."""
+
+    betas: tuple[float, ...] = setting((0.0, 0.1, 0.5, 1.0, 2.0),
+                                       "KL weights of the beta sweep", DISTINCT_NON_NEGATIVE,
+                                       metavar="B,B")
+    sigmas: tuple[float, ...] = setting((0.05, 0.1, 0.2, 0.5, 1.0),
+                                        "decoder stds of the sigma sweep", DISTINCT_POSITIVE,
+                                        metavar="S,S")
+    sigma_sweep_beta: float = setting(1.0, "beta of the sigma sweep", NON_NEGATIVE, metavar="B")
+    mc_samples_sweep: tuple[int, ...] = setting((1, 5, 20), "K values of the K sweep",
+                                                DISTINCT_POSITIVE_INTS, metavar="K,K")
+    k_sweep_betas: tuple[float, ...] = setting((0.0, 1.0), "betas of the K sweep",
+                                               DISTINCT_NON_NEGATIVE, metavar="B,B")
+    k_sweep_epochs: Optional[int] = setting(None, "epochs of the K sweep's runs (default: "
+                                            "--epochs; K = 20 costs about ten K = 1 runs)",
+                                            POSITIVE_INT, metavar="N")
+    picture_betas: tuple[float, ...] = setting((0.0, 1.0), "betas drawn (at --sigma and "
+                                               "--mc-samples), each also with a 2-D latent",
+                                               DISTINCT_NON_NEGATIVE, metavar="B,B")
+    sweep: str = setting("all", "the sweep to train and measure (all: every sweep, then every "
+                         "table and figure)", choices=SWEEPS)
+    nn_samples: int = setting(1000, "prior samples whose nearest training and test images are "
+                              "found (memorisation)", POSITIVE_INT, metavar="N")
+    num_samples: int = setting(10000, "prior samples for the quality scores",
+                               Check(lambda v: v >= 2, "at least 2"), metavar="N")
+    classifier: Optional[str] = setting(
+        None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
+              "are scored in its feature space (FID, precision, recall, classes)", metavar="DIR")
+
+
+def main() -> None:
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",))
+    parser.set_defaults(likelihood="gaussian", epochs=10)
+    TestEvalOptions.add_flags(parser, "test-set evaluation after training (and as many "
+                                      "training images)")
+    SweepOptions.add_flags(parser, "the sweeps")
+    args = cli.parse(parser)
+
+    base = VAEConfig.from_flags(args, beta=1.0)
+    options = SweepOptions.from_flags(args)
+    test_eval = TestEvalOptions.from_flags(args)
+    options.validate()
+    test_eval.validate()
+    if base.likelihood != "gaussian":
+        raise JaxgenError("--likelihood must be gaussian for the sweeps (the sigma sweep varies "
+                          "its std); the Bernoulli model is vae_kl_ablation.py's.")
+    if test_eval.eval_images == 0:
+        raise JaxgenError("the sweeps compare test-set figures: --eval-images must not be 0.")
+    sweeps = sweep_points(base, options)
+    for config in {c for points in sweeps.values() for c in points}:
+        config.validate()
+    run = cli.prepare_run(args, base, "vae_gaussian")
+
+    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
+    test = data.load_dataset(base.dataset, "test", run.options.data_dir)
+    n_eval = len(test) if test_eval.eval_images is None else min(test_eval.eval_images, len(test))
+    quality = classifier_quality(options, base.dataset, run.options.data_dir)
+    chosen = SWEEPS[1:] if options.sweep == "all" else (options.sweep,)
+    run.log(f"Sweeps {', '.join(chosen)} on {base.dataset}, {base.epochs} epochs each, "
+            f"{run.describe()}")
+    workdir = ensure_writable(run.workdir)
+    measured = {}
+    for name in chosen:
+        for config in sweeps[name]:
+            if config not in measured:
+                measured[config] = train_and_measure(config, train, test, workdir, run.mesh,
+                                                     test_eval.iwae_k, n_eval, options, quality,
+                                                     run.log, base.epochs)
+        if name == "beta":
+            for beta in options.picture_betas:
+                small = dataclasses.replace(base, beta=beta, latent_dim=2)
+                vae_eval.train_and_evaluate(small, train.images, test.images,
+                                            run_dir(workdir, small), run.mesh, eval_images=0,
+                                            log=run.log)
+        if parallel.is_main_process():
+            write_sweep(name, [measured[c] for c in sweeps[name]], workdir, base, n_eval,
+                        test_eval.iwae_k, quality)
+    if options.sweep == "all" and parallel.is_main_process():
+        write_summary(sweeps, measured, workdir, base, options, train, test, run.mesh, n_eval,
+                      test_eval.iwae_k, quality)
+        run.log(f"wrote {os.path.join(workdir, 'sweeps.md')} and the figures beside it")
+
+
+def sweep_points(base: VAEConfig, options: SweepOptions) -> dict[str, list[VAEConfig]]:
+    """The configs of each sweep, in order."""
+    k0 = base.mc_samples
+    k_epochs = options.k_sweep_epochs or base.epochs
+
+    def point(beta, sigma=base.sigma, k=k0, epochs=base.epochs):
+        return dataclasses.replace(base, beta=float(beta), sigma=float(sigma), mc_samples=int(k),
+                                   epochs=epochs)
+
+    return {
+        "beta": [point(b) for b in options.betas],
+        "sigma": [point(options.sigma_sweep_beta, s) for s in options.sigmas],
+        "mc-samples": [point(b, k=k, epochs=k_epochs) for b in options.k_sweep_betas
+                       for k in options.mc_samples_sweep],
+    }
+
+
+def run_dir(workdir: str, config: VAEConfig, epochs: Optional[int] = None) -> str:
+    """``runs/beta<b>_sigma<s>_K<k>``, with ``_epochs<n>`` when the run's epochs are not the
+    sweeps' ``epochs`` (the K sweep's own budget) and ``_latent2`` for a 2-D latent."""
+    name = f"beta{config.beta:g}_sigma{config.sigma:g}_K{config.mc_samples}"
+    if epochs is not None and config.epochs != epochs:
+        name += f"_epochs{config.epochs}"
+    if config.latent_dim == 2:
+        name += "_latent2"
+    return os.path.join(workdir, "runs", name)
+
+
+def train_and_measure(config: VAEConfig, train: Dataset, test: Dataset, workdir: str, mesh,
+                      iwae_k: int, n_eval: int, options: SweepOptions, quality, log,
+                      epochs: int) -> dict:
+    directory = run_dir(workdir, config, epochs)
+    log(f"--- beta={config.beta:g}, sigma={config.sigma:g}, K={config.mc_samples}: {directory}")
+    task, state, summary = vae_eval.train_and_evaluate(
+        config, train.images, test.images, directory, mesh, iwae_k=iwae_k, eval_images=n_eval,
+        log=log)
+    row = vae_claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
+                             summary, iwae_k, n_eval, nn_samples=options.nn_samples,
+                             num_samples=options.num_samples, quality=quality, log=log)
+    return {"beta": config.beta, "sigma": config.sigma, "K": config.mc_samples,
+            "epochs": config.epochs, "beta_eff": config.beta * 2 * config.sigma ** 2, **row}
+
+
+def classifier_quality(options: SweepOptions, dataset: str, data_dir: Optional[str]):
+    """(description, score) of prior samples in the classifier's feature space, or None."""
+    if options.classifier is None:
+        return None
+    evaluator = Evaluator(load_classifier(options.classifier), dataset, options.num_samples,
+                          data_dir)
+    floor = evaluator.floor
+    description = (
+        f"{options.num_samples} prior samples (decoder means) scored in the feature space of "
+        f"the classifier in `{options.classifier}` (test accuracy "
+        f"{evaluator.test_accuracy:.4f}) against as many training images: `prior_fid`, "
+        "`prior_precision`, `prior_recall` (k-NN manifolds, k=3), `prior_classes` (classes "
+        f"hit). Real test images scored the same way: fid {floor['fid']:.3f}, precision "
+        f"{floor['precision']:.3f}, recall {floor['recall']:.3f}, classes "
+        f"{floor['classes_covered']}.")
+
+    def score(samples: np.ndarray) -> dict:
+        m = evaluator.evaluate(samples)
+        return {"prior_fid": m["fid"], "prior_precision": m["precision"],
+                "prior_recall": m["recall"], "prior_classes": m["classes_covered"]}
+
+    return description, score
+
+
+# ------------------------------------------------------------------------------ tables
+TABLES = [
+    ("the latent", ["rate", "mi", "mi_max", "marginal_kl", "probe_acc", "nn_acc",
+                    "active_units", "mean_sigma"]),
+    ("the fit, training against test images", ["mse_train", "mse_test", "recon_train",
+                                                "recon_test", "recon_gap", "iwae_train",
+                                                "iwae_test", "iwae_gap"]),
+    ("prior samples", ["d_train", "d_test", "nearer_train", "prior_fid", "prior_precision",
+                       "prior_recall", "prior_classes"]),
+]
+KEYS = ("beta", "sigma", "K", "epochs")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def markdown_tables(rows: list[dict]) -> str:
+    parts = []
+    for title, columns in TABLES:
+        columns = [c for c in columns if c in rows[0]]
+        head = list(KEYS) + columns
+        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows:
+            lines.append("| " + " | ".join(f"{row[k]:g}" for k in KEYS) + " | "
+                         + " | ".join(_fmt(row[c]) for c in columns) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def describe_setup(config: VAEConfig, n_eval: int, iwae_k: int) -> str:
+    return (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
+            f"{config.seed}; {config.architecture} 784-{'-'.join(map(str, config.hidden))}-"
+            f"{config.latent_dim} {config.activation}, Gaussian decoder of fixed std sigma on "
+            f"intensities in [0, 1], Adam lr {config.lr}. Train and test figures on the first "
+            f"{n_eval} images of each split (iwae with k={iwae_k}); probes, I(x; z) and the "
+            f"rate on the whole test set; probes fitted on the whole training set.")
+
+
+COLUMN_NOTES = {**vae_claims.COLUMNS,
+                "mi_max": "log N, the most the I(x; z) estimate can say (N test images)"}
+
+SWEEP_TITLES = {"beta": "beta sweep", "sigma": "sigma sweep", "mc-samples": "K sweep"}
+SWEPT = {"beta": ("beta", None), "sigma": ("sigma", None), "mc-samples": ("K", "beta")}
+
+
+def write_sweep(name: str, rows: list[dict], workdir: str, config: VAEConfig, n_eval: int,
+                iwae_k: int, quality) -> None:
+    stem = os.path.join(workdir, name.replace("-", "_") + "_sweep")
+    with open(stem + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
+    if quality:
+        notes += f"\n- prior-sample quality: {quality[0]}"
+    with open(stem + ".md", "w") as f:
+        f.write(f"# {SWEEP_TITLES[name]}\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
+                f"Setup: {describe_setup(config, n_eval, iwae_k)}\n\n{markdown_tables(rows)}"
+                f"\n\n{notes}\n")
+    swept, group = SWEPT[name]
+    kl_figures.plot_sweep(rows, swept, stem + ".png", f"{SWEEP_TITLES[name]}: "
+                          f"{config.dataset}, Gaussian decoder, {config.epochs} epochs",
+                          group=group)
+
+
+def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
+                  options: SweepOptions, train: Dataset, test: Dataset, mesh, n_eval: int,
+                  iwae_k: int, quality) -> None:
+    """Every table in sweeps.md; the rate-distortion plane, the encoder std curves and the
+    pictures of the runs at --picture-betas."""
+    text = [f"# The KL question with a Gaussian decoder\n\nCommand: `python {' '.join(sys.argv)}`"
+            f"\n\nSetup: {describe_setup(base, n_eval, iwae_k)}"]
+    for name, configs in sweeps.items():
+        text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables([measured[c] for c in configs])}")
+    notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
+    text.append("## Columns\n\n" + notes + (f"\n- prior-sample quality: {quality[0]}"
+                                             if quality else ""))
+    with open(os.path.join(workdir, "sweeps.md"), "w") as f:
+        f.write("\n\n".join(text) + "\n")
+
+    series = {}
+    for name, label in (("beta", "beta sweep (sigma={s:g}), label: beta"),
+                        ("sigma", "sigma sweep (beta={b:g}), label: sigma")):
+        key = SWEPT[name][0]
+        series[label.format(s=base.sigma, b=options.sigma_sweep_beta)] = [
+            (measured[c]["rate"], measured[c]["mse_test"], f"{measured[c][key]:g}")
+            for c in sweeps[name]]
+    kl_figures.plot_rate_distortion(series, os.path.join(workdir, "rate_distortion.png"),
+                                    f"{base.dataset}, Gaussian decoder, K={base.mc_samples}, "
+                                    f"{base.epochs} epochs (Alemi et al. 2018)")
+    steps_per_epoch = len(train) // base.batch_size
+    curves = {f"beta={c.beta:g}": vae_claims.sigma_history(run_dir(workdir, c))
+              for c in sweeps["beta"]}
+    curves.update({f"beta={c.beta:g}, K={c.mc_samples} ({c.epochs} epochs)":
+                   vae_claims.sigma_history(run_dir(workdir, c, base.epochs))
+                   for c in sweeps["mc-samples"] if c.mc_samples != base.mc_samples})
+    kl_figures.plot_sigma_curves(curves, steps_per_epoch,
+                                 os.path.join(workdir, "encoder_sigma.png"),
+                                 f"encoder std over training, sigma={base.sigma:g}")
+    draw_pictures(base, options.picture_betas, workdir, train, test, mesh)
+
+
+def _restore(config: VAEConfig, workdir: str, train: Dataset, test: Dataset, mesh):
+    """The trained run of ``config`` (its checkpoint, nothing trained: the run is complete)."""
+    task, state, _ = vae_eval.train_and_evaluate(config, train.images, test.images,
+                                                 run_dir(workdir, config), mesh, eval_images=0,
+                                                 log=lambda _: None)
+    return task, state
+
+
+def draw_pictures(base: VAEConfig, betas, workdir: str, train: Dataset, test: Dataset,
+                  mesh) -> None:
+    runs = {f"beta={b:g}": _restore(dataclasses.replace(base, beta=b), workdir, train, test,
+                                    mesh) for b in betas}
+    small = {f"beta={b:g}": _restore(dataclasses.replace(base, beta=b, latent_dim=2), workdir,
+                                     train, test, mesh) for b in betas}
+    title = f"sigma={base.sigma:g}, K={base.mc_samples}"
+    samples = {label: draw_samples(task, state.model, 64, jax.random.PRNGKey(0))
+               for label, (task, state) in runs.items()}
+    viz.save_image_panels(samples, os.path.join(workdir, "prior_samples.png"), ncols=8,
+                          title=f"decoder means at z ~ N(0, I), {title}")
+    originals = test.images[:32]
+    viz.save_image_panels(
+        {label: interleave_rows(fixed_targets(task, originals) * 2 - 1,
+                                latents.reconstructions(task, state.model.params, originals),
+                                ncols=8)
+         for label, (task, state) in runs.items()},
+        os.path.join(workdir, "reconstructions.png"), ncols=8,
+        title=f"test images (odd rows) and decoder means at the posterior means (even rows), "
+              f"{title}")
+    pairs = {}
+    for label, images in samples.items():
+        shown = images[:16]
+        flat = (shown.reshape(16, -1) + 1) / 2
+        index, _ = probes.nearest_neighbours(flat, train.images.reshape(len(train), -1) / 255.0)
+        nearest = train.images[index].astype(np.float32) / 127.5 - 1
+        pairs[label] = interleave_rows(shown, nearest, ncols=8)
+    viz.save_image_panels(pairs, os.path.join(workdir, "nearest_images.png"), ncols=8,
+                          title="prior samples (odd rows) and their nearest training images "
+                                "(even rows)")
+    viz.plot_latent_scatter(
+        {label: (latents.encode_means(task, state.model.params, test.images), test.labels)
+         for label, (task, state) in small.items()}, test.class_names,
+        os.path.join(workdir, "latent_scatter.png"),
+        title=f"posterior means of the test images, 2-D latent, {title}")
+    points = viz.latent_grid_points(15, 2.0)
+    viz.save_image_panels(
+        {label: latents.decode_means(task, state.model.params, points)
+         for label, (task, state) in small.items()},
+        os.path.join(workdir, "latent_grid.png"), ncols=15,
+        title=f"decoder means over z in [-2, 2]^2 (where prior samples fall), 2-D latent, "
+              f"{title}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
