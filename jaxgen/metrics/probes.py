@@ -48,9 +48,11 @@ def _fit_logistic(x: jax.Array, y: jax.Array, num_classes: int, l2: float, steps
     """Weights (d, C) and biases (C,) minimising the mean cross-entropy + l2/2 |W|^2."""
     params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
 
+    targets = jax.nn.one_hot(y, num_classes)  # (a gather's gradient would scatter)
+
     def loss(p):
         logits = x @ p[0] + p[1]
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        nll = optax.softmax_cross_entropy(logits, targets).mean()
         return nll + 0.5 * l2 * jnp.sum(jnp.square(p[0]))
 
     opt = optax.lbfgs()
