@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxgen import parallel
 from jaxgen.train import gan_variants, loop
+from jaxgen.train.state import init_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,7 +64,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
     images = np.random.RandomState(0).randint(0, 256, (batch_size * steps_per_epoch, 28, 28, 1),
                                               dtype=np.uint8)
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda: loop.init_state(task, 0),
+        state = jax.jit(lambda: init_state(task, 0),
                         out_shardings=parallel.replicated(mesh))()
         data = parallel.put_replicated(images, mesh)
         step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
