@@ -57,17 +57,21 @@ from jaxgen.train.gan import (
 
 
 @dataclasses.dataclass(frozen=True)
-class WGANConfig(GANConfig):
+class CriticConfig(GANConfig):
+    """A Wasserstein critic's: D takes ``n_critic`` steps per G step."""
+
     n_critic: int = setting(5, "critic steps per G step: G is updated on every n-th step of an "
                             "epoch", POSITIVE_INT)
+
+
+@dataclasses.dataclass(frozen=True)
+class WGANConfig(CriticConfig):
     clip: float = setting(0.01, "D's parameters are clipped to [-clip, clip] after every "
                           "critic step", POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
-class WGANGPConfig(GANConfig):
-    n_critic: int = setting(5, "critic steps per G step: G is updated on every n-th step of an "
-                            "epoch", POSITIVE_INT)
+class WGANGPConfig(CriticConfig):
     gp_weight: float = setting(10.0, "weight of the gradient penalty at interpolates of real "
                                "and generated images", NON_NEGATIVE)
 
