@@ -15,6 +15,7 @@ from jaxgen import viz  # noqa: F401  (selects matplotlib's file-only backend)
 SWEEP_PANELS = [
     ("rate and I(x; z), nats", [("rate", "rate (KL to prior)"), ("mi", "I(x; z), test"),
                                 ("mi_max", "log N (ceiling of the estimate)")], "log"),
+    ("encoder std (test)", [("mean_sigma", "mean sigma(x)")], "log"),
     ("latent probes, test accuracy", [("probe_acc", "linear probe"), ("nn_acc", "1-NN")],
      "linear"),
     ("squared error per pixel", [("mse_train", "train"), ("mse_test", "test")], "log"),
@@ -23,28 +24,33 @@ SWEEP_PANELS = [
                                            ("prior_recall", "recall")], "linear"),
     ("memorisation", [("nearer_train", "fraction nearer a training image")], "linear"),
 ]
+GROUP_STYLES = ("-", "--", ":", "-.")
 
 
 def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                group: Optional[str] = None) -> None:
     """One panel per measurement against the swept column (evenly spaced, labelled by value);
-    with ``group``, one line per value of that column (e.g. beta in the K sweep)."""
+    with ``group``, one line style per value of that column (e.g. beta in the K sweep)."""
     panels = [(t, [(k, lab) for k, lab in cols if k in rows[0]], scale)
               for t, cols, scale in SWEEP_PANELS]
     panels = [p for p in panels if p[1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
+    ncols = 4
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
     groups = sorted({r[group] for r in rows}) if group else [None]
     values = sorted({r[swept] for r in rows})
-    for ax, (panel_title, cols, scale) in zip(axes[0], panels):
-        for g in groups:
-            chosen = sorted((r for r in rows if group is None or r[group] == g),
-                            key=lambda r: r[swept])
-            xs = [values.index(r[swept]) for r in chosen]
-            for key, label in cols:
-                name = label if g is None else f"{label}, {group}={g:g}"
-                style = "--" if key == "mi_max" else "-"
-                ax.plot(xs, [r[key] for r in chosen], style, marker="o", markersize=3,
-                        label=name, linewidth=1)
+    for ax, (panel_title, cols, scale) in zip(axes.flat, panels):
+        for i, (key, label) in enumerate(cols):
+            colour = "grey" if key == "mi_max" else f"C{i}"
+            for j, g in enumerate(groups):
+                if key == "mi_max" and j:
+                    continue
+                chosen = sorted((r for r in rows if group is None or r[group] == g),
+                                key=lambda r: r[swept])
+                name = label if g is None or key == "mi_max" else f"{label}, {group}={g:g}"
+                ax.plot([values.index(r[swept]) for r in chosen], [r[key] for r in chosen],
+                        ":" if key == "mi_max" else GROUP_STYLES[j % len(GROUP_STYLES)],
+                        color=colour, marker="o", markersize=3, label=name, linewidth=1)
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels([f"{v:g}" for v in values])
         ax.set_xlabel(swept)
@@ -52,9 +58,11 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
         ax.set_title(panel_title, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
