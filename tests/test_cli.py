@@ -8,23 +8,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import background_run, run_in_background, run_in_process
-from conftest import write_idx_dataset
+from helpers import REPO, run_in_process, run_script, write_idx_dataset
 
 
-@background_run
-def gan_cli_run(directory):
+@pytest.fixture(scope="module")
+def gan_cli_run(tmp_path_factory):
     """gan_mnist.py for two epochs on a tiny IDX dataset, on this session's 8 CPU devices; then
     sample.py from its workdir, to a .png and to a .npy."""
+    directory = tmp_path_factory.mktemp("gan_cli")
     data_dir = write_idx_dataset(str(directory / "idx"))
     workdir = directory / "run"
-    train = run_in_background("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2,
-                              "--batch-size", 16, "--log-every", 2, "--workdir", workdir)
+    train = run_script("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 16,
+                       "--log-every", 2, "--workdir", workdir)
     samples = {}
     if train.returncode == 0:
         for out in (directory / "s.png", directory / "s.npy"):
-            samples[out] = run_in_background("sample.py", "--workdir", workdir, "--num", 10,
-                                             "--out", out)
+            samples[out] = run_script("sample.py", "--workdir", workdir, "--num", 10, "--out",
+                                      out)
     return data_dir, workdir, train, samples
 
 
@@ -163,8 +163,6 @@ def test_scripts_print_each_line_at_once_into_a_pipe():
     import select
     import subprocess
     import sys
-
-    from cli_helpers import REPO
 
     main = ("import sys\nfrom jaxgen import cli\n\ndef main():\n    print('first line')\n"
             "    sys.stdin.readline()\n\ncli.run(main)\n")

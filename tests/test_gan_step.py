@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from gan_checks import BIASES_BEFORE_BATCHNORM, assert_gan_models_close
+from helpers import BIASES_BEFORE_BATCHNORM, assert_gan_models_close
 from jaxgen import parallel
 from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask

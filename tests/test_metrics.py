@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import run_in_process, run_script, script
-from conftest import write_idx_dataset
+from helpers import classifier_flags, run_in_process, run_script, script, write_idx_dataset
 from jaxgen import metrics
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import scores
-from test_classifier import TINY_FLAGS
+
+TINY_FLAGS = classifier_flags()
+
 
 # ------------------------------------------------------------------------- Fréchet distance
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import host_leaves
+from helpers import host_leaves
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
@@ -158,7 +158,7 @@ def test_several_steps_per_call_compute_the_same_run(tiny_images, tmp_path, monk
     from step to step; this test is about what the loop feeds each step."""
     import jax.numpy as jnp
 
-    from gan_checks import assert_gan_models_close
+    from helpers import assert_gan_models_close
 
     monkeypatch.setattr(parallel, "compiler_options", lambda mesh: None)
     _, expected = _train(tmp_path / "one", tiny_images)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import host_leaves
+from helpers import host_leaves
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import background_run, run_in_background, run_in_process
-from conftest import write_idx_dataset
+from helpers import run_in_process, run_script, write_idx_dataset
 
 TINY_FLAGS = ("--batch-size", 16, "--hidden", 16, "--iwae-k", 4, "--log-every", 2)
 
 
-@background_run
-def vae_cli_run(directory):
+@pytest.fixture(scope="module")
+def vae_cli_run(tmp_path_factory):
     """vae_mnist.py for two epochs on a tiny IDX dataset, then the same command again."""
+    directory = tmp_path_factory.mktemp("vae_cli")
     data_dir = write_idx_dataset(str(directory / "idx"))
     command = ("vae_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--latent-dim", 2,
                "--workdir", directory / "run", *TINY_FLAGS)
-    first = run_in_background(*command)
-    again = run_in_background(*command) if first.returncode == 0 else None
+    first = run_script(*command)
+    again = run_script(*command) if first.returncode == 0 else None
     return data_dir, directory / "run", first, again
 
 
@@ -64,11 +64,12 @@ def test_sample_draws_prior_reconstructions_and_interpolations(trained, tmp_path
         assert images.shape == (count, 28, 28, 1) and -1 <= images.min() <= images.max() <= 1
 
 
-@background_run
-def ablation_run(directory):
+@pytest.fixture(scope="module")
+def ablation_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("vae_ablation")
     data_dir = write_idx_dataset(str(directory / "idx"))
     workdir = directory / "ablation"
-    return workdir, run_in_background(
+    return workdir, run_script(
         "vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1, "--latent-dim", 3,
         "--eval-images", 16, "--num-samples", 60, "--workdir", workdir, *TINY_FLAGS)
 

@@ -1,0 +1,188 @@
+"""Helpers the tests share: tiny data, running the scripts, comparing GAN models. Plain
+functions; the fixtures are in conftest.py."""
+
+import gzip
+import os
+import runpy
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- data
+def write_idx(path: str, array: np.ndarray, compress: bool = False) -> str:
+    """Writes ``array`` (uint8) as an IDX file, as the MNIST distribution does."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    if compress:
+        path += ".gz"
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        with open(path, "wb") as f:
+            f.write(payload)
+    return path
+
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs whose position depends on the label: learnable, cheap, deterministic."""
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(0, 10, n).astype(np.uint8)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.zeros((n, 28, 28), np.float32)
+    for i, label in enumerate(labels):
+        cy, cx = 7 + 14 * (label // 5) * 0.9, 4 + 5 * (label % 5)
+        images[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
+    images = images * 255 + rng.uniform(0, 20, images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_idx_dataset(directory: str, n_train: int = 64, n_test: int = 32,
+                      compress: bool = True) -> str:
+    """IDX files of ``synthetic_images``: the training split from seed 0, the test split from
+    seed 1."""
+    os.makedirs(directory, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_images(n, seed)
+        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte"), images, compress)
+        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte"), labels, compress)
+    return directory
+
+
+def host_leaves(tree) -> list:
+    """The leaves of a (possibly sharded) pytree as host numpy arrays, for exact comparisons."""
+    import jax
+
+    from jaxgen import parallel
+
+    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(tree))]
+
+
+# ----------------------------------------------------------------------------- scripts
+def script(name: str) -> str:
+    return os.path.join(REPO, "experiments", name)
+
+
+def _command(name: str, args) -> list:
+    return [sys.executable, script(name), *map(str, args)]
+
+
+def run_script(name: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs experiments/``name`` as a process, as a user does; waits for it."""
+    return subprocess.run(_command(name, args), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+class ScriptProcess:
+    """experiments/``name`` started as a process that runs while the caller starts others (the
+    processes of one jax.distributed run); its output goes to files, so no pipe fills up."""
+
+    def __init__(self, name: str, *args, env=None):
+        self._out = tempfile.TemporaryFile("w+")
+        self._err = tempfile.TemporaryFile("w+")
+        self.args = _command(name, args)
+        self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True,
+                                     env={**os.environ, **(env or {})}, cwd=REPO)
+
+    def wait(self, timeout=600) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.kill()
+        outputs = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            outputs.append(f.read())
+            f.close()
+        return subprocess.CompletedProcess(self.args, self.proc.returncode, *outputs)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_in_process(name: str, *args, capsys) -> tuple[int, str, str]:
+    """Runs a script's ``__main__`` here (no interpreter start-up; the programs it compiles are
+    shared with the tests): (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = [script(name), *map(str, args)]
+    try:
+        runpy.run_path(script(name), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------------- classifier
+def classifier_config():
+    """The tiny classifier of every test (test_classifier.py's and test_metrics.py's): one
+    config, compiled once."""
+    from jaxgen.train.classifier import ClassifierConfig
+
+    return ClassifierConfig(epochs=3, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=8,
+                            log_every=4)
+
+
+def classifier_flags() -> tuple:
+    """The scripts' way to the same config (without --epochs)."""
+    config = classifier_config()
+    return ("--batch-size", config.batch_size, "--lr", config.lr, "--dropout", config.dropout,
+            "--feature-dim", config.feature_dim)
+
+
+# ----------------------------------------------------------------------------- GAN models
+# Comparing two GAN models that should be the same computation up to float rounding.
+#
+# A bias directly before a BatchNorm gets no gradient in exact arithmetic (the normalisation
+# removes it); its computed gradient is rounding noise, which Adam divides by its own magnitude
+# and turns into a step of up to +-lr. So parameters can only be compared to 2 lr per step,
+# while what the networks compute in training mode (BatchNorm on the batch) is blind to those
+# biases and is compared tightly: to 1e-3 on tanh outputs in [-1, 1] after one step, about four
+# times the largest difference seen between 1 and 8 devices (Adam's +-lr steps on weights whose
+# gradient is near zero move outputs by ~2e-4).
+BIASES_BEFORE_BATCHNORM = {
+    "g": {"['Dense_0']['bias']", "['Dense_1']['bias']", "['ConvTranspose4x4Up_0']['bias']"},
+    "d": {"['Conv_1']['bias']", "['Dense_0']['bias']"},
+}
+
+
+def assert_gan_models_close(a, b, *, steps: int, lr: float, images, z_dim: int = 62):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen.models.gan import Discriminator, Generator
+
+    for net in ("g", "d"):
+        for part in ("params", "batch_stats"):
+            leaves_a = jax.tree_util.tree_leaves_with_path(getattr(getattr(a, net), part))
+            leaves_b = jax.tree.leaves(getattr(getattr(b, net), part))
+            for (path, x), y in zip(leaves_a, leaves_b):
+                name = jax.tree_util.keystr(path)
+                diff = np.abs(np.asarray(x) - np.asarray(y))
+                assert diff.max() <= 2 * lr * steps + 1e-4 * np.abs(y).max(), (net, name)
+                if (steps > 1 or name in BIASES_BEFORE_BATCHNORM[net]
+                        or name.endswith("['mean']")):
+                    continue  # those biases, the running means that include them, and any
+                    # model after several steps, over which rounding differences spread
+                # After one step everything else moved the same way: all but a few elements
+                # agree to lr / 10 (a missing or wrong update moves nearly all by ~lr).
+                assert np.mean(diff > lr / 10) < 0.02, (net, name, np.mean(diff > lr / 10))
+    z = jax.random.uniform(jax.random.PRNGKey(123), (images.shape[0], z_dim))
+    g_out = [Generator().apply({"params": m.g.params, "batch_stats": m.g.batch_stats}, z,
+                               train=True, mutable=["batch_stats"])[0] for m in (a, b)]
+    np.testing.assert_allclose(g_out[0], g_out[1], atol=1e-3)
+    d_out = [Discriminator().apply({"params": m.d.params, "batch_stats": m.d.batch_stats},
+                                   jnp.asarray(images), train=True, mutable=["batch_stats"])[0]
+             for m in (a, b)]
+    np.testing.assert_allclose(d_out[0], d_out[1], rtol=1e-4, atol=1e-4)
