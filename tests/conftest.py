@@ -1,5 +1,10 @@
 """Test set-up: eight CPU devices in this process (and in the scripts it starts), tiny IDX data.
 
+    python -m pytest -q              # the suite; about 5-6 minutes on 2 cores
+    python -m pytest -q -m perf      # the speed-sensitive checks only (page-fault counts,
+                                     # compiled-HLO text): deselected by default (pyproject.toml)
+    python -m pytest -q -m ""        # everything
+
 Expensive runs (a script's training run, a shared tiny training) are module-scoped fixtures of
 the test modules that read them: they run when a test first asks for them, in the order pytest
 collects the tests. Helpers are plain functions in helpers.py.
