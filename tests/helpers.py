@@ -1,7 +1,8 @@
-"""Helpers the tests share: tiny data, running the scripts, comparing GAN models. Plain
-functions; the fixtures are in conftest.py."""
+"""Helpers the tests share: tiny data, running the scripts, comparing GAN models, reading the
+pictures the code writes. Plain functions; the fixtures are in conftest.py."""
 
 import gzip
+import math
 import os
 import runpy
 import struct
@@ -199,3 +200,56 @@ def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
                                    jnp.asarray(images), train=True, mutable=["batch_stats"])[0]
              for m in (a, b)]
     np.testing.assert_allclose(d_out[0], d_out[1], rtol=1e-4, atol=D_OUTPUT_ATOL)
+
+
+# ----------------------------------------------------------------------------- pictures
+def as_pixels(images) -> np.ndarray:
+    """Images in [-1, 1] as the grey levels a picture of them holds: (N, H, W) uint8."""
+    images = np.asarray(images, np.float64)
+    if images.ndim == 4:
+        assert images.shape[-1] == 1, images.shape
+        images = images[..., 0]
+    return np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid_tiles(path, n: int, ncols: int, size: int = 28, pad: int = 2,
+               scale: int = 2) -> np.ndarray:
+    """The ``n`` images of a grid picture (jaxgen.viz.save_image_grid: ``ncols`` a row, ``pad``
+    black pixels around each, every pixel drawn as a ``scale`` x ``scale`` block), as
+    (n, size, size) grey levels. Asserts the layout: the blocks, the size, black gaps."""
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    assert picture.ndim == 2, f"{path} is not a greyscale picture"
+    small = picture[::scale, ::scale]
+    assert np.array_equal(picture, np.kron(small, np.ones((scale, scale), picture.dtype))), path
+    nrows = math.ceil(n / ncols)
+    assert small.shape == (nrows * (size + pad) + pad, ncols * (size + pad) + pad), small.shape
+    tiles, gaps = [], np.ones(small.shape, bool)
+    for k in range(n):
+        top, left = pad + (k // ncols) * (size + pad), pad + (k % ncols) * (size + pad)
+        tiles.append(small[top:top + size, left:left + size])
+        gaps[top:top + size, left:left + size] = False
+    assert not small[gaps].any(), f"{path}: the gaps between images are not black"
+    return np.stack(tiles)
+
+
+def curve_pixels(path) -> dict:
+    """Pixels of a matplotlib figure in the hues of its first two default line colours (blue
+    C0, orange C1). A legend entry alone draws about 35 of each; a curve of 8 points, hundreds."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red, blue = rgb[..., 0], rgb[..., 2]
+    return {"blue": int(np.sum(blue - red > 60)), "orange": int(np.sum(red - blue > 60))}
+
+
+def is_png(path) -> bool:
+    """Whether ``path`` is a complete, readable PNG file."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.format != "PNG":
+            return False
+        picture.load()  # decodes every row: a truncated file raises
+    return True
