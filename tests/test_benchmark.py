@@ -1,6 +1,7 @@
 """benchmarks/gan_step.py end to end at a tiny size: its rows, its JSON and its comparisons."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,22 +15,41 @@ def test_benchmark_writes_every_row_it_prints(tmp_path):
     env["XLA_FLAGS"] = ""  # one CPU device, as a user's machine
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--batch-sizes", "8",
-         "--steps", "2", "--warmup", "1", "--log-every", "2", "--no-torch", "--malloc-defaults", "--json", str(out)],
+         "--steps", "2", "--warmup", "1", "--log-every", "2", "--no-torch", "--malloc-defaults",
+         "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "host memory reused between steps: yes" in proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]["reuse_host_memory"] is True
+    assert report["steps"] == 2  # the steps asked for
     (entry,) = report["results"]
     assert entry["batch_size"] == 8
     rows = [entry["jaxgen_row"], entry["jaxgen_malloc_defaults_row"]]
     assert [r["form"] for r in rows] == ["sub-pixel", "sub-pixel, glibc malloc defaults"]
-    for row in rows:
-        assert row["steps_per_s"] > 0 and row["page_faults_per_step"] >= 0
-        assert row["images_per_s"] == row["steps_per_s"] * 8
-        assert row["form"] in proc.stdout
     assert entry["jaxgen_steps_per_s"] == entry["jaxgen_row"]["steps_per_s"]
     assert "ratio" not in entry  # no PyTorch asked for
+
+    # The printed table: a row for each configuration timed, and nothing else, each with the
+    # batch size asked for and finite positive figures that are the JSON's.
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("what "))
+    assert lines[header].split()[-2:] == ["MB", "faults/step"]
+    assert set(lines[header + 1]) == {"-"}
+    printed = [line for line in lines[header + 2:] if line != f"wrote {out}"]
+    assert len(printed) == len(rows), printed
+    for row, line in zip(rows, printed):
+        what, figures = line[:64].rstrip(), line[64:].split()
+        assert what == f"{row['framework']}, {row['form']}"
+        batch, steps_per_s, images_per_s, compile_s, first_log_s, peak_mb, faults = figures
+        assert int(batch) == 8
+        for value in map(float, (steps_per_s, images_per_s, first_log_s, peak_mb)):
+            assert math.isfinite(value) and value > 0, line
+        for value in map(float, (compile_s, faults)):  # a cached compilation may print 0.0
+            assert math.isfinite(value) and value >= 0, line
+        assert steps_per_s == f"{row['steps_per_s']:.2f}"
+        assert compile_s == f"{row['compile_s']:.1f}"
+        assert peak_mb == f"{row['peak_memory_bytes'] / 2**20:.0f}"
 
 
 def test_benchmark_refuses_steps_that_do_not_fill_whole_calls():

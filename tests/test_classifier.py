@@ -7,18 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from cli_helpers import run_in_process
+from helpers import classifier_config, classifier_flags, run_in_process
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
 from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, write_report
 from jaxgen.train.restore import restore_run
 
-# The tiny classifier of every test (test_metrics.py's too): one config, compiled once.
-CONFIG = ClassifierConfig(epochs=3, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=8,
-                          log_every=4)
-TINY_FLAGS = ("--batch-size", CONFIG.batch_size, "--lr", CONFIG.lr, "--dropout", CONFIG.dropout,
-              "--feature-dim", CONFIG.feature_dim)  # the scripts' way to the same config
+CONFIG = classifier_config()
+TINY_FLAGS = classifier_flags()
 
 
 def top_or_bottom(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import synthetic_images, write_idx, write_idx_dataset
+from helpers import synthetic_images, write_idx, write_idx_dataset
 from jaxgen import data
 from jaxgen.errors import JaxgenError
 

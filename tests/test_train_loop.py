@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import host_leaves
+from helpers import host_leaves
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
@@ -150,66 +150,87 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(first_epoch, tiny_ima
     assert len(history["G_loss"]) == 4  # epoch 1's only
 
 
-def test_several_steps_per_call_compute_the_same_run(tiny_images, tmp_path, monkeypatch):
+def test_several_steps_per_call_train_the_same_gan(tiny_images, tmp_path):
     """A lax.scan of 3 steps per call (4 steps an epoch: a call of 3, then one of 1) against one
-    step per call. Both compile with XLA's default options: jaxgen's CPU options leave the
-    scanned program's convolutions rounding differently from the single step's (the step is the
-    same maths, tests/test_gan_step.py), and GAN training amplifies any rounding difference
-    from step to step; this test is about what the loop feeds each step."""
-    import jax.numpy as jnp
+    step per call, both with jaxgen's compiler options. What the loop feeds each step, and that
+    each step starts from the state the step before left, are compared exactly below
+    (test_every_step_gets_its_batch_key_and_state); here, that the GAN trains the same.
 
-    from gan_checks import assert_gan_models_close
-
-    monkeypatch.setattr(parallel, "compiler_options", lambda mesh: None)
+    The two programs round differently, and GAN training amplifies rounding from step to step,
+    so the losses are compared with tolerances measured on this run. Step 1 (the same state,
+    batch and key; no update yet): at most 1.1e-7 apart. All 8 steps: at most 6.0e-3 apart
+    under changes that only change rounding (1 vs 8 devices, 1 vs 3 steps per call, jaxgen's
+    XLA:CPU options vs XLA's defaults vs no YNNPACK; AMD EPYC with AVX2, jax 0.10.2); a scan
+    that gave every step of a call the call's first key or batch, or the call's first state,
+    moved them 0.13-0.19 apart."""
     _, expected = _train(tmp_path / "one", tiny_images)
-    state, history = _train(tmp_path / "three", tiny_images,
-                            GANConfig(**{**CONFIG.to_dict(), "steps_per_call": 3}))
+    _, history = _train(tmp_path / "three", tiny_images,
+                        GANConfig(**{**CONFIG.to_dict(), "steps_per_call": 3}))
     for k in ("D_loss", "G_loss"):
-        np.testing.assert_allclose(history.metrics[k], expected.metrics[k], rtol=1e-5)
-    _, reference = restore_run(str(tmp_path / "one"), devices=jax.devices()[:1])
-    assert_gan_models_close(parallel.to_host(state.model), parallel.to_host(reference.model),
-                            steps=8, lr=CONFIG.lr_d,
-                            images=jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1)
+        assert len(history.metrics[k]) == len(expected.metrics[k]) == 8
+        np.testing.assert_allclose(history.metrics[k][0], expected.metrics[k][0], rtol=1e-5)
+        np.testing.assert_allclose(history.metrics[k], expected.metrics[k], rtol=6e-2)
 
 
 class _BatchProbe(loop.Task):
-    """Trains nothing; reports an order-sensitive integer checksum of each batch it is fed."""
+    """Trains nothing. Reports for each step an order-sensitive integer checksum of the batch
+    it is fed, the two words of its key, and a chain: the state's integer, which each step
+    updates from the one the step before left (uint32 arithmetic, exact on any CPU)."""
 
     name = "PROBE"
-    metric_names = ("checksum",)
+    metric_names = ("checksum", "key0", "key1", "chain")
 
     def __init__(self, config):
         self.config = config
 
     def init(self, key):
-        return {"unused": jax.numpy.zeros(())}
+        return {"chain": jax.numpy.zeros((), jax.numpy.uint32)}
 
     def train_step(self, model, images, key):
         jnp = jax.numpy
         pixels = jnp.round((images + 1) * 127.5).astype(jnp.int32).sum(axis=(1, 2, 3))
-        return model, {"checksum": jnp.sum(pixels * (jnp.arange(images.shape[0]) + 1))}
+        checksum = jnp.sum(pixels * (jnp.arange(images.shape[0]) + 1))
+        words = jax.random.key_data(key).astype(jnp.uint32)
+        chain = model["chain"] * jnp.uint32(16777619) + checksum.astype(jnp.uint32)
+        return {"chain": chain}, {"checksum": checksum, "key0": words[0], "key1": words[1],
+                                  "chain": chain}
 
 
-def test_every_step_gets_the_epochs_shuffled_batch_on_any_device_count(tiny_images, tmp_path):
+def test_every_step_gets_its_batch_key_and_state(tiny_images, tmp_path):
+    """Each step is fed the epoch's shuffled batch, the key of its global step and the state
+    the step before left: on 1 and 8 devices, one step per call or a scan of 3 (a call of 3,
+    then one of 1, each epoch). Compared exactly."""
     config = loop.TrainConfig(epochs=2, batch_size=16, seed=3)
-    expected = []
+    expected = {"checksum": [], "key0": [], "key1": [], "chain": []}
+    chain = 0
     for epoch in (1, 2):
         key = loop.named_key(jax.random.PRNGKey(3), "shuffle", epoch)
         perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
         for i in range(4):
             batch = tiny_images[perm[16 * i:16 * (i + 1)]].astype(np.int64)
-            expected.append(int(np.sum(batch.sum(axis=(1, 2, 3)) * np.arange(1, 17))))
-    assert len(set(expected)) == 8  # the batches differ, so the check can tell them apart
-    for n in (1, 8):
-        _, history = _train(tmp_path / str(n), tiny_images, n_devices=n,
-                            task=_BatchProbe(config))
-        assert [int(v) for v in history.metrics["checksum"]] == expected, n
+            checksum = int(np.sum(batch.sum(axis=(1, 2, 3)) * np.arange(1, 17)))
+            step = 4 * (epoch - 1) + i
+            words = np.asarray(loop.named_key(jax.random.PRNGKey(3), "noise", step))
+            chain = (chain * 16777619 + checksum) % 2**32
+            for name, value in (("checksum", checksum), ("key0", int(words[0])),
+                                ("key1", int(words[1])), ("chain", chain)):
+                expected[name].append(value)
+    # The batches and the keys differ, so the check can tell them apart.
+    assert len(set(expected["checksum"])) == 8 and len(set(expected["key0"])) == 8
+    for n, steps_per_call in ((1, 1), (8, 1), (1, 3), (8, 3)):
+        probe = _BatchProbe(loop.TrainConfig(**{**config.to_dict(),
+                                                "steps_per_call": steps_per_call}))
+        _, history = _train(tmp_path / f"{n}x{steps_per_call}", tiny_images, n_devices=n,
+                            task=probe)
+        got = {k: [int(v) for v in history.metrics[k]] for k in expected}
+        assert got == expected, (n, steps_per_call)
 
 
 class _LabelledProbe(_BatchProbe):
     """Reports an order-sensitive checksum of the labels fed beside each batch."""
 
     name = "LABELPROBE"
+    metric_names = ("checksum",)
     needs_labels = True
 
     def train_step(self, model, images, key, labels):
@@ -226,12 +247,14 @@ def test_labels_travel_with_their_images_and_hooks_run_every_epoch(tiny_images, 
         perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
         for i in range(4):
             expected.append(int(np.sum(labels[perm[16 * i:16 * (i + 1)]] * np.arange(1, 17))))
-    for n in (1, 8):
+    for n, steps_per_call in ((1, 1), (8, 1), (8, 3)):
         calls = []
         hook = lambda task, state, epoch, workdir: calls.append((epoch, int(state.step)))  # noqa
-        _, history = _train(tmp_path / str(n), tiny_images, n_devices=n,
-                            task=_LabelledProbe(config), labels=labels, epoch_hooks=[hook])
-        assert [int(v) for v in history.metrics["checksum"]] == expected, n
+        probe = _LabelledProbe(loop.TrainConfig(**{**config.to_dict(),
+                                                   "steps_per_call": steps_per_call}))
+        _, history = _train(tmp_path / f"{n}x{steps_per_call}", tiny_images, n_devices=n,
+                            task=probe, labels=labels, epoch_hooks=[hook])
+        assert [int(v) for v in history.metrics["checksum"]] == expected, (n, steps_per_call)
         assert calls == [(1, 4), (2, 8)]
     with pytest.raises(JaxgenError, match="one label per image"):
         _train(tmp_path / "missing", tiny_images, task=_LabelledProbe(config))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import host_leaves
+from helpers import host_leaves
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
@@ -133,7 +133,8 @@ def test_evaluation_reports_the_pieces(tiny_images):
     np.testing.assert_allclose(summary["neg_elbo"], summary["recon"] + summary["kl"], rtol=1e-5)
     assert summary["iwae_nll"] < summary["neg_elbo"]
     assert 0 <= summary["active_units"] <= 3 and summary["mean_sigma"] > 0
-    # The device count changes nothing but rounding; the batching only the draws of z.
+    # The device count changes nothing but rounding (measured at most 1.1e-7 apart); the
+    # batching only the draws of z.
     one_device = parallel.make_mesh(jax.devices()[:1])
     same, _ = evaluate(task, params, tiny_images[:21], one_device, iwae_k=8, batch_size=8)
     for key in ("recon", "kl", "iwae_nll", "mean_sigma", "mu_std"):
@@ -195,6 +196,10 @@ def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):
 
 
 def test_eight_devices_match_one(uninterrupted, tiny_images, tmp_path):
+    """All 8 steps of the run on 8 devices against 1. The VAE does not amplify rounding as the
+    GAN does: under changes that only change rounding (1 vs 8 devices, jaxgen's XLA:CPU options
+    vs XLA's defaults vs no YNNPACK) the metrics were at most 1.1e-6 apart (relative) and the
+    parameters 6e-8, about a hundredth of the tolerances below."""
     _, expected, full = uninterrupted
     state, history = _train(tmp_path, tiny_images, n_devices=8)
     for k in ("loss", "recon", "kl"):

@@ -1,0 +1,255 @@
+"""Helpers the tests share: tiny data, running the scripts, comparing GAN models, reading the
+pictures the code writes. Plain functions; the fixtures are in conftest.py."""
+
+import gzip
+import math
+import os
+import runpy
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- data
+def write_idx(path: str, array: np.ndarray, compress: bool = False) -> str:
+    """Writes ``array`` (uint8) as an IDX file, as the MNIST distribution does."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    if compress:
+        path += ".gz"
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        with open(path, "wb") as f:
+            f.write(payload)
+    return path
+
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs whose position depends on the label: learnable, cheap, deterministic."""
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(0, 10, n).astype(np.uint8)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.zeros((n, 28, 28), np.float32)
+    for i, label in enumerate(labels):
+        cy, cx = 7 + 14 * (label // 5) * 0.9, 4 + 5 * (label % 5)
+        images[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
+    images = images * 255 + rng.uniform(0, 20, images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_idx_dataset(directory: str, n_train: int = 64, n_test: int = 32,
+                      compress: bool = True) -> str:
+    """IDX files of ``synthetic_images``: the training split from seed 0, the test split from
+    seed 1."""
+    os.makedirs(directory, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_images(n, seed)
+        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte"), images, compress)
+        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte"), labels, compress)
+    return directory
+
+
+def host_leaves(tree) -> list:
+    """The leaves of a (possibly sharded) pytree as host numpy arrays, for exact comparisons."""
+    import jax
+
+    from jaxgen import parallel
+
+    return [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(tree))]
+
+
+# ----------------------------------------------------------------------------- scripts
+def script(name: str) -> str:
+    return os.path.join(REPO, "experiments", name)
+
+
+def _command(name: str, args) -> list:
+    return [sys.executable, script(name), *map(str, args)]
+
+
+def run_script(name: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs experiments/``name`` as a process, as a user does; waits for it."""
+    return subprocess.run(_command(name, args), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+class ScriptProcess:
+    """experiments/``name`` started as a process that runs while the caller starts others (the
+    processes of one jax.distributed run); its output goes to files, so no pipe fills up."""
+
+    def __init__(self, name: str, *args, env=None):
+        self._out = tempfile.TemporaryFile("w+")
+        self._err = tempfile.TemporaryFile("w+")
+        self.args = _command(name, args)
+        self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True,
+                                     env={**os.environ, **(env or {})}, cwd=REPO)
+
+    def wait(self, timeout=600) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.kill()
+        outputs = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            outputs.append(f.read())
+            f.close()
+        return subprocess.CompletedProcess(self.args, self.proc.returncode, *outputs)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_in_process(name: str, *args, capsys) -> tuple[int, str, str]:
+    """Runs a script's ``__main__`` here (no interpreter start-up; the programs it compiles are
+    shared with the tests): (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = [script(name), *map(str, args)]
+    try:
+        runpy.run_path(script(name), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------------- classifier
+def classifier_config():
+    """The tiny classifier of every test (test_classifier.py's and test_metrics.py's): one
+    config, compiled once."""
+    from jaxgen.train.classifier import ClassifierConfig
+
+    return ClassifierConfig(epochs=3, batch_size=16, lr=3e-3, dropout=0.0, feature_dim=8,
+                            log_every=4)
+
+
+def classifier_flags() -> tuple:
+    """The scripts' way to the same config (without --epochs)."""
+    config = classifier_config()
+    return ("--batch-size", config.batch_size, "--lr", config.lr, "--dropout", config.dropout,
+            "--feature-dim", config.feature_dim)
+
+
+# ----------------------------------------------------------------------------- GAN models
+# A bias directly before a BatchNorm gets no gradient in exact arithmetic (the normalisation
+# removes it); its computed gradient is rounding noise, which Adam divides by its own magnitude
+# and turns into a step of up to +-lr.
+BIASES_BEFORE_BATCHNORM = {
+    "g": {"['Dense_0']['bias']", "['Dense_1']['bias']", "['ConvTranspose4x4Up_0']['bias']"},
+    "d": {"['Conv_1']['bias']", "['Dense_0']['bias']"},
+}
+
+# Tolerances of assert_gan_models_close, about ten times the largest difference measured
+# between the models one GAN step gives from the same state under changes that only change
+# rounding: 1 vs 8 devices, jaxgen's XLA:CPU options vs XLA's defaults vs no YNNPACK at all,
+# the plain transcription of the reference's step (2-core AMD EPYC with AVX2, jax 0.10.2).
+# Adam turns rounding noise in near-zero gradients into +-lr steps, so a few elements of a
+# parameter flip their step: at most 1 of 64 (1.6%) measured; a missing or wrong update
+# moves all of them (100% measured with either network's update left out).
+MAX_SHARE_MOVED_APART = 0.2
+# Those flips move the generator's tanh outputs (in [-1, 1]) by up to 3.1e-3 (measured);
+# leaving out the generator's update moves them by 7.8e-2.
+G_OUTPUT_ATOL = 3e-2
+# The discriminator's logits: up to 2.0e-5 apart (measured); 1.9 without its update.
+D_OUTPUT_ATOL = 2e-4
+
+
+def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
+    """Two GAN models that one step took from the same model, batch and key, by computations
+    that should be the same maths: compared as far as rounding lets them be.
+
+    Every parameter moved by at most lr in each (Adam's first step is lr * g / (|g| + eps)),
+    so they are at most 2 lr apart (the running statistics measured at most a tenth of that);
+    all but a few elements moved the same way; and what the networks compute in training mode
+    (BatchNorm on the batch, blind to the biases before it) agrees. Only one step: GAN training amplifies rounding differences from step to step
+    (after 8 steps the same changes move the generator's outputs by up to 0.14)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen.models.gan import Discriminator, Generator
+
+    for net in ("g", "d"):
+        for part in ("params", "batch_stats"):
+            leaves_a = jax.tree_util.tree_leaves_with_path(getattr(getattr(a, net), part))
+            leaves_b = jax.tree.leaves(getattr(getattr(b, net), part))
+            for (path, x), y in zip(leaves_a, leaves_b):
+                name = jax.tree_util.keystr(path)
+                diff = np.abs(np.asarray(x) - np.asarray(y))
+                assert diff.max() <= 2 * lr + 1e-4 * np.abs(y).max(), (net, name)
+                if name in BIASES_BEFORE_BATCHNORM[net] or name.endswith("['mean']"):
+                    continue  # those biases, and the running means that include them
+                moved_apart = np.mean(diff > lr / 10)
+                assert moved_apart < MAX_SHARE_MOVED_APART, (net, name, moved_apart)
+    z = jax.random.uniform(jax.random.PRNGKey(123), (images.shape[0], z_dim))
+    g_out = [Generator().apply({"params": m.g.params, "batch_stats": m.g.batch_stats}, z,
+                               train=True, mutable=["batch_stats"])[0] for m in (a, b)]
+    np.testing.assert_allclose(g_out[0], g_out[1], rtol=0, atol=G_OUTPUT_ATOL)
+    d_out = [Discriminator().apply({"params": m.d.params, "batch_stats": m.d.batch_stats},
+                                   jnp.asarray(images), train=True, mutable=["batch_stats"])[0]
+             for m in (a, b)]
+    np.testing.assert_allclose(d_out[0], d_out[1], rtol=1e-4, atol=D_OUTPUT_ATOL)
+
+
+# ----------------------------------------------------------------------------- pictures
+def as_pixels(images) -> np.ndarray:
+    """Images in [-1, 1] as the grey levels a picture of them holds: (N, H, W) uint8."""
+    images = np.asarray(images, np.float64)
+    if images.ndim == 4:
+        assert images.shape[-1] == 1, images.shape
+        images = images[..., 0]
+    return np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid_tiles(path, n: int, ncols: int, size: int = 28, pad: int = 2,
+               scale: int = 2) -> np.ndarray:
+    """The ``n`` images of a grid picture (jaxgen.viz.save_image_grid: ``ncols`` a row, ``pad``
+    black pixels around each, every pixel drawn as a ``scale`` x ``scale`` block), as
+    (n, size, size) grey levels. Asserts the layout: the blocks, the size, black gaps."""
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    assert picture.ndim == 2, f"{path} is not a greyscale picture"
+    small = picture[::scale, ::scale]
+    assert np.array_equal(picture, np.kron(small, np.ones((scale, scale), picture.dtype))), path
+    nrows = math.ceil(n / ncols)
+    assert small.shape == (nrows * (size + pad) + pad, ncols * (size + pad) + pad), small.shape
+    tiles, gaps = [], np.ones(small.shape, bool)
+    for k in range(n):
+        top, left = pad + (k // ncols) * (size + pad), pad + (k % ncols) * (size + pad)
+        tiles.append(small[top:top + size, left:left + size])
+        gaps[top:top + size, left:left + size] = False
+    assert not small[gaps].any(), f"{path}: the gaps between images are not black"
+    return np.stack(tiles)
+
+
+def curve_pixels(path) -> dict:
+    """Pixels of a matplotlib figure in the hues of its first two default line colours (blue
+    C0, orange C1). A legend entry alone draws about 35 of each; a curve of 8 points, hundreds."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red, blue = rgb[..., 0], rgb[..., 2]
+    return {"blue": int(np.sum(blue - red > 60)), "orange": int(np.sum(red - blue > 60))}
+
+
+def is_png(path) -> bool:
+    """Whether ``path`` is a complete, readable PNG file."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.format != "PNG":
+            return False
+        picture.load()  # decodes every row: a truncated file raises
+    return True
