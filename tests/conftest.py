@@ -29,7 +29,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
-
 from helpers import REPO, synthetic_images, write_idx_dataset  # noqa: E402
 
 sys.path.insert(0, REPO)

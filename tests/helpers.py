@@ -173,8 +173,9 @@ def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
     Every parameter moved by at most lr in each (Adam's first step is lr * g / (|g| + eps)),
     so they are at most 2 lr apart (the running statistics measured at most a tenth of that);
     all but a few elements moved the same way; and what the networks compute in training mode
-    (BatchNorm on the batch, blind to the biases before it) agrees. Only one step: GAN training amplifies rounding differences from step to step
-    (after 8 steps the same changes move the generator's outputs by up to 0.14)."""
+    (BatchNorm on the batch, blind to the biases before it) agrees. Only one step: GAN training
+    amplifies rounding differences from step to step (after 8 steps the same changes move the
+    generator's outputs by up to 0.14)."""
     import jax
     import jax.numpy as jnp
 

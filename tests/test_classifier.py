@@ -6,13 +6,13 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from helpers import classifier_config, classifier_flags, run_in_process
+
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
+from jaxgen.runs.restore import restore_run
 from jaxgen.train import loop
 from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, write_report
-from jaxgen.train.restore import restore_run
 
 CONFIG = classifier_config()
 TINY_FLAGS = classifier_flags()

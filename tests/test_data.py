@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import synthetic_images, write_idx, write_idx_dataset
+
 from jaxgen import data
 from jaxgen.errors import JaxgenError
 

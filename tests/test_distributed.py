@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import ScriptProcess, assert_gan_models_close, synthetic_images, write_idx_dataset
-from jaxgen.train.restore import restore_run
+
+from jaxgen.runs.restore import restore_run
 
 
 def _free_port() -> int:

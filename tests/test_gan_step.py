@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from helpers import BIASES_BEFORE_BATCHNORM, assert_gan_models_close
+
 from jaxgen import parallel
 from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask
+from jaxgen.train.state import init_state
 
 
 def _images(tiny_images, n=16):
@@ -135,7 +136,7 @@ def _gradient_step(tiny_images, mesh, compiler_options):
     task = GANTask(GANConfig(batch_size=16))
     task.tx_d = task.tx_g = _keep_gradients()
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda: loop.init_state(task, 0))()
+        state = jax.jit(lambda: init_state(task, 0))()
         data = parallel.put_replicated(tiny_images[:16], mesh)
         perm = loop.build_permutation(mesh, 16)(state.rng, jnp.int32(1))
         step = loop.build_train_step(task, mesh, 1, compiler_options=compiler_options)

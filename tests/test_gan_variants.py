@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import host_leaves
+from helpers import host_leaves
 
 from jaxgen import losses, parallel
 from jaxgen.runs.restore import restore_run, sample_images

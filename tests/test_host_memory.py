@@ -43,8 +43,8 @@ print(json.dumps({"applied": applied, "late": late, "temp": temp, "faults": faul
 def _probe(mode: str, warmup: int = 2, **env) -> dict:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     environ.update(env, PYTHONPATH=ROOT, XLA_FLAGS="")
-    proc = subprocess.run([sys.executable, "-c", PROBE, mode, str(warmup)], capture_output=True, text=True,
-                          env=environ, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", PROBE, mode, str(warmup)], capture_output=True,
+                          text=True, env=environ, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

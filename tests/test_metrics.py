@@ -7,12 +7,20 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import (
+    classifier_flags,
+    curve_pixels,
+    is_png,
+    run_in_process,
+    run_script,
+    script,
+    write_idx_dataset,
+)
 
-from helpers import (classifier_flags, curve_pixels, is_png, run_in_process, run_script, script,
-                     write_idx_dataset)
 from jaxgen import metrics
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import scores
+from jaxgen.runs.evaluate import HISTORY_FILE, EvaluateEvery, evaluate_run
 
 TINY_FLAGS = classifier_flags()
 
@@ -175,7 +183,7 @@ def runs(tmp_path_factory, tiny_images):
     classifier, gan = root / "classifier", root / "gan"
     assert _main("train_classifier.py", "--data-dir", data_dir, "--workdir", classifier,
                  "--epochs", 3, *TINY_FLAGS) == 0
-    hook = metrics.EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
+    hook = EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
     loop.train(GANTask(GANConfig(epochs=2, batch_size=16, log_every=2)), tiny_images, str(gan),
                parallel.make_mesh(jax.devices()[:1]), log=lambda _: None, epoch_hooks=[hook])
     return data_dir, classifier, gan
@@ -213,7 +221,7 @@ def test_evaluate_script_writes_scores_and_floor(runs):
 
 def test_evaluation_during_training_writes_history_and_curve(runs):
     _, _, gan = runs
-    rows = [json.loads(line) for line in open(gan / metrics.HISTORY_FILE)]
+    rows = [json.loads(line) for line in open(gan / HISTORY_FILE)]
     assert [r["epoch"] for r in rows] == [2]  # every 2 epochs: not after epoch 1
     _sane({k: rows[0][k] for k in metrics.METRICS})
     _sane(rows[0]["floor"])
@@ -228,19 +236,19 @@ def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs, tm
     directory here, leaving the shared run's history as the fixture made it."""
     import jax
 
-    from jaxgen.train.restore import restore_run
+    from jaxgen.runs.restore import restore_run
 
     data_dir, classifier, gan = runs
     one = jax.devices()[:1]  # the fixture's device: its programs are compiled already
     task, state = restore_run(str(gan), devices=one)
-    hook = metrics.EvaluateEvery(str(classifier), 1, NUM, data_dir, dataset="mnist")
+    hook = EvaluateEvery(str(classifier), 1, NUM, data_dir, dataset="mnist")
     hook(task, state, 1, str(tmp_path))  # (the state of epoch 2: only the bookkeeping matters)
     hook(task, state, 2, str(tmp_path))
     hook(task, state, 2, str(tmp_path))
-    rows = [json.loads(line) for line in open(tmp_path / metrics.HISTORY_FILE)]
+    rows = [json.loads(line) for line in open(tmp_path / HISTORY_FILE)]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[0]["fid"] == rows[1]["fid"]  # one fixed key: the same samples each time
-    result = metrics.evaluate_run(str(gan), str(classifier), NUM, data_dir, devices=one)
+    result = evaluate_run(str(gan), str(classifier), NUM, data_dir, devices=one)
     for key in metrics.METRICS:
         assert result["floor"][key] == pytest.approx(rows[1]["floor"][key], rel=1e-5)
 
@@ -330,7 +338,7 @@ def test_gan_script_passes_the_evaluation_hook_to_the_loop(runs, tmp_path, capsy
         assert code == 0, err
     assert calls[0]["epoch_hooks"] == []
     (hook,) = calls[1]["epoch_hooks"]
-    assert isinstance(hook, metrics.EvaluateEvery)
+    assert isinstance(hook, EvaluateEvery)
     assert (hook.classifier_dir, hook.every, hook.num_samples, hook.data_dir, hook.seed) == (
         str(classifier), 3, NUM, data_dir, 4)
 

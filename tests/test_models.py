@@ -3,8 +3,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.models.gan import Discriminator, Generator
-from jaxgen.models.layers import (conv_transpose_4x4_s2, conv_transpose_4x4_s2_subpixel,
-                                  subpixel_kernel)
+from jaxgen.models.layers import (
+    conv_transpose_4x4_s2,
+    conv_transpose_4x4_s2_subpixel,
+    subpixel_kernel,
+)
 
 
 def _loop_conv_transpose(x, k):
@@ -60,7 +63,8 @@ def test_subpixel_form_equals_direct_form_forward_and_gradient():
     k = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 16, 8)) * 0.1
     np.testing.assert_allclose(conv_transpose_4x4_s2_subpixel(x, k), conv_transpose_4x4_s2(x, k),
                                atol=1e-5)
-    loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k))))
+    def loss(f):
+        return (lambda x, k: jnp.sum(jnp.sin(f(x, k))))
     g_sub = jax.grad(loss(conv_transpose_4x4_s2_subpixel), argnums=(0, 1))(x, k)
     g_dir = jax.grad(loss(conv_transpose_4x4_s2), argnums=(0, 1))(x, k)
     for a, b in zip(g_sub, g_dir):

@@ -7,8 +7,8 @@ import shutil
 
 import jax
 import numpy as np
+from helpers import synthetic_images
 
-from conftest import synthetic_images
 from jaxgen import parallel
 from jaxgen.runs.restore import restore_run, sample_images
 from jaxgen.train import loop

@@ -7,13 +7,15 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 from helpers import host_leaves
+
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
+from jaxgen.keys import named_key
+from jaxgen.runs.restore import restore_run, sample_images
 from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask
-from jaxgen.train.restore import restore_run, sample_images
+from jaxgen.train.task import Task, TrainConfig
 
 CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)
 
@@ -129,7 +131,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(first_epoch, tiny_
                                                              tmp_path):
     workdir = _copy(first_epoch, tmp_path)
     _corrupt(workdir / "checkpoints" / "1")
-    with pytest.raises(JaxgenError, match="none of the checkpoints .* can be read.*nothing was moved"):
+    with pytest.raises(JaxgenError,
+                       match="none of the checkpoints .* can be read.*nothing was moved"):
         _train(workdir, tiny_images)
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
 
@@ -172,7 +175,7 @@ def test_several_steps_per_call_train_the_same_gan(tiny_images, tmp_path):
         np.testing.assert_allclose(history.metrics[k], expected.metrics[k], rtol=6e-2)
 
 
-class _BatchProbe(loop.Task):
+class _BatchProbe(Task):
     """Trains nothing. Reports for each step an order-sensitive integer checksum of the batch
     it is fed, the two words of its key, and a chain: the state's integer, which each step
     updates from the one the step before left (uint32 arithmetic, exact on any CPU)."""
@@ -200,17 +203,17 @@ def test_every_step_gets_its_batch_key_and_state(tiny_images, tmp_path):
     """Each step is fed the epoch's shuffled batch, the key of its global step and the state
     the step before left: on 1 and 8 devices, one step per call or a scan of 3 (a call of 3,
     then one of 1, each epoch). Compared exactly."""
-    config = loop.TrainConfig(epochs=2, batch_size=16, seed=3)
+    config = TrainConfig(epochs=2, batch_size=16, seed=3)
     expected = {"checksum": [], "key0": [], "key1": [], "chain": []}
     chain = 0
     for epoch in (1, 2):
-        key = loop.named_key(jax.random.PRNGKey(3), "shuffle", epoch)
+        key = named_key(jax.random.PRNGKey(3), "shuffle", epoch)
         perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
         for i in range(4):
             batch = tiny_images[perm[16 * i:16 * (i + 1)]].astype(np.int64)
             checksum = int(np.sum(batch.sum(axis=(1, 2, 3)) * np.arange(1, 17)))
             step = 4 * (epoch - 1) + i
-            words = np.asarray(loop.named_key(jax.random.PRNGKey(3), "noise", step))
+            words = np.asarray(named_key(jax.random.PRNGKey(3), "noise", step))
             chain = (chain * 16777619 + checksum) % 2**32
             for name, value in (("checksum", checksum), ("key0", int(words[0])),
                                 ("key1", int(words[1])), ("chain", chain)):
@@ -218,7 +221,7 @@ def test_every_step_gets_its_batch_key_and_state(tiny_images, tmp_path):
     # The batches and the keys differ, so the check can tell them apart.
     assert len(set(expected["checksum"])) == 8 and len(set(expected["key0"])) == 8
     for n, steps_per_call in ((1, 1), (8, 1), (1, 3), (8, 3)):
-        probe = _BatchProbe(loop.TrainConfig(**{**config.to_dict(),
+        probe = _BatchProbe(TrainConfig(**{**config.to_dict(),
                                                 "steps_per_call": steps_per_call}))
         _, history = _train(tmp_path / f"{n}x{steps_per_call}", tiny_images, n_devices=n,
                             task=probe)
@@ -239,18 +242,18 @@ class _LabelledProbe(_BatchProbe):
 
 
 def test_labels_travel_with_their_images_and_hooks_run_every_epoch(tiny_images, tmp_path):
-    config = loop.TrainConfig(epochs=2, batch_size=16, seed=5)
+    config = TrainConfig(epochs=2, batch_size=16, seed=5)
     labels = np.arange(len(tiny_images), dtype=np.int32) * 3 + 1  # label i belongs to image i
     expected = []
     for epoch in (1, 2):
-        key = loop.named_key(jax.random.PRNGKey(5), "shuffle", epoch)
+        key = named_key(jax.random.PRNGKey(5), "shuffle", epoch)
         perm = np.asarray(jax.random.permutation(key, len(tiny_images)))
         for i in range(4):
             expected.append(int(np.sum(labels[perm[16 * i:16 * (i + 1)]] * np.arange(1, 17))))
     for n, steps_per_call in ((1, 1), (8, 1), (8, 3)):
         calls = []
         hook = lambda task, state, epoch, workdir: calls.append((epoch, int(state.step)))  # noqa
-        probe = _LabelledProbe(loop.TrainConfig(**{**config.to_dict(),
+        probe = _LabelledProbe(TrainConfig(**{**config.to_dict(),
                                                    "steps_per_call": steps_per_call}))
         _, history = _train(tmp_path / f"{n}x{steps_per_call}", tiny_images, n_devices=n,
                             task=probe, labels=labels, epoch_hooks=[hook])

@@ -1,4 +1,5 @@
-"""The VAE: ELBO pieces by hand, the reparameterisation, the IWAE bound, beta = 0, sharding, resume."""
+"""The VAE: ELBO pieces by hand, the reparameterisation, the IWAE bound, beta = 0, sharding,
+resume."""
 
 import math
 
@@ -6,13 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import host_leaves
+
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
+from jaxgen.runs.latents import interpolations, reconstructions
 from jaxgen.train import loop
-from jaxgen.train.vae import (PRESETS, VAEConfig, VAETask, build_evaluator, burda_schedule,
-                              evaluate, interpolations, reconstructions)
+from jaxgen.train.vae import PRESETS, VAEConfig, VAETask, burda_schedule
+from jaxgen.train.vae_eval import build_evaluator, evaluate
 
 TINY = VAEConfig(epochs=2, batch_size=16, latent_dim=3, hidden=(32,), log_every=2)
 
@@ -153,7 +155,7 @@ def test_bad_settings_are_refused():
 
 
 def test_burda_preset_and_schedule():
-    config = VAEConfig(**PRESETS["burda"])
+    config = PRESETS["burda"]
     config.validate()
     assert (config.hidden, config.latent_dim, config.epochs) == ((200, 200), 50, 3280)
     schedule = burda_schedule(1e-3, steps_per_epoch=10)

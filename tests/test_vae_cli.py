@@ -7,12 +7,20 @@ import re
 import jax
 import numpy as np
 import pytest
+from helpers import (
+    as_pixels,
+    curve_pixels,
+    grid_tiles,
+    is_png,
+    run_in_process,
+    run_script,
+    synthetic_images,
+    write_idx_dataset,
+)
 
-from helpers import (as_pixels, curve_pixels, grid_tiles, is_png, run_in_process, run_script,
-                     synthetic_images, write_idx_dataset)
+from jaxgen.runs.restore import restore_run
 from jaxgen.train import vae
 from jaxgen.train.loop import named_key
-from jaxgen.train.restore import restore_run
 
 TINY_FLAGS = ("--batch-size", 16, "--hidden", 16, "--iwae-k", 4, "--log-every", 2)
 
