@@ -141,5 +141,5 @@ def test_bad_input_is_one_clear_error_and_creates_nothing(flags, message, tmp_pa
 def test_ablation_refuses_a_negative_beta(tmp_path, capsys):
     code, _, err = run_in_process("vae_kl_ablation.py", "--betas", "1,-0.5", "--workdir",
                                   tmp_path / "a", capsys=capsys)
-    assert code == 2 and "--beta must be a finite number >= 0" in err
+    assert code == 2 and "--betas must be distinct finite numbers >= 0" in err
     assert not (tmp_path / "a").exists()

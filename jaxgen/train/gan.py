@@ -142,7 +142,6 @@ class GANTask(Task):
     objective: Objective = VANILLA
     name = VANILLA.name
     config_class = GANConfig
-    needs_step_in_epoch = True  # G is updated on every n_critic-th step of an epoch
 
     def __init__(self, config: GANConfig, subpixel: bool = True):
         self.config = config
@@ -152,6 +151,11 @@ class GANTask(Task):
         self.tx_d = self.objective.optimizer(config.lr_d, config)
         self.tx_g = self.objective.optimizer(config.lr_g, config)
         self._generate_fixed = jax.jit(lambda g, rng: self.generate(g, self.fixed_noise(rng)))
+
+    @property
+    def needs_step_in_epoch(self) -> bool:
+        """A critic that takes n_critic > 1 steps per G step counts the steps of an epoch."""
+        return getattr(self.config, "n_critic", 1) > 1
 
     # ---------------------------------------------------------------- pieces
     def sample_prior(self, key: jax.Array, num: int) -> jax.Array:
