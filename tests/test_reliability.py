@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import run_in_process
 
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
@@ -19,8 +20,6 @@ from jaxgen.runs.restore import restore_newest
 from jaxgen.train import loop
 from jaxgen.train.task import Task, TrainConfig
 from jaxgen.workdir import WorkdirLock, checkpoint_dir
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Counter(Task):
@@ -159,12 +158,6 @@ def test_a_restore_reports_the_epoch_it_actually_restored(tiny_images, tmp_path)
 
 # ----------------------------------------------------------------------------- bad input
 
-def _script(name, *args, cwd):
-    return subprocess.run([sys.executable, os.path.join(REPO, "experiments", name),
-                           *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("args,message", [
     (("--seed", 2 ** 64), "--seed must be an integer in 0..4294967295, got 18446744073709551616"),
     (("--lr-d", "inf"), "--lr-d must be finite and positive, got inf"),
@@ -173,20 +166,21 @@ def _script(name, *args, cwd):
     (("--coordinator-address", "notahost", "--num-processes", 2, "--process-id", 0),
      "--coordinator-address must be HOST:PORT"),
 ])
-def test_bad_training_input_is_one_line_and_creates_nothing(args, message, tmp_path):
-    proc = _script("gan_mnist.py", *args, cwd=tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], \
-        proc.stderr
+def test_bad_training_input_is_one_line_and_creates_nothing(args, message, tmp_path, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_in_process("gan_mnist.py", *args, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert os.listdir(tmp_path) == []  # nothing created, in the working directory either
 
 
-def test_sample_out_naming_a_directory_is_refused(tmp_path):
+def test_sample_out_naming_a_directory_is_refused(tmp_path, capsys):
     out = tmp_path / "grid.png"
     out.mkdir()
-    proc = _script("sample.py", "--workdir", tmp_path, "--out", out, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --out {out} is a directory")
+    code, _, err = run_in_process("sample.py", "--workdir", tmp_path, "--out", out, capsys=capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: --out {out} is a directory")
 
 
 def test_a_real_divergence_stops_training(tiny_images, tmp_path):
