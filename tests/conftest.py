@@ -1,6 +1,6 @@
 """Test set-up: eight CPU devices in this process (and in the scripts it starts), tiny IDX data.
 
-    python -m pytest -q              # the suite; about 5-6 minutes on 2 cores
+    python -m pytest -q              # the suite
     python -m pytest -q -m perf      # the speed-sensitive checks only (page-fault counts,
                                      # compiled-HLO text): deselected by default (pyproject.toml)
     python -m pytest -q -m ""        # everything
@@ -20,23 +20,29 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Many tests compile the same train step: they (and the scripts they start) share compiled
-# programs through JAX's persistent compilation cache, a fresh one for each test session.
-_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_CACHE:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-xla-cache-")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 from helpers import REPO, synthetic_images, write_idx_dataset  # noqa: E402
 
 sys.path.insert(0, REPO)
+_own_cache = None
+
+
+def pytest_configure(config):
+    """Many tests compile the same train step: they (and the scripts they start) share compiled
+    programs through JAX's persistent compilation cache, a fresh one for each test session
+    unless JAX_COMPILATION_CACHE_DIR names one (JAX reads it when it first compiles)."""
+    global _own_cache
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _own_cache = tempfile.mkdtemp(prefix="jaxgen-xla-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _own_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_unconfigure(config):
-    if _OWN_CACHE:
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    if _own_cache:
+        shutil.rmtree(_own_cache, ignore_errors=True)
 
 
 @pytest.fixture
