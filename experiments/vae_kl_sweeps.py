@@ -297,6 +297,10 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
     for name, configs in sweeps.items():
         text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables([measured[c] for c in configs])}")
     notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
+    real = vae_claims.memorisation_baseline(train, test, options.nn_samples)
+    notes += (f"\n- the memorisation columns for {options.nn_samples} real images (the last "
+              f"training images, not among the references): d_train {real['d_train']:.3f}, "
+              f"d_test {real['d_test']:.3f}, nearer_train {real['nearer_train']:.3f}")
     text.append("## Columns\n\n" + notes + (f"\n- prior-sample quality: {quality[0]}"
                                              if quality else ""))
     with open(os.path.join(workdir, "sweeps.md"), "w") as f:

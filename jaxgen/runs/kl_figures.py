@@ -51,6 +51,9 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                 ax.plot([values.index(r[swept]) for r in chosen], [r[key] for r in chosen],
                         ":" if key == "mi_max" else GROUP_STYLES[j % len(GROUP_STYLES)],
                         color=colour, marker="o", markersize=3, label=name, linewidth=1)
+        if cols[0][0] == "nearer_train":  # chance is 0.5: a scale that shows noise as noise
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.set_ylim(0.25, 0.75)
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels([f"{v:g}" for v in values])
         ax.set_xlabel(swept)

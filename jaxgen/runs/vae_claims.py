@@ -86,6 +86,14 @@ def memorisation(samples: np.ndarray, train_images: np.ndarray,
             "nearer_train": float(np.mean(d_train < d_test)), "nn_references": m}
 
 
+def memorisation_baseline(train: Dataset, test: Dataset, n: int = 1000) -> dict:
+    """``memorisation`` of n real images: the last n training images, which are not among the
+    references (the first len(test) training images). Their ``nearer_train`` is what a model
+    that draws from the data distribution, memorising nothing, would score (0.5 up to noise)."""
+    real = train.images[-n:].astype(np.float32) / 127.5 - 1.0
+    return memorisation(real, train.images, test.images)
+
+
 def informativeness(task: VAETask, params, train: Dataset, test: Dataset, seed: int = 0) -> dict:
     """The probes on the posterior means and I(x; z) on the test set."""
     train_mu = latents.encode_means(task, params, train.images)
