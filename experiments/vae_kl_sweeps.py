@@ -33,6 +33,7 @@ import sys
 from typing import Optional
 
 import jax
+import kl_figures  # beside this script
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
@@ -47,7 +48,7 @@ from jaxgen.config import (
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import Evaluator, probes
-from jaxgen.runs import kl_figures, latents, vae_claims
+from jaxgen.runs import latents, vae_claims
 from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval

@@ -163,6 +163,7 @@ def _script(name):
 ])
 def test_bad_input_is_one_error_line_and_exit_2(script, flags, named, monkeypatch, capsys,
                                                 tmp_path):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))  # as `python experiments/..`
     module = _script(script)
     monkeypatch.setattr(sys, "argv", [script + ".py", "--workdir", str(tmp_path / "w"),
                                       "--data-dir", str(tmp_path / "none"), *flags])

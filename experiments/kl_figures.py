@@ -1,15 +1,16 @@
-"""Figures of the KL question: a sweep's measurements against the swept value, the
-rate-distortion plane, the encoder's std over training."""
+"""Figures of the KL question (experiments/vae_kl_sweeps.py): a sweep's measurements against the
+swept value, the rate-distortion plane, the encoder's std over training."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional, Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxgen import viz  # noqa: F401  (selects matplotlib's file-only backend)
+matplotlib.use("Agg")  # files only: no display is needed or opened
 
 # (title, [(column, legend)], y scale) of each panel of a sweep figure.
 SWEEP_PANELS = [
