@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import (
     REPO,
+    ScriptProcess,
     as_pixels,
     curve_pixels,
     grid_tiles,
@@ -31,10 +32,10 @@ def gan_cli_run(tmp_path_factory):
     train = run_script("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 16,
                        "--log-every", 2, "--workdir", workdir)
     samples = {}
-    if train.returncode == 0:
-        for out in (directory / "s.png", directory / "s.npy"):
-            samples[out] = run_script("sample.py", "--workdir", workdir, "--num", 10, "--out",
-                                      out)
+    if train.returncode == 0:  # the two sample.py runs at the same time
+        procs = {out: ScriptProcess("sample.py", "--workdir", workdir, "--num", 10, "--out", out)
+                 for out in (directory / "s.png", directory / "s.npy")}
+        samples = {out: proc.wait() for out, proc in procs.items()}
     return data_dir, workdir, train, samples
 
 
