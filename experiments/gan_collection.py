@@ -5,25 +5,30 @@
 
 Each GAN of --gan-types (default: every registered one) trains with its own defaults, the same
 --epochs, --seed and data, in WORKDIR/<type>/ as experiments/gan_mnist.py would (so each run
-resumes, and a finished one is not trained again), then is scored as experiments/evaluate.py
-scores it (its eval.json). Writes into --workdir:
+resumes), then is scored as experiments/evaluate.py scores it (its eval.json). A GAN whose
+workdir already holds this run scored as asked (its config.json, and an eval.json of its last
+epoch with the same classifier, --num-samples and --seed) is neither trained nor scored again:
+the tables are made from the files each run wrote. Writes into --workdir:
   collection.md, collection.csv   one row per GAN: FID, Inception score, classes covered, class
-                                  KL, precision, recall, seconds per epoch; the real-data floor
-  collection.png                  each GAN's fixed-noise grid after its last epoch, side by side
+                                  KL, precision, recall, median seconds per epoch; the real-data
+                                  floor
+  collection.png                  each GAN's fixed-noise grid after its last epoch
+                                  (<TYPE>_epochNNN.png), side by side
 """
 
 import csv
 import dataclasses
+import json
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
 from jaxgen.config import Check, Settings, setting
 from jaxgen.metrics import METRICS
-from jaxgen.runs.evaluate import evaluate_run
-from jaxgen.runs.restore import restore_run
+from jaxgen.runs.evaluate import EVAL_FILE, classifier_meta, evaluate_run
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig
 
@@ -60,29 +65,62 @@ def main() -> None:
         shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(GANConfig)}
         configs[name] = config_class(**shared)
     run = cli.prepare_run(args, base, "gan_collection")
+    classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
 
-    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
+    train = None
     rows, grids = [], {}
     for name, config in configs.items():
         workdir = os.path.join(run.workdir, name.lower())
-        run.log(f"--- {name} on {base.dataset}, {base.epochs} epochs: {workdir}")
-        _, history = loop.train(gan_variants.task_class(name)(config), train.images, workdir,
-                                run.mesh, log=run.log)
-        result = evaluate_run(workdir, options.classifier, options.num_samples,
-                              data_dir=run.options.data_dir, seed=base.seed,
-                              devices=list(run.mesh.devices.flat), log=run.log)
+        result = scored_run(workdir, name, config, options, classifier_epoch)
+        if result is None:
+            run.log(f"--- {name} on {base.dataset}, {base.epochs} epochs: {workdir}")
+            if train is None:
+                train = data.load_dataset(base.dataset, "train", run.options.data_dir)
+            loop.train(gan_variants.task_class(name)(config), train.images, workdir, run.mesh,
+                       log=run.log)
+            result = evaluate_run(workdir, options.classifier, options.num_samples,
+                                  data_dir=run.options.data_dir, seed=base.seed,
+                                  devices=list(run.mesh.devices.flat), log=run.log)
+        else:
+            run.log(f"--- {name}: trained and scored already ({workdir})")
+        with open(os.path.join(workdir, f"{name}_history.json")) as f:
+            epoch_times = json.load(f)["per_epoch_time"]
         rows.append({"gan": name, **{k: result[k] for k in METRICS},
-                     "seconds_per_epoch": float(np.mean(history.per_epoch_time)),
+                     "seconds_per_epoch": float(np.median(epoch_times)),
                      "published_fid": PUBLISHED_FID.get(name, "")})
-        task, state = restore_run(workdir, devices=list(run.mesh.devices.flat))
-        grids[name] = parallel.to_host(task.generate(state.model.g, task.fixed_noise(state.rng)))
+        grids[name] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
         floor = result["floor"]
     if parallel.is_main_process():
         write_tables(rows, floor, run.workdir, base, options, machine(run.mesh))
-        viz.save_image_panels(grids, os.path.join(run.workdir, "collection.png"), ncols=8,
-                              title=f"after {base.epochs} epochs on {base.dataset}, the same "
-                                    "fixed noise")
+        viz.save_picture_panels(grids, os.path.join(run.workdir, "collection.png"),
+                                title=f"after {base.epochs} epochs on {base.dataset}, the same "
+                                      "fixed noise", per_row=4)
         run.log(f"wrote {os.path.join(run.workdir, 'collection.md')} and collection.png")
+
+
+def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOptions,
+               classifier_epoch: int) -> Optional[dict]:
+    """The eval.json of ``workdir`` if it scores the run this command asks for, trained to its
+    last epoch, with this classifier checkpoint: else None (the GAN is then trained, or
+    resumed, and scored)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            trained = json.load(f)
+        with open(os.path.join(workdir, EVAL_FILE)) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    asked = {"task": name, "config": json.loads(json.dumps(config.to_dict()))}
+    try:
+        same = (trained == asked
+                and result["model"]["checkpoint_epoch"] == config.epochs
+                and result["num_samples"] == options.num_samples
+                and result["seed"] == config.seed
+                and result["classifier"]["path"] == os.path.abspath(options.classifier)
+                and result["classifier"]["checkpoint_epoch"] == classifier_epoch)
+    except (KeyError, TypeError):
+        return None
+    return result if same else None
 
 
 def machine(mesh) -> str:
@@ -113,7 +151,7 @@ Command: `python {' '.join(sys.argv)}`
 {base.epochs} epochs each at batch {base.batch_size}, seed {base.seed}, each GAN with its own
 defaults; {options.num_samples} samples scored against {options.num_samples} training images in
 the feature space of the classifier in `{options.classifier}`; the floor row scores
-{options.num_samples} real test images the same way. Seconds per epoch on {machine}.
+{options.num_samples} real test images the same way. Median seconds per epoch on {machine}.
 `published_fid`: Lucic et al. (2018),
 Fashion-MNIST, in Inception features: only their order compares.
 

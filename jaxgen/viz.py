@@ -101,13 +101,32 @@ def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
 def save_image_panels(grids: dict[str, np.ndarray], path: str, ncols: Optional[int] = None,
                       title: Optional[str] = None) -> None:
     """Several image grids side by side, each under its title (e.g. one per model)."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
-    for ax, (label, images) in zip(axes[0], grids.items()):
-        grid = image_grid(images, ncols)
+    _save_panels({label: image_grid(images, ncols) for label, images in grids.items()}, path,
+                 title)
+
+
+def save_picture_panels(pictures: dict[str, str], path: str, title: Optional[str] = None,
+                        per_row: Optional[int] = None) -> None:
+    """Pictures already saved (e.g. each model's ``<NAME>_epochNNN.png``) side by side, each
+    under its title, ``per_row`` a row (default: all in one)."""
+    arrays = {}
+    for label, file in pictures.items():
+        with Image.open(file) as picture:
+            arrays[label] = np.asarray(picture.convert("L"))[..., None]
+    _save_panels(arrays, path, title, per_row)
+
+
+def _save_panels(pictures: dict[str, np.ndarray], path: str, title: Optional[str],
+                 per_row: Optional[int] = None) -> None:
+    ncols = min(per_row or len(pictures), len(pictures))
+    nrows = int(math.ceil(len(pictures) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, grid) in zip(axes.flat, pictures.items()):
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray",
                   interpolation="nearest")
         ax.set_title(label)
-        ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
