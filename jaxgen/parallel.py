@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgen import rendezvous
 from jaxgen.errors import JaxgenError
 
 DATA_AXIS = "data"
@@ -32,6 +33,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     ``num_processes`` and ``process_id``), by ``coordinator_address="auto"`` on clusters JAX
     detects by itself (SLURM, Open MPI, Cloud TPU pods), or by JAX's own ``JAX_COORDINATOR_ADDRESS``
     environment variable. Every process runs the same program; process 0 writes logs and pictures.
+    With an explicit address, the processes first check in with process 0
+    (:func:`jaxgen.rendezvous.roll_call`), so one that never comes is a clear error.
     """
     if coordinator_address is None and "JAX_COORDINATOR_ADDRESS" not in os.environ:
         if num_processes not in (None, 1) or process_id is not None:
@@ -45,6 +48,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise JaxgenError(f"--process-id must be in 0..{num_processes - 1} for "
                               f"--num-processes {num_processes}, got {process_id}.")
+    if coordinator_address not in (None, "auto"):  # a missing process: one clear error
+        rendezvous.roll_call(coordinator_address, num_processes, process_id, timeout)
     # CPU processes exchange collectives through gloo; harmless where another backend is used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address == "auto":

@@ -5,6 +5,7 @@ import gzip
 import math
 import os
 import runpy
+import socket
 import struct
 import subprocess
 import sys
@@ -123,6 +124,13 @@ def run_in_process(name: str, *args, capsys) -> tuple[int, str, str]:
         sys.argv = argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -1,21 +1,20 @@
 """Two processes joined by jax.distributed on 127.0.0.1 compute what one process computes."""
 
 import json
-import socket
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ScriptProcess, assert_gan_models_close, synthetic_images, write_idx_dataset
+from helpers import (
+    ScriptProcess,
+    assert_gan_models_close,
+    free_port,
+    synthetic_images,
+    write_idx_dataset,
+)
 
 from jaxgen.runs.restore import restore_run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gan(data_dir, workdir, devices_per_process, *extra):
@@ -30,7 +29,7 @@ def distributed_runs(tmp_path_factory):
     each (joined by jax.distributed), and on one process of two devices, at the same time."""
     directory = tmp_path_factory.mktemp("distributed")
     data_dir = write_idx_dataset(str(directory / "idx"), n_train=16, n_test=16)
-    port = _free_port()
+    port = free_port()
     procs = [_gan(data_dir, directory / "two", 1, "--coordinator-address", f"127.0.0.1:{port}",
                   "--num-processes", 2, "--process-id", i) for i in range(2)]
     procs.append(_gan(data_dir, directory / "one", 2))

@@ -7,13 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import run_in_process
+from helpers import free_port, run_in_process
 
-from jaxgen import parallel
+from jaxgen import parallel, rendezvous
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_newest
@@ -193,3 +195,64 @@ def test_a_real_divergence_stops_training(tiny_images, tmp_path):
                    parallel.make_mesh(jax.devices()[:1]), log=lambda _: None)
     # stopped at the first non-finite value: no checkpoint holds a non-finite parameter
     assert Checkpoints(checkpoint_dir(str(tmp_path / "run")), read_only=True).epochs() == []
+
+
+# ----------------------------------------------------------------------------- a missing host
+
+@pytest.mark.parametrize("process_id,message", [
+    (0, "processes 1, 2 of --num-processes 3 did not join the run at 127.0.0.1:{port} within "
+        "2 s (--distributed-timeout)"),
+    (2, "process 2 could not reach process 0 at --coordinator-address 127.0.0.1:{port} within "
+        "2 s"),
+])
+def test_a_host_that_never_joins_is_one_line(process_id, message, tmp_path, capsys):
+    port = free_port()
+    start = time.monotonic()
+    code, _, err = run_in_process(
+        "gan_mnist.py", "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", 3,
+        "--process-id", process_id, "--distributed-timeout", 2, "--workdir", tmp_path / "w",
+        capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: "), err
+    assert message.format(port=port) in lines[-1]
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "w").exists()
+
+
+def _roll_call_threads(port, processes):
+    """roll_call of (process id, process count) each in a thread: what each raised, or None."""
+    outcomes = {}
+
+    def call(pid, count):
+        try:
+            rendezvous.roll_call(f"127.0.0.1:{port}", count, pid, timeout=10)
+            outcomes[pid] = None
+        except JaxgenError as e:
+            outcomes[pid] = str(e)
+
+    threads = [threading.Thread(target=call, args=p) for p in processes]
+    threads[0].start()
+    time.sleep(0.3)  # process 0 listens first; the others' retries are tested above
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_the_roll_call_returns_once_every_process_came():
+    assert _roll_call_threads(free_port(), [(0, 3), (2, 3), (1, 3)]) == {0: None, 1: None,
+                                                                        2: None}
+
+
+def test_a_process_started_with_another_count_stops_every_process():
+    outcomes = _roll_call_threads(free_port(), [(0, 2), (1, 3)])
+    expected = ("process 1 was started with --num-processes 3, process 0 with 2; start every "
+                "process with the same --num-processes.")
+    assert outcomes[0] == expected and outcomes[1] == expected
+
+
+def test_two_processes_with_one_id_stop_the_run():
+    outcomes = _roll_call_threads(free_port(), [(0, 3), (1, 3), (1, 3)])
+    assert outcomes[0].startswith("two processes were started with --process-id 1")
+    assert outcomes[1] is not None and "--process-id 1" in outcomes[1]
