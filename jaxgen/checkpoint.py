@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any, Callable, Optional
@@ -29,7 +30,40 @@ class _ReadOnlyNotice(logging.Filter):
         return not record.getMessage().startswith("Given directory is read only")
 
 
+class _UnparsableInfoNotice(logging.Filter):
+    """Orbax's ``_CHECKPOINT_METADATA`` holds only timestamps; when it is not valid JSON orbax
+    logs the whole file at ERROR level each time the directory is opened, though the checkpoint
+    restores as usual. This says it once per file, in one line."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Failed to json parse Metadata file: "):
+            return True
+        path = message[len("Failed to json parse Metadata file: "):].split(",", 1)[0]
+        if path in self._seen:
+            return False
+        self._seen.add(path)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = (f"{path} is not valid JSON; it holds only orbax's timestamps, "
+                                   "and the checkpoint is read without it."), ()
+        return True
+
+
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+logging.getLogger("absl").addFilter(_UnparsableInfoNotice())
+
+
+def failure_reason(error: BaseException) -> str:
+    """One short line saying why a checkpoint could not be read: the error's first line, without
+    the object reprs and pointers to details that tensorstore appends."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    text = re.sub(r"\s*See full TensorStore details:.*", "", text)
+    text = re.sub(r"<bound method[^>]*>?", "", text).strip(" ;:.")
+    return text[:200] or type(error).__name__
 
 
 # What every checkpoint's meta holds (jaxgen.train.loop writes them).
@@ -107,7 +141,7 @@ class Checkpoints:
             except JaxgenError:
                 raise
             except Exception as e:  # any failure to read: try the previous one
-                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                reason = failure_reason(e)
                 unreadable.append(f"epoch {epoch}: {reason}")
                 log(f"warning: checkpoint of epoch {epoch} cannot be read ({reason}); trying "
                     "the previous one.")

@@ -127,6 +127,43 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_checkpoint_with_truncated_arrays_is_one_clean_warning(uninterrupted, tiny_images,
+                                                                 tmp_path):
+    """The array chunks cut short, the metadata intact: tensorstore's error, which appends a
+    pointer to its details and a method's repr, becomes one warning line naming the cause."""
+    workdir, expected, _ = uninterrupted
+    workdir = _copy(workdir, tmp_path)
+    chunks = os.path.join(workdir, "checkpoints", "2", "state", "ocdbt.process_0", "d")
+    for name in os.listdir(chunks):
+        with open(os.path.join(chunks, name), "r+b") as f:
+            f.truncate(10)
+    logs = []
+    state, _ = _train(workdir, tiny_images, logs=logs)
+    (warning,) = [line for line in logs if "cannot be read" in line]
+    assert warning.startswith("warning: checkpoint of epoch 2 cannot be read (")
+    assert "<bound method" not in warning and "TensorStore details" not in warning
+    assert len(warning) < 320 and "\n" not in warning
+    for a, b in zip(host_leaves(state), expected):  # resumed from epoch 1, trained epoch 2 again
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unparsable_orbax_timestamps_are_one_warning_not_an_error(uninterrupted, tiny_images,
+                                                                  tmp_path, caplog):
+    workdir, expected, _ = uninterrupted
+    workdir = _copy(workdir, tmp_path)
+    info = os.path.join(workdir, "checkpoints", "2", "_CHECKPOINT_METADATA")
+    with open(info, "w") as f:
+        f.write("garbage")
+    with caplog.at_level("WARNING"):
+        state, _ = _train(workdir, tiny_images)  # nothing to train: epoch 2 restores
+        restore_run(str(workdir), devices=jax.devices()[:1])  # opened again: said once
+    about = [r for r in caplog.records if info in r.getMessage()]
+    assert [r.levelname for r in about] == ["WARNING"], [r.getMessage() for r in about]
+    assert "\n" not in about[0].getMessage()
+    for a, b in zip(host_leaves(state), expected):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(first_epoch, tiny_images,
                                                              tmp_path):
     workdir = _copy(first_epoch, tmp_path)
