@@ -32,6 +32,8 @@ from jaxgen.runs.evaluate import EVAL_FILE, classifier_meta, evaluate_run
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig
 
+# A conditional GAN's scores: the share of samples of label y the classifier calls y.
+LABELLED = ("label_accuracy",)
 # Lucic et al. (2018), "Are GANs Created Equal?", Fashion-MNIST, best FID found (Inception
 # features, so only their order compares with the classifier-feature FID here).
 PUBLISHED_FID = {"GAN": 26.5, "LSGAN": 30.7, "WGAN": 21.5, "WGAN_GP": 24.5, "DRAGAN": 27.7,
@@ -68,7 +70,7 @@ def main() -> None:
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
 
     train = None
-    rows, grids = [], {}
+    rows, grids, floor = [], {}, {}
     for name, config in configs.items():
         workdir = os.path.join(run.workdir, name.lower())
         result = scored_run(workdir, name, config, options, classifier_epoch)
@@ -77,7 +79,7 @@ def main() -> None:
             if train is None:
                 train = data.load_dataset(base.dataset, "train", run.options.data_dir)
             loop.train(gan_variants.task_class(name)(config), train.images, workdir, run.mesh,
-                       log=run.log)
+                       log=run.log, labels=train.labels)
             result = evaluate_run(workdir, options.classifier, options.num_samples,
                                   data_dir=run.options.data_dir, seed=base.seed,
                                   devices=list(run.mesh.devices.flat), log=run.log)
@@ -85,11 +87,11 @@ def main() -> None:
             run.log(f"--- {name}: trained and scored already ({workdir})")
         with open(os.path.join(workdir, f"{name}_history.json")) as f:
             epoch_times = json.load(f)["per_epoch_time"]
-        rows.append({"gan": name, **{k: result[k] for k in METRICS},
+        rows.append({"gan": name, **{k: result[k] for k in METRICS + LABELLED if k in result},
                      "seconds_per_epoch": float(np.median(epoch_times)),
                      "published_fid": PUBLISHED_FID.get(name, "")})
         grids[name] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
-        floor = result["floor"]
+        floor.update(result["floor"])  # label accuracy's floor comes with a conditional GAN
     if parallel.is_main_process():
         write_tables(rows, floor, run.workdir, base, options, machine(run.mesh))
         viz.save_picture_panels(grids, os.path.join(run.workdir, "collection.png"),
@@ -135,7 +137,8 @@ def machine(mesh) -> str:
 
 def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
                  options: CollectionOptions, machine: str) -> None:
-    columns = ["gan", *METRICS, "seconds_per_epoch", "published_fid"]
+    labelled = [k for k in LABELLED if any(k in row for row in rows)]
+    columns = ["gan", *METRICS, *labelled, "seconds_per_epoch", "published_fid"]
     with open(os.path.join(workdir, "collection.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

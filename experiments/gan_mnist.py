@@ -1,5 +1,6 @@
 """Train a GAN of pytorch-generative-model-collections on MNIST: the vanilla GAN.py by default,
-or another unconditional variant with --gan-type (LSGAN, WGAN, WGAN_GP, DRAGAN, EBGAN, BEGAN).
+or another with --gan-type (LSGAN, WGAN, WGAN_GP, DRAGAN, EBGAN, BEGAN; the conditional CGAN,
+ACGAN and infoGAN).
 
     python experiments/gan_mnist.py                      # MNIST through TFDS, 50 epochs
     python experiments/gan_mnist.py --gan-type WGAN_GP --dataset fashion_mnist --data-dir DIR
@@ -37,7 +38,8 @@ def main() -> None:
     train = data.load_dataset(config.dataset, "train", run.options.data_dir)
     run.log(f"{gan_type} on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
-    loop.train(task_class(config), train.images, run.workdir, run.mesh, epoch_hooks=hooks)
+    loop.train(task_class(config), train.images, run.workdir, run.mesh, labels=train.labels,
+               epoch_hooks=hooks)
 
 
 if __name__ == "__main__":

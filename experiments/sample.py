@@ -5,9 +5,15 @@
     python experiments/sample.py --workdir checkpoints/vae_mnist --kind reconstructions --out r.png
     python experiments/sample.py --workdir checkpoints/vae_mnist --kind interpolations --out i.png
 
+    python experiments/sample.py --workdir checkpoints/acgan_mnist --label 7 --num 64 --out 7.png
+    python experiments/sample.py --workdir checkpoints/infogan_mnist --kind codes --out codes.png
+
 --kind prior (GAN or VAE): samples from the model's prior. A .png is a grid; a .npy holds float32
 images in [-1, 1], shape (num, 28, 28, 1). The library call is
-``jaxgen.runs.restore.sample_images(workdir, num, seed)``.
+``jaxgen.runs.restore.sample_images(workdir, num, seed, label=...)``. A conditional GAN (CGAN,
+ACGAN, infoGAN) draws class --label C (infoGAN: categorical code C), or uniform ones without it.
+--kind codes (infoGAN): one grid per continuous code, swept from -1 to 1 along each row, one row
+per categorical code, with one z drawn from --seed; a .npy holds (codes, 100, 28, 28, 1).
 --kind reconstructions (VAE): the first --num test images, each row followed by its reconstructions.
 --kind interpolations (VAE): --num rows, each a straight line in latent space between the posterior
 means of two test images, in 10 steps. Test images come from --data-dir, or TFDS.
@@ -16,6 +22,7 @@ means of two test images, in 10 steps. Test images come from --data-dir, or TFDS
 import argparse
 import os
 
+import jax
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
@@ -24,7 +31,7 @@ from jaxgen.parallel import ACCELERATORS
 from jaxgen.runs import latents, restore
 from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
 
-KINDS = ("prior", "reconstructions", "interpolations")
+KINDS = ("prior", "reconstructions", "interpolations", "codes")
 INTERPOLATION_STEPS = 10
 
 
@@ -38,6 +45,9 @@ def main() -> None:
                         help="samples (default 64), test images (32) or lines (8)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
     parser.add_argument("--seed", type=int, default=0, help="key of the latent draws")
+    parser.add_argument("--label", type=int, default=None, metavar="C",
+                        help="a conditional GAN's class to draw (--kind prior; default: "
+                             "uniform classes)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="IDX files for the test images of --kind reconstructions and "
                              "interpolations (default: TFDS)")
@@ -45,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     num = args.num if args.num is not None else {"prior": 64, "reconstructions": 32,
-                                                 "interpolations": 8}[args.kind]
+                                                 "interpolations": 8, "codes": 100}[args.kind]
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
     if os.path.isdir(args.out):
@@ -59,10 +69,25 @@ def main() -> None:
         raise JaxgenError(f"cannot write --out {args.out}: {out_dir} is not a writable "
                           "directory.")
 
+    if args.label is not None and args.kind != "prior":
+        raise JaxgenError(f"--label draws samples of one class: it needs --kind prior, not "
+                          f"--kind {args.kind}.")
+
     devices = parallel.select_devices(args.accelerator)
     ncols = None
     if args.kind == "prior":
-        images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices)
+        images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices,
+                                       label=args.label)
+    elif args.kind == "codes":
+        sweeps = _code_sweeps(args.workdir, args.seed, devices)
+        if ext == ".npy":
+            np.save(args.out, np.stack([np.asarray(v, np.float32) for v in sweeps.values()]))
+        else:
+            viz.save_image_panels(sweeps, args.out, ncols=10,
+                                  title="each continuous code from -1 to 1 (left to right); "
+                                        "rows: categorical codes")
+        print(f"wrote the sweeps of {len(sweeps)} continuous codes to {args.out}")
+        return
     else:
         task, state = restore.restore_run(args.workdir, devices=devices)
         if not isinstance(task, VAETask):
@@ -90,6 +115,18 @@ def main() -> None:
     else:
         viz.save_image_grid(images, args.out, ncols=ncols)
     print(f"wrote {len(images)} images ({args.kind}) to {args.out}")
+
+
+def _code_sweeps(workdir: str, seed: int, devices) -> dict:
+    """The continuous codes' sweeps of an infoGAN run, as images."""
+    task, state = restore.restore_run(workdir, devices=devices)
+    sweeps = task.code_sweeps(jax.random.PRNGKey(seed)) if hasattr(task, "code_sweeps") else {}
+    if not sweeps:
+        raise JaxgenError(f"--kind codes needs an infoGAN run (a GAN with continuous codes); "
+                          f"--workdir {workdir} holds a {task.name} run (use --kind prior).")
+    generate = jax.jit(task.generate)
+    return {name: parallel.to_host(generate(state.model.g, inputs))
+            for name, inputs in sweeps.items()}
 
 
 if __name__ == "__main__":

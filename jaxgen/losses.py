@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 from jax.scipy.special import logsumexp
@@ -95,6 +96,14 @@ def pulling_away_term(codes: jnp.ndarray) -> jnp.ndarray:
 def l1_reconstruction(recon: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     """BEGAN's autoencoder loss: mean |D(x) - x| over every element."""
     return jnp.mean(jnp.abs(recon - x))
+
+
+def class_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Mean softmax cross-entropy of (N, K) logits against (N,) integer labels: torch's
+    ``CrossEntropyLoss`` (ACGAN's class terms, infoGAN's categorical code). Through a one-hot
+    target, so its gradient needs no scatter."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.softmax_cross_entropy(logits, targets).mean()
 
 
 # ----------------------------------------------------------------------------- VAE pieces

@@ -179,6 +179,14 @@ def test_sample_to_an_unknown_format(trained, tmp_path, capsys):
     assert "must end in .png" in line and not (tmp_path / "x.jpg").exists()
 
 
+def test_a_label_for_an_unconditional_gan_is_refused(trained, tmp_path, capsys):
+    _, workdir, _ = trained
+    line = _error(capsys, "sample.py", "--workdir", workdir, "--label", 3, "--out",
+                  tmp_path / "x.png")
+    assert line.startswith("error: --label needs a conditional GAN (CGAN, ACGAN, infoGAN)")
+    assert "holds a GAN run" in line and not (tmp_path / "x.png").exists()
+
+
 def test_scripts_print_each_line_at_once_into_a_pipe():
     """A log redirected to a file or a pipe shows each line when it is printed (cli.run makes
     standard output line-buffered), not when a buffer fills minutes later."""

@@ -20,10 +20,13 @@ from jaxgen.metrics.scores import (
                                    frechet_distance_of_features,
                                    gaussian_stats,
                                    inception_score,
+                                   label_accuracy,
+                                   matched_label_accuracy,
                                    precision_recall,
                                    trace_sqrt_product,
 )
 
 __all__ = ["METRICS", "Evaluator", "format_table", "sample_metrics", "FeatureExtractor",
            "class_coverage", "frechet_distance", "frechet_distance_of_features",
-           "gaussian_stats", "inception_score", "precision_recall", "trace_sqrt_product"]
+           "gaussian_stats", "inception_score", "label_accuracy", "matched_label_accuracy",
+           "precision_recall", "trace_sqrt_product"]

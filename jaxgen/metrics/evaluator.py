@@ -85,17 +85,31 @@ class Evaluator:
         self.test_accuracy = float(np.mean(np.argmax(test_probs, -1) == test.labels))
         subset = pick(1, len(test))
         self.floor = self.score_features(test_features[subset], test_probs[subset])
+        # What label accuracy real test images get: the classifier's accuracy on the subset.
+        self.floor_label_accuracy = scores.label_accuracy(test_probs[subset],
+                                                          test.labels[subset])
 
     def score_features(self, features: np.ndarray, probs: np.ndarray) -> dict:
         return sample_metrics(features, probs, self.reference_features, self.k, self.flag)
 
-    def evaluate(self, images: np.ndarray) -> dict:
+    def evaluate(self, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                 match_codes: int = 0) -> dict:
         """The scores of ``images`` (N, 28, 28, 1) in [-1, 1] (or uint8); quantized to uint8
-        first, as when saved to a PNG."""
+        first, as when saved to a PNG. With ``labels``, the label each image was drawn with,
+        also ``label_accuracy``; with ``match_codes`` = K > 0 those labels are K categorical
+        codes learned without labels, each matched to the class the classifier most often
+        assigns to it first (``code_to_class``: the class of each code)."""
         if len(images) != self.num_samples:
             raise JaxgenError(f"got {len(images)} images to score against a reference of "
                               f"{self.num_samples}; pass {self.num_samples} images.")
-        return self.score_features(*self.extractor.embed(quantize(images)))
+        features, probs = self.extractor.embed(quantize(images))
+        result = self.score_features(features, probs)
+        if labels is not None and match_codes:
+            result["label_accuracy"], result["code_to_class"] = scores.matched_label_accuracy(
+                probs, labels, match_codes)
+        elif labels is not None:
+            result["label_accuracy"] = scores.label_accuracy(probs, labels)
+        return result
 
     def classifier_info(self) -> dict:
         return {"path": self.extractor.directory, "dataset": self.extractor.dataset,
@@ -111,8 +125,14 @@ def format_table(result: dict, name: str = "model") -> str:
             ("class KL from uniform", "class_kl", "{:.4f}"),
             ("precision (k=%d)" % result.get("k", 3), "precision", "{:.3f}"),
             ("recall (k=%d)" % result.get("k", 3), "recall", "{:.3f}")]
+    if "label_accuracy" in result:
+        rows.append(("label accuracy", "label_accuracy", "{:.3f}"))
     lines = [f"{'':26s}{name:>14s}{'real-data floor':>18s}"]
     for label, key, fmt in rows:
         lines.append(f"{label:26s}{fmt.format(result[key]):>14s}"
                      f"{fmt.format(result['floor'][key]):>18s}")
+    if "code_to_class" in result:
+        lines.append("categorical codes matched to classes: "
+                     + ", ".join(f"{code}->{cls}" for code, cls
+                                 in enumerate(result["code_to_class"])))
     return "\n".join(lines)

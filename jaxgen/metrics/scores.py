@@ -148,3 +148,23 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
     Works on ``chunk`` rows at a time: memory is O(chunk * max(N, M)), not O(N * M)."""
     return (manifold_coverage(fake, real, k=k, chunk=chunk),
             manifold_coverage(real, fake, k=k, chunk=chunk))
+
+
+def label_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The share of samples drawn with label y (``labels``) that the classifier calls y (the
+    argmax of ``probs``, (N, classes))."""
+    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
+
+
+def matched_label_accuracy(probs: np.ndarray, codes: np.ndarray,
+                           num_codes: int) -> tuple[float, list]:
+    """Label accuracy of samples drawn with categorical ``codes`` whose meaning was learned
+    without labels (infoGAN): each code is matched to the class the classifier most often
+    assigns to its samples (several codes may match one class), then scored as
+    :func:`label_accuracy`. Returns (accuracy, the class of each code, -1 for a code never
+    drawn)."""
+    predicted, codes = np.argmax(probs, axis=1), np.asarray(codes)
+    counts = np.zeros((num_codes, probs.shape[1]), np.int64)
+    np.add.at(counts, (codes, predicted), 1)
+    mapping = np.where(counts.sum(axis=1) > 0, np.argmax(counts, axis=1), -1)
+    return float(np.mean(mapping[codes] == predicted)), mapping.tolist()

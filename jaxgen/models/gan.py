@@ -6,9 +6,14 @@ InfoGAN):
   D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
 Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss. EBGAN and BEGAN
 replace D with an autoencoder (:class:`EnergyDiscriminator`, :class:`BoundaryDiscriminator`).
+The conditional GANs keep this G, fed z with its code (``CGAN.py``, ``ACGAN.py``:
+z ‖ one-hot label; ``infoGAN.py``: z ‖ continuous codes ‖ one-hot category), and this D with label
+planes beside the image (CGAN) or more outputs of its last layer (ACGAN, infoGAN).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,26 +41,39 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """images (N, 28, 28, C) -> logits (N,).
+    """images (N, 28, 28, C) -> logits (N,); with ``head_outputs`` > 0, (logits (N,), head
+    (N, head_outputs)): more columns of the last layer (ACGAN's class logits, infoGAN's Q head).
 
-    ``groups`` > 1 runs D on that many batches at once, interleaved (row ``n * groups + g`` is
-    image ``n`` of batch ``g``), with BatchNorm statistics per batch: the same as ``groups``
-    separate calls in order, with larger matrix products (:class:`GroupedBatchNorm`).
+    ``condition`` (N, K), e.g. one-hot labels, enters as K constant planes beside the image's
+    channels (CGAN). ``groups`` > 1 runs D on that many batches at once, interleaved (row
+    ``n * groups + g`` is image ``n`` of batch ``g``), with BatchNorm statistics per batch: the
+    same as ``groups`` separate calls in order, with larger matrix products
+    (:class:`GroupedBatchNorm`).
     """
 
+    head_outputs: int = 0
+
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1,
+                 condition: Optional[jnp.ndarray] = None):
         def norm(name):
             return GroupedBatchNorm(use_running_average=not train, groups=groups, name=name)
 
         def lrelu(v):
             return nn.leaky_relu(v, negative_slope=0.2)
 
+        if condition is not None:
+            planes = jnp.broadcast_to(condition[:, None, None, :].astype(x.dtype),
+                                      x.shape[:3] + condition.shape[-1:])
+            x = jnp.concatenate([x, planes], axis=-1)
         x = lrelu(Conv4x4Down(64)(x))
         x = lrelu(norm("BatchNorm_0")(Conv4x4Down(128)(x)))
         x = x.reshape(x.shape[0], -1)
         x = lrelu(norm("BatchNorm_1")(Dense(1024)(x)))
-        return Dense(1)(x)[:, 0]
+        out = Dense(1 + self.head_outputs)(x)
+        if self.head_outputs == 0:
+            return out[:, 0]
+        return out[:, 0], out[:, 1:]
 
 
 class EnergyDiscriminator(nn.Module):

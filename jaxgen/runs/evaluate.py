@@ -9,6 +9,7 @@ import time
 from typing import Optional
 
 import jax
+import numpy as np
 
 from jaxgen import parallel, viz
 from jaxgen.errors import JaxgenError
@@ -73,16 +74,31 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     evaluator = Evaluator(extractor, dataset, num_samples, data_dir, seed, k)
     # As sample_images draws them; the epoch is the checkpoint's actually restored.
     model = restore_newest(workdir, devices=devices)
-    images = draw_samples(model.task, model.state.model, num_samples, jax.random.PRNGKey(seed))
+    scores, floor = _score_samples(evaluator, model.task, model.state.model,
+                                   jax.random.PRNGKey(seed))
     result = {"model": {"workdir": os.path.abspath(workdir), "task": task_name,
                         "dataset": dataset, "checkpoint_epoch": model.epoch},
-              **evaluator.evaluate(images),
+              **scores,
               "num_samples": num_samples, "seed": seed, "k": k,
-              "floor": evaluator.floor, "classifier": evaluator.classifier_info(),
+              "floor": floor, "classifier": evaluator.classifier_info(),
               "seconds": time.time() - start}
     if parallel.is_main_process():
         _write_json(os.path.join(os.path.abspath(workdir), EVAL_FILE), result)
     return result
+
+
+def _score_samples(evaluator: Evaluator, task, model, key: jax.Array) -> tuple[dict, dict]:
+    """The scores of ``evaluator.num_samples`` samples of ``model`` drawn with ``key``, and the
+    floor. A conditional model draws every category equally often (0, 1, ..., K-1, 0, ...) and
+    gets ``label_accuracy`` too (its floor: the classifier's accuracy on the real test images);
+    one whose categories were learned without labels (infoGAN) has them matched to classes."""
+    num, classes = evaluator.num_samples, task.conditional_classes
+    labels = np.arange(num) % classes if classes else None
+    images = draw_samples(task, model, num, key, labels=labels)
+    if labels is None:
+        return evaluator.evaluate(images), evaluator.floor
+    scores = evaluator.evaluate(images, labels, match_codes=0 if task.needs_labels else classes)
+    return scores, {**evaluator.floor, "label_accuracy": evaluator.floor_label_accuracy}
 
 
 def _write_json(path: str, obj) -> None:
@@ -123,15 +139,16 @@ class EvaluateEvery:
             extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
             self._evaluator = Evaluator(extractor, task.config.dataset, self.num_samples,
                                         self.data_dir, self.seed, self.k, "--eval-samples")
-        images = draw_samples(task, state.model, self.num_samples,
-                              named_key(state.rng, "sample", 1))
-        row = {"epoch": epoch, **self._evaluator.evaluate(images),
-               "floor": self._evaluator.floor}
+        scores, floor = _score_samples(self._evaluator, task, state.model,
+                                       named_key(state.rng, "sample", 1))
+        row = {"epoch": epoch, **scores, "floor": floor}
         if parallel.is_main_process():
             self._write(task, workdir, row)
             print(f"Eval: [{epoch:2d}] FID {row['fid']:.3f} (floor {row['floor']['fid']:.3f}), "
                   f"IS {row['inception_score']:.3f}, classes {row['classes_covered']}, "
-                  f"precision {row['precision']:.3f}, recall {row['recall']:.3f}", flush=True)
+                  f"precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+                  + (f", label accuracy {row['label_accuracy']:.3f}"
+                     if "label_accuracy" in row else ""), flush=True)
 
     def _write(self, task, workdir: str, row: dict) -> None:
         path = os.path.join(workdir, HISTORY_FILE)

@@ -85,24 +85,40 @@ def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
 
 
 def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None,
-                  batch_size: int = 1000) -> np.ndarray:
+                  batch_size: int = 1000, label: Optional[int] = None) -> np.ndarray:
     """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generative model of the newest
     readable checkpoint in ``workdir`` (GAN: its generator; VAE: prior samples through the
-    decoder), drawn with key ``PRNGKey(seed)``. The same (seed, num) gives the same images."""
+    decoder), drawn with key ``PRNGKey(seed)``. The same (seed, num) gives the same images. A
+    conditional GAN draws category ``label`` (uniform categories when None)."""
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
     task, state = restore_run(workdir, devices=devices)
     if not task.is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
-    return draw_samples(task, state.model, num, jax.random.PRNGKey(seed), batch_size)
+    labels = None
+    if label is not None:
+        check_label(task, label, workdir)
+        labels = np.full(num, label, np.int32)
+    return draw_samples(task, state.model, num, jax.random.PRNGKey(seed), batch_size, labels)
 
 
-def draw_samples(task: Task, model, num: int, key: jax.Array,
-                 batch_size: int = 1000) -> np.ndarray:
+def check_label(task: Task, label: int, workdir: str) -> None:
+    """``--label`` checked against the run: a conditional model's category, in range."""
+    if not task.conditional_classes:
+        raise JaxgenError(f"--label needs a conditional GAN (CGAN, ACGAN, infoGAN); --workdir "
+                          f"{workdir} holds a {task.name} run, which draws no label: drop "
+                          "--label.")
+    if not 0 <= label < task.conditional_classes:
+        raise JaxgenError(f"--label must be in 0..{task.conditional_classes - 1}, got {label}.")
+
+
+def draw_samples(task: Task, model, num: int, key: jax.Array, batch_size: int = 1000,
+                 labels: Optional[np.ndarray] = None) -> np.ndarray:
     """``num`` samples of a generative ``task`` with parameters ``model`` (on a mesh, as training
     and ``restore_run`` leave them, or on the host) as a host array in [-1, 1], drawn
-    ``batch_size`` at a time; chunk i uses ``fold_in(key, i)``. Every sampler in jaxgen
+    ``batch_size`` at a time; chunk i uses ``fold_in(key, i)``. A conditional model draws
+    category ``labels[i]`` (num,) for sample i (uniform ones when None). Every sampler in jaxgen
     (``sample_images``, evaluate.py, evaluation during training, the ablation) draws through
     here, so the same model, key and num give the same images everywhere."""
     if not task.is_generative():
@@ -110,9 +126,11 @@ def draw_samples(task: Task, model, num: int, key: jax.Array,
     if num < 1:
         raise JaxgenError(f"the number of samples must be a positive integer, got {num}.")
     draw = _sampler(task, _mesh_of(model))
-    chunks = [parallel.to_host(draw(model, jax.random.fold_in(key, i),
-                                    min(batch_size, num - start)))
-              for i, start in enumerate(range(0, num, batch_size))]
+    chunks = []
+    for i, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        extra = () if labels is None else (np.asarray(labels[start:start + n], np.int32),)
+        chunks.append(parallel.to_host(draw(model, jax.random.fold_in(key, i), n, *extra)))
     return np.concatenate(chunks)
 
 

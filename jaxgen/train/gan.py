@@ -35,6 +35,7 @@ from jax import lax
 
 from jaxgen import losses, parallel, viz
 from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
+from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Discriminator, Generator
 from jaxgen.models.layers import BATCHNORM_MOMENTUM
@@ -66,6 +67,24 @@ class LossContext(NamedTuple):
     fake: jax.Array  # G(z), the same shape; in the G loss, the images the gradient flows to
     extra: Any  # the variant's state (None for most)
     config: Any  # the variant's config
+    labels: Any = None  # a conditional GAN's categories (B,) int32: the one-hot code G was given
+    continuous: Any = None  # infoGAN's continuous codes (B, n) in [-1, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Codes:
+    """What a conditional G sees beside z, in the reference's order: z, then ``continuous``
+    codes U(-1, 1), then a one-hot category of ``num_classes``. The category is the real batch's
+    label where ``from_data(config)`` (CGAN, ACGAN; a supervised infoGAN), else drawn uniformly
+    (infoGAN)."""
+
+    num_classes: int = 10
+    continuous: int = 0
+    from_data: Callable[[Any], bool] = lambda config: True
+
+    @property
+    def size(self) -> int:
+        return self.continuous + self.num_classes
 
 
 # (D(x), D(G(z)), context) -> loss, or (loss, aux) where aux reaches Objective.after_step.
@@ -106,6 +125,12 @@ class Objective:
     extra_metrics: tuple[str, ...] = ()
     # (model, the epoch's metrics as numpy arrays, config) -> (model, log lines), at epoch end.
     after_epoch: Optional[Callable[[Any, dict, Any], tuple[Any, list]]] = None
+    # A conditional GAN: G's codes beside z, and whether D sees the category as planes (CGAN).
+    codes: Optional[Codes] = None
+    condition_d: bool = False
+    # infoGAN's information loss (D(G(z)), context) -> loss, stepped by a third Adam over G's and
+    # D's parameters after the G step; logged as info_loss.
+    info_loss: Optional[GLoss] = None
 
 
 class Network(struct.PyTreeNode):
@@ -124,7 +149,8 @@ class GANModel(struct.PyTreeNode):
 
 
 class StatefulGANModel(GANModel):
-    """A GAN whose objective carries state of its own (BEGAN's k, WGAN's last G loss)."""
+    """A GAN whose objective carries state of its own (BEGAN's k, WGAN's last G loss, infoGAN's
+    third optimiser state)."""
 
     extra: Any
 
@@ -145,17 +171,35 @@ class GANTask(Task):
 
     def __init__(self, config: GANConfig, subpixel: bool = True):
         self.config = config
-        self.metric_names = ("D_loss", "G_loss") + self.objective.extra_metrics
+        objective = self.objective
+        self.metric_names = ("D_loss", "G_loss") + objective.extra_metrics
         self.generator = Generator(subpixel=subpixel)
-        self.discriminator = self.objective.discriminator()
-        self.tx_d = self.objective.optimizer(config.lr_d, config)
-        self.tx_g = self.objective.optimizer(config.lr_g, config)
+        self.discriminator = objective.discriminator()
+        self.tx_d = objective.optimizer(config.lr_d, config)
+        self.tx_g = objective.optimizer(config.lr_g, config)
+        # infoGAN's third optimiser, over G's and D's parameters, at D's learning rate.
+        self.tx_info = (None if objective.info_loss is None
+                        else objective.optimizer(config.lr_d, config))
+        if objective.info_loss is not None and self.needs_step_in_epoch:
+            raise ValueError(f"{objective.name}: an information loss needs n_critic 1")
         self._generate_fixed = jax.jit(lambda g, rng: self.generate(g, self.fixed_noise(rng)))
+        self._generate = jax.jit(self.generate)
 
     @property
     def needs_step_in_epoch(self) -> bool:
         """A critic that takes n_critic > 1 steps per G step counts the steps of an epoch."""
         return getattr(self.config, "n_critic", 1) > 1
+
+    @property
+    def needs_labels(self) -> bool:
+        """A GAN conditioned on the real batch's labels (CGAN, ACGAN, a supervised infoGAN)."""
+        codes = self.objective.codes
+        return codes is not None and codes.from_data(self.config)
+
+    @property
+    def conditional_classes(self) -> int:
+        """How many categories a sample can be asked for (0: an unconditional GAN)."""
+        return 0 if self.objective.codes is None else self.objective.codes.num_classes
 
     # ---------------------------------------------------------------- pieces
     def sample_prior(self, key: jax.Array, num: int) -> jax.Array:
@@ -164,32 +208,86 @@ class GANTask(Task):
             return jax.random.uniform(key, shape)
         return jax.random.normal(key, shape)
 
+    def g_input(self, z: jax.Array, labels: Optional[jax.Array] = None,
+                continuous: Optional[jax.Array] = None) -> jax.Array:
+        """What G is fed: z, then a conditional GAN's codes (continuous, then the one-hot
+        category of ``labels``)."""
+        codes = self.objective.codes
+        if codes is None:
+            return z
+        parts = [z] + ([continuous] if codes.continuous else [])
+        parts.append(jax.nn.one_hot(labels, codes.num_classes, dtype=z.dtype))
+        return jnp.concatenate(parts, axis=-1)
+
+    def draw_codes(self, key: jax.Array, num: int, labels: Optional[jax.Array] = None):
+        """A conditional GAN's (categories (num,) int32, continuous codes (num, n) U(-1, 1), or
+        None without any): ``labels`` when given, else categories drawn uniformly."""
+        codes = self.objective.codes
+        cat_key, cont_key = jax.random.split(key)
+        if labels is None:
+            labels = jax.random.randint(cat_key, (num,), 0, codes.num_classes)
+        continuous = (jax.random.uniform(cont_key, (num, codes.continuous), minval=-1.0,
+                                         maxval=1.0) if codes.continuous else None)
+        return jnp.asarray(labels, jnp.int32), continuous
+
     def init(self, key: jax.Array) -> GANModel:
         g_key, d_key = jax.random.split(key)
-        g_vars = self.generator.init(g_key, jnp.zeros((1, self.config.z_dim)), train=False)
-        d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False)
+        codes = self.objective.codes
+        g_in = self.config.z_dim + (0 if codes is None else codes.size)
+        g_vars = self.generator.init(g_key, jnp.zeros((1, g_in)), train=False)
+        condition = (jnp.zeros((1, codes.num_classes)) if self.objective.condition_d else None)
+        d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False,
+                                         **_condition_kwargs(condition))
         g = Network(g_vars["params"], g_vars["batch_stats"], self.tx_g.init(g_vars["params"]))
         d = Network(d_vars["params"], d_vars.get("batch_stats", {}),
                     self.tx_d.init(d_vars["params"]))
-        if self.objective.init_extra is None:
+        extra = {} if self.objective.init_extra is None else self.objective.init_extra(self.config)
+        if self.tx_info is not None:
+            extra = {**extra, "info_opt": self.tx_info.init((g.params, d.params))}
+        if not extra:
             return GANModel(g=g, d=d)
-        return StatefulGANModel(g=g, d=d, extra=self.objective.init_extra(self.config))
+        return StatefulGANModel(g=g, d=d, extra=extra)
 
     def generate(self, g: Network, z: jax.Array) -> jax.Array:
-        """G in inference mode (BatchNorm running averages): images in [-1, 1]."""
+        """G in inference mode (BatchNorm running averages) on its inputs ``z`` (with a
+        conditional GAN's codes: :meth:`g_input`): images in [-1, 1]."""
         return self.generator.apply(g.variables(), z, train=False)
 
-    def sample_images(self, model: GANModel, key: jax.Array, num: int) -> jax.Array:
-        return self.generate(model.g, self.sample_prior(key, num))
+    def sample_images(self, model: GANModel, key: jax.Array, num: int,
+                      labels: Optional[jax.Array] = None) -> jax.Array:
+        """``num`` samples; a conditional GAN draws category ``labels[i]`` for sample i (uniform
+        categories without ``labels``)."""
+        z = self.sample_prior(key, num)
+        if self.objective.codes is None:
+            if labels is not None:
+                raise JaxgenError(f"{self.name} is not a conditional GAN: its samples cannot be "
+                                  "asked for a label.")
+            return self.generate(model.g, z)
+        labels, continuous = self.draw_codes(jax.random.fold_in(key, 1), num, labels)
+        return self.generate(model.g, self.g_input(z, labels, continuous))
 
     # ---------------------------------------------------------------- step
     def train_step(self, model: GANModel, images: jax.Array, key: jax.Array,
-                   step_in_epoch: Optional[jax.Array] = None):
+                   step_in_epoch: Optional[jax.Array] = None,
+                   labels: Optional[jax.Array] = None):
         objective, config = self.objective, self.config
         g, d = model.g, model.d
         extra = getattr(model, "extra", None)
         z = parallel.shard_batch(self.sample_prior(key, images.shape[0]))
         G, D = self.generator, self.discriminator
+        categories = continuous = condition = None
+        if objective.codes is not None:  # a conditional GAN: its codes beside z
+            categories, continuous = self.draw_codes(jax.random.fold_in(key, 2),
+                                                     images.shape[0], labels)
+            categories = parallel.shard_batch(categories)
+            if continuous is not None:
+                continuous = parallel.shard_batch(continuous)
+            z = self.g_input(z, categories, continuous)
+            if objective.condition_d:
+                condition = jax.nn.one_hot(categories, objective.codes.num_classes)
+
+        def context(fake_images):
+            return LossContext(images, fake_images, extra, config, categories, continuous)
 
         # G's forward, once: its VJP serves the G step.
         def g_forward(g_params):
@@ -207,7 +305,7 @@ class GANTask(Task):
         def d_loss_fn(d_params):
             def run(points):
                 batches = [images, fake] + ([] if points is None else [points])
-                outs, stats = _grouped_apply(D, d.variables(d_params), batches)
+                outs, stats = _grouped_apply(D, d.variables(d_params), batches, condition)
                 total = 0.0 if points is None else objective.penalty.transform(outs[2]).sum()
                 return total, (outs, stats)
 
@@ -215,8 +313,7 @@ class GANTask(Task):
                 _, (outs, stats) = run(None)
             else:  # the penalty's gradient at the points, differentiated again below
                 point_grads, (outs, stats) = jax.grad(run, has_aux=True)(points)
-            loss, aux = _loss_and_aux(objective.d_loss(outs[0], outs[1],
-                                                       LossContext(images, fake, extra, config)))
+            loss, aux = _loss_and_aux(objective.d_loss(outs[0], outs[1], context(fake)))
             if points is not None:
                 loss = loss + config.gp_weight * losses.gradient_penalty(point_grads)
             return loss, (stats, aux)
@@ -233,34 +330,70 @@ class GANTask(Task):
         def g_step(g, d):
             def g_loss_fn(fake_images):
                 out, mut = D.apply(d.variables(), fake_images, train=True,
-                                   mutable=["batch_stats"])
-                loss = objective.g_loss(out, LossContext(images, fake_images, extra, config))
+                                   mutable=["batch_stats"], **_condition_kwargs(condition))
+                loss = objective.g_loss(out, context(fake_images))
                 return loss, mut.get("batch_stats", {})
 
-            (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+            if objective.info_loss is None:
+                (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+            else:
+                g_loss, d_stats, fake_grads, info = self._g_and_info_grads(d, fake, context,
+                                                                          condition)
             (g_grads,) = g_vjp(fake_grads)
             g_updates, g_opt = self.tx_g.update(g_grads, g.opt_state, g.params)
             g_stats = jax.tree.map(lambda old, once: _repeat_ema(old, once, BATCHNORM_MOMENTUM),
                                    g.batch_stats, g_stats_once)
             g = Network(optax.apply_updates(g.params, g_updates), g_stats, g_opt)
-            return g, d.replace(batch_stats=d_stats), g_loss
+            d = d.replace(batch_stats=d_stats)
+            if objective.info_loss is not None:  # the third Adam, over G and D
+                info_loss, info_fake_grads, info_d_grads = info
+                (info_g_grads,) = g_vjp(info_fake_grads)
+                updates, info_opt = self.tx_info.update((info_g_grads, info_d_grads),
+                                                        extra["info_opt"], (g.params, d.params))
+                g = g.replace(params=optax.apply_updates(g.params, updates[0]))
+                d = d.replace(params=optax.apply_updates(d.params, updates[1]))
+                return g, d, g_loss, {"info_opt": info_opt}, {"info_loss": info_loss}
+            return g, d, g_loss, {}, {}
 
         n_critic = getattr(config, "n_critic", 1)
         if n_critic == 1:
-            g, d, g_loss = g_step(g, d)
+            g, d, g_loss, new_extra, more = g_step(g, d)
         else:  # G waits: only the D step's G forward moved G's running averages
             def no_g_step(g, d):
-                return g.replace(batch_stats=g_stats_once), d, extra["g_loss"]
+                return g.replace(batch_stats=g_stats_once), d, extra["g_loss"], {}, {}
 
-            g, d, g_loss = lax.cond((step_in_epoch + 1) % n_critic == 0, g_step, no_g_step, g, d)
+            g, d, g_loss, new_extra, more = lax.cond((step_in_epoch + 1) % n_critic == 0,
+                                                     g_step, no_g_step, g, d)
+        if new_extra:
+            extra = {**extra, **new_extra}
 
-        metrics = {"D_loss": d_loss, "G_loss": g_loss}
+        metrics = {"D_loss": d_loss, "G_loss": g_loss, **more}
         if objective.after_step is not None:
             extra, more = objective.after_step(extra, d_aux, g_loss, config)
             metrics.update(more)
         if extra is None:
             return GANModel(g=g, d=d), metrics
         return StatefulGANModel(g=g, d=d, extra=extra), metrics
+
+    def _g_and_info_grads(self, d: Network, fake: jax.Array, context, condition):
+        """infoGAN's G loss and information loss from one pass of D on G(z) (training mode, as
+        the reference's single forward): G's loss, D's batch statistics, the G loss's gradient
+        at the images, and (the information loss, its gradients at the images and at D's
+        parameters)."""
+        objective, D = self.objective, self.discriminator
+
+        def both(fake_images, d_params):
+            out, mut = D.apply(d.variables(d_params), fake_images, train=True,
+                               mutable=["batch_stats"], **_condition_kwargs(condition))
+            ctx = context(fake_images)
+            losses_ = (objective.g_loss(out, ctx), objective.info_loss(out, ctx))
+            return losses_, mut.get("batch_stats", {})
+
+        (g_loss, info_loss), pullback, d_stats = jax.vjp(both, fake, d.params, has_aux=True)
+        one, zero = jnp.ones_like(g_loss), jnp.zeros_like(g_loss)
+        fake_grads, _ = pullback((one, zero))
+        info_fake_grads, info_d_grads = pullback((zero, one))
+        return g_loss, d_stats, fake_grads, (info_loss, info_fake_grads, info_d_grads)
 
     def update_after_epoch(self, model: GANModel, metrics: dict) -> tuple[GANModel, list]:
         if self.objective.after_epoch is None:
@@ -269,27 +402,75 @@ class GANTask(Task):
 
     # ---------------------------------------------------------------- pictures
     def fixed_noise(self, rng: jax.Array) -> jax.Array:
-        return self.sample_prior(named_key(rng, "sample"), SAMPLE_GRID)
+        """G's inputs of the grid drawn after every epoch, from the run's key: 64 draws of z (an
+        8x8 grid); for a conditional GAN the reference's 10x10 grid, row i one fixed z, column j
+        category j (continuous codes 0)."""
+        if self.objective.codes is None:
+            return self.sample_prior(named_key(rng, "sample"), SAMPLE_GRID)
+        n = self.objective.codes.num_classes
+        z = jnp.repeat(self.sample_prior(named_key(rng, "sample"), n), n, axis=0)
+        continuous = jnp.zeros((n * n, self.objective.codes.continuous))
+        return self.g_input(z, jnp.tile(jnp.arange(n), n), continuous)
+
+    def code_sweeps(self, key: jax.Array) -> dict[str, jax.Array]:
+        """G's inputs that sweep each continuous code from -1 to 1 (columns), the others at 0,
+        for every category (rows), with one z drawn from ``key``: ``{"code 1": (n*10, in), ...}``.
+        Empty for a GAN without continuous codes."""
+        codes = self.objective.codes
+        if codes is None or not codes.continuous:
+            return {}
+        n, steps = codes.num_classes, 10
+        z = jnp.broadcast_to(self.sample_prior(key, 1), (n * steps, self.config.z_dim))
+        categories = jnp.repeat(jnp.arange(n), steps)
+        values = jnp.tile(jnp.linspace(-1.0, 1.0, steps), n)
+        sweeps = {}
+        for k in range(codes.continuous):
+            continuous = jnp.zeros((n * steps, codes.continuous)).at[:, k].set(values)
+            sweeps[f"code {k + 1}"] = self.g_input(z, categories, continuous)
+        return sweeps
 
     def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
         images = self._generate_fixed(state.model.g, state.rng)
+        ncols = 8 if self.objective.codes is None else self.objective.codes.num_classes
+        sweeps = {}
+        if epoch == self.config.epochs:  # infoGAN: the continuous codes' sweeps
+            sweeps = {name: self._generate(state.model.g, inputs) for name, inputs
+                      in self.code_sweeps(named_key(state.rng, "sample", 2)).items()}
         if parallel.is_main_process():
             viz.save_image_grid(parallel.to_host(images),
                                 os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"),
-                                ncols=8)
+                                ncols=ncols)
+            for name, swept in sweeps.items():
+                viz.save_image_grid(parallel.to_host(swept),
+                                    os.path.join(workdir, sweep_file(self.name, name)), ncols=10)
 
     def train_end(self, workdir: str, history: dict) -> None:
         viz.save_gif(epoch_images(workdir, self.name),
                      os.path.join(workdir, f"{self.name}_generate_animation.gif"))
 
 
-def _grouped_apply(D: nn.Module, variables: dict, batches: list):
+def sweep_file(name: str, code: str) -> str:
+    """The picture of a continuous code's sweep: ``infoGAN_code1.png`` for "code 1"."""
+    return f"{name}_{code.replace(' ', '')}.png"
+
+
+def _condition_kwargs(condition) -> dict:
+    return {} if condition is None else {"condition": condition}
+
+
+def _interleave(batches: list) -> jax.Array:
+    return jnp.stack(batches, axis=1).reshape((-1,) + batches[0].shape[1:])
+
+
+def _grouped_apply(D: nn.Module, variables: dict, batches: list, condition=None):
     """D in training mode on equally sized ``batches`` in one pass, interleaved (image n of batch
     k is row n * len(batches) + k), each batch with its own BatchNorm statistics: D's outputs per
-    batch, and the batch statistics after the running averages moved once per batch, in order."""
+    batch, and the batch statistics after the running averages moved once per batch, in order.
+    ``condition`` (CGAN's one-hot labels) is the same for every batch."""
     k = len(batches)
-    both = jnp.stack(batches, axis=1).reshape((-1,) + batches[0].shape[1:])
-    out, mut = D.apply(variables, both, train=True, groups=k, mutable=["batch_stats"])
+    kwargs = {} if condition is None else {"condition": _interleave([condition] * k)}
+    out, mut = D.apply(variables, _interleave(batches), train=True, groups=k,
+                       mutable=["batch_stats"], **kwargs)
     per_batch = [jax.tree.map(lambda o, i=i: o.reshape((-1, k) + o.shape[1:])[:, i], out)
                  for i in range(k)]
     return per_batch, mut.get("batch_stats", {})

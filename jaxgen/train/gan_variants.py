@@ -1,5 +1,5 @@
-"""The unconditional GANs of pytorch-generative-model-collections on the adversarial core, and
-the registry of objectives by name (``--gan-type``).
+"""The GANs of pytorch-generative-model-collections on the adversarial core, and the registry
+of objectives by name (``--gan-type``).
 
 Each variant is its settings (a config declared once), its pair of loss functions and one entry
 in :data:`OBJECTIVES`; everything else (the step, sharding, checkpoints, pictures) is
@@ -24,6 +24,24 @@ batch 64 and z ~ U[0,1)^62:
   epoch whose M rose. The reference compares the last iteration's M; this compares the epoch's
   mean M with the previous epoch's, as its own bookkeeping (``M['cur']`` a list) intends.
 
+The conditional three (``CGAN.py``, ``ACGAN.py``, ``infoGAN.py``) feed G z with its codes
+(:class:`~jaxgen.train.gan.Codes`) and train on the real batch's labels:
+
+- CGAN (Mirza & Osindero 2014): G sees z with the one-hot label, D the image with the label as
+  10 constant planes; the vanilla GAN's BCE.
+- ACGAN (Odena et al. 2017): G as CGAN's; D has a second head, 10 class logits; D's loss adds
+  the class cross-entropy on the real and on the fake batch, G's on the fake batch; G is given
+  the real batch's labels.
+- infoGAN (Chen et al. 2016): G sees z with 2 continuous codes U(-1, 1) and a 10-way categorical
+  code, drawn uniformly (not the labels, unless ``supervised``); D's last layer has 12 more
+  outputs, the Q head (continuous codes, then the category's logits); the information loss
+  CE(category) + MSE(continuous codes) on G(z) is stepped by a third Adam over G's and D's
+  parameters, at D's learning rate, after the G step. Two fixes of the reference: it reads the
+  real/fake logit from column 1, the first continuous code's column (``x[:, self.output_dim]``
+  where column 0 was meant); here it is column 0. Its third optimiser is handed, besides the
+  information loss's gradient, what the D and G losses left in the gradients (no ``zero_grad``
+  before ``info_loss.backward()``); here it steps on the information loss's gradient alone.
+
 A new variant: a config (if it has settings of its own), two loss functions and
 ``register(Objective(...))``.
 """
@@ -41,9 +59,10 @@ import optax
 from jaxgen import losses, parallel
 from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, setting
 from jaxgen.errors import JaxgenError
-from jaxgen.models.gan import BoundaryDiscriminator, EnergyDiscriminator
+from jaxgen.models.gan import BoundaryDiscriminator, Discriminator, EnergyDiscriminator
 from jaxgen.train.gan import (
     VANILLA,
+    Codes,
     GANConfig,
     GANTask,
     LossContext,
@@ -97,6 +116,12 @@ class BEGANConfig(GANConfig):
     k_lr: float = setting(0.001, "lambda_k, the step of the equilibrium weight k", POSITIVE)
     lr_floor: float = setting(2e-5, "the learning rates are halved at the end of an epoch whose "
                               "mean M rose, down to this floor", POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class InfoGANConfig(GANConfig):
+    supervised: bool = setting(False, "feed G the real batch's labels as its categorical code "
+                               "(the reference's SUPERVISED) instead of uniform draws")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -154,6 +179,35 @@ def _boundary_d(real_out, fake_out, ctx: LossContext):
 
 def _boundary_g(fake_out, ctx: LossContext):
     return losses.l1_reconstruction(fake_out, ctx.fake)  # through D and through the target
+
+
+def _auxiliary_classifier_d(real_out, fake_out, ctx: LossContext):
+    (real_logits, real_classes), (fake_logits, fake_classes) = real_out, fake_out
+    return (losses.discriminator_loss(real_logits, fake_logits)
+            + losses.class_cross_entropy(real_classes, ctx.labels)
+            + losses.class_cross_entropy(fake_classes, ctx.labels))
+
+
+def _auxiliary_classifier_g(fake_out, ctx: LossContext):
+    fake_logits, fake_classes = fake_out
+    return (losses.generator_loss(fake_logits)
+            + losses.class_cross_entropy(fake_classes, ctx.labels))
+
+
+def _info_d(real_out, fake_out, ctx: LossContext):
+    return losses.discriminator_loss(real_out[0], fake_out[0])
+
+
+def _info_g(fake_out, ctx: LossContext):
+    return losses.generator_loss(fake_out[0])
+
+
+def _information_loss(fake_out, ctx: LossContext):
+    """CE of the Q head's category logits + MSE of its continuous codes, weight 1 each."""
+    q = fake_out[1]
+    n = ctx.continuous.shape[-1]
+    return (losses.class_cross_entropy(q[:, n:], ctx.labels)
+            + jnp.mean((q[:, :n] - ctx.continuous) ** 2))
 
 
 # ----------------------------------------------------------------------------- state
@@ -243,6 +297,15 @@ register(Objective("BEGAN", _boundary_d, _boundary_g, config_class=BEGANConfig,
                    discriminator=BoundaryDiscriminator, optimizer=_injected_adam,
                    init_extra=_began_init, after_step=_began_after_step, extra_metrics=("M", "k"),
                    after_epoch=_began_after_epoch))
+
+
+register(Objective("CGAN", VANILLA.d_loss, VANILLA.g_loss, codes=Codes(10), condition_d=True))
+register(Objective("ACGAN", _auxiliary_classifier_d, _auxiliary_classifier_g, codes=Codes(10),
+                   discriminator=functools.partial(Discriminator, head_outputs=10)))
+register(Objective("infoGAN", _info_d, _info_g, config_class=InfoGANConfig,
+                   codes=Codes(10, continuous=2, from_data=lambda config: config.supervised),
+                   discriminator=functools.partial(Discriminator, head_outputs=2 + 10),
+                   info_loss=_information_loss, extra_metrics=("info_loss",)))
 
 
 @functools.cache

@@ -280,14 +280,14 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
             return parallel.shard_batch(jnp.take(x, idx, axis=0))
 
         key = named_key(state.rng, "noise", state.step)
+        kwargs = {"step_in_epoch": i} if task.needs_step_in_epoch else {}
         if task.needs_labels:
             images, labels = data
-            extra = (gather(labels),)
+            kwargs["labels"] = gather(labels)
         else:
-            images, extra = data, ()
+            images = data
         images = gather(images).astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
-        kwargs = {"step_in_epoch": i} if task.needs_step_in_epoch else {}
-        model, metrics = task.train_step(state.model, images, key, *extra, **kwargs)
+        model, metrics = task.train_step(state.model, images, key, **kwargs)
         return state.replace(step=state.step + 1, model=model), metrics
 
     def run(state: TrainState, data, perm: jax.Array):

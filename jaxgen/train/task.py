@@ -48,6 +48,8 @@ class Task(abc.ABC):
     needs_labels: bool = False
     # True when train_step also takes ``step_in_epoch``, the step's 0-based index in its epoch.
     needs_step_in_epoch: bool = False
+    # A conditional generative model's number of categories: sample_images then takes labels.
+    conditional_classes: int = 0
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> Any:
@@ -57,11 +59,14 @@ class Task(abc.ABC):
     def train_step(self, model: Any, images: jax.Array, key: jax.Array,
                    labels: Optional[jax.Array] = None) -> tuple[Any, dict]:
         """One update on a global batch of images in [-1, 1], shape (B, H, W, C), and their
-        labels (B,) when ``needs_labels``. Pure."""
+        labels (B,) when ``needs_labels`` (the loop passes ``labels=`` and ``step_in_epoch=`` by
+        keyword). Pure."""
 
-    def sample_images(self, model: Any, key: jax.Array, num: int) -> jax.Array:
+    def sample_images(self, model: Any, key: jax.Array, num: int,
+                      labels: Optional[jax.Array] = None) -> jax.Array:
         """``num`` images in [-1, 1], shape (num, H, W, C), drawn from a generative model (GAN:
-        z from the prior through G; VAE: z from the prior through the decoder's mean)."""
+        z from the prior through G; VAE: z from the prior through the decoder's mean); a
+        conditional model draws category ``labels[i]`` for image i (uniform ones if None)."""
         raise NotImplementedError(f"{self.name} is not a generative model")
 
     @classmethod
