@@ -254,37 +254,49 @@ def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs, tm
 
 
 def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path, capsys):
-    """gan_collection.py: a row per GAN from its own eval.json and history, the floor row, the
-    last epoch's grids side by side; a rerun trains and scores nothing again, and a rerun that
-    asks for other scores scores again without training."""
+    """gan_collection.py: a row per GAN from its own eval.json and history (label accuracy for
+    the conditional ones, infoGAN's codes matched to classes), the floor row, the last epoch's
+    grids side by side; a rerun trains and scores nothing again, and a rerun that asks for other
+    scores scores again without training."""
     import csv
 
     from PIL import Image
 
     data_dir, classifier, _ = runs
     out = tmp_path / "collection"
-    flags = ("--gan-types", "GAN,LSGAN", "--epochs", 1, "--batch-size", 16, "--data-dir",
+    names = ("GAN", "ACGAN", "infoGAN")
+    flags = ("--gan-types", ",".join(names), "--epochs", 1, "--batch-size", 16, "--data-dir",
              data_dir, "--classifier", classifier, "--workdir", out)
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
                                     capsys=capsys)
     assert code == 0, err
     rows = list(csv.DictReader(open(out / "collection.csv")))
-    assert [r["gan"] for r in rows] == ["GAN", "LSGAN"]
-    for row, name in zip(rows, ("GAN", "LSGAN")):
+    assert [r["gan"] for r in rows] == list(names)
+    for row, name in zip(rows, names):
         result = json.load(open(out / name.lower() / "eval.json"))
         assert result["model"]["task"] == name and result["num_samples"] == NUM
         for key in metrics.METRICS:
             assert float(row[key]) == pytest.approx(result[key], rel=1e-3), key
         times = json.load(open(out / name.lower() / f"{name}_history.json"))["per_epoch_time"]
         assert float(row["seconds_per_epoch"]) == pytest.approx(times[0], rel=1e-3)
+        if name == "GAN":
+            assert row["label_accuracy"] == "" and "label_accuracy" not in result
+        else:
+            assert float(row["label_accuracy"]) == pytest.approx(result["label_accuracy"],
+                                                                 rel=1e-3)
+            assert 0 <= result["label_accuracy"] <= 1
+            assert 0 <= result["floor"]["label_accuracy"] <= 1
+    mapping = json.load(open(out / "infogan" / "eval.json"))["code_to_class"]
+    assert len(mapping) == 10 and all(0 <= c < 10 for c in mapping)  # every code drawn
+    assert "code_to_class" not in json.load(open(out / "acgan" / "eval.json"))
     table = open(out / "collection.md").read()
-    assert "| real test images (floor) |" in table and "| LSGAN |" in table
+    assert "| real test images (floor) |" in table and "| infoGAN |" in table
     assert f"{result['floor']['fid']:.2f}" in table or f"{result['floor']['fid']:.4g}" in table
     picture = np.asarray(Image.open(out / "collection.png").convert("L"))
-    assert picture.shape[1] > picture.shape[0]  # two panels side by side
+    assert picture.shape[1] > picture.shape[0]  # three panels side by side
     assert is_png(out / "collection.png") and picture.std() > 10
 
-    scored = {n: os.path.getmtime(out / n / "eval.json") for n in ("gan", "lsgan")}
+    scored = {n: os.path.getmtime(out / n / "eval.json") for n in ("gan", "acgan", "infogan")}
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
                                     capsys=capsys)
     assert code == 0, err
