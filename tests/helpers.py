@@ -253,6 +253,30 @@ def curve_pixels(path) -> dict:
     return {"blue": int(np.sum(blue - red > 60)), "orange": int(np.sum(red - blue > 60))}
 
 
+def tensorboard_events(workdir) -> dict:
+    """{tag: [(step, value, or (height, width, decoded pixels) for an image)]} in file order,
+    read by TensorFlow's own reader from every event file of a run's ``tensorboard/``."""
+    import glob
+    import io
+
+    import pytest
+    from PIL import Image
+
+    tf = pytest.importorskip("tensorflow")
+    series = {}
+    files = sorted(glob.glob(os.path.join(str(workdir), "tensorboard", "events.out.tfevents.*")))
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    pixels = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+                    entry = (value.image.height, value.image.width, pixels)
+                else:
+                    entry = value.simple_value
+                series.setdefault(value.tag, []).append((event.step, entry))
+    return series
+
+
 def is_png(path) -> bool:
     """Whether ``path`` is a complete, readable PNG file."""
     from PIL import Image

@@ -12,7 +12,7 @@ PACKAGE = os.path.dirname(jaxgen.__file__)
 LAYERS = [
     ("core", ("jaxgen.errors", "jaxgen.config", "jaxgen.keys", "jaxgen.workdir", "jaxgen.data",
               "jaxgen.rendezvous", "jaxgen.parallel", "jaxgen.checkpoint", "jaxgen.losses",
-              "jaxgen.viz", "jaxgen.models")),
+              "jaxgen.viz", "jaxgen.tensorboard", "jaxgen.models")),
     ("metrics", ("jaxgen.metrics",)),
     ("train", ("jaxgen.train",)),
     ("runs", ("jaxgen.runs",)),

@@ -14,6 +14,7 @@ from helpers import (
     run_in_process,
     run_script,
     script,
+    tensorboard_events,
     write_idx_dataset,
 )
 
@@ -228,6 +229,16 @@ def test_evaluation_during_training_writes_history_and_curve(runs):
     # One evaluation: one point of each curve, FID (blue) and the real-data floor (orange).
     drawn = curve_pixels(gan / "GAN_fid.png")
     assert is_png(gan / "GAN_fid.png") and drawn["blue"] > 0 and drawn["orange"] > 0, drawn
+
+
+def test_tensorboard_shows_each_evaluation(runs):
+    _, _, gan = runs
+    rows = [json.loads(line) for line in open(gan / HISTORY_FILE)]
+    events = tensorboard_events(gan)
+    for key in metrics.METRICS:  # evaluated after epoch 2 of 4 steps: at step 8
+        assert events[f"eval/{key}"] == [(8, pytest.approx(rows[0][key], rel=1e-6))]
+        assert events[f"eval_floor/{key}"] == [(8, pytest.approx(rows[0]["floor"][key],
+                                                                  rel=1e-6))]
 
 
 def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs, tmp_path):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import host_leaves
+from helpers import host_leaves, tensorboard_events
 
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
@@ -186,6 +186,17 @@ def test_training_lowers_the_loss_and_draws_pictures(uninterrupted):
     for name in ("VAE_epoch002.png", "VAE_reconstruction_epoch002.png", "VAE_curves.png",
                  "VAE_generate_animation.gif", "VAE_history.json"):
         assert (workdir / name).exists(), name
+
+
+def test_tensorboard_shows_the_curves_samples_and_reconstructions(uninterrupted):
+    workdir, _, history = uninterrupted
+    events = tensorboard_events(workdir)
+    steps = len(history.metrics["loss"]) // 2
+    for name in ("loss", "recon", "kl"):
+        assert events[name] and [v for _, v in events[name]] == pytest.approx(
+            [history.metrics[name][s - 1] for s, _ in events[name]], rel=1e-6)
+    for picture in ("VAE", "VAE_reconstruction"):
+        assert [s for s, _ in events[picture]] == [steps, 2 * steps]
 
 
 def test_resume_is_bit_identical(uninterrupted, tiny_images, tmp_path):

@@ -23,10 +23,11 @@ from jaxgen.metrics.evaluator import (
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.runs.registry import task_class
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_newest
+from jaxgen.tensorboard import EVAL_HISTORY
 from jaxgen.train.classifier import ClassifierTask
 
 EVAL_FILE = "eval.json"
-HISTORY_FILE = "eval_history.jsonl"
+HISTORY_FILE = EVAL_HISTORY  # one row per evaluation; TensorBoard's scores come from it
 
 
 def classifier_meta(classifier_dir: str) -> tuple[int, dict]:

@@ -29,6 +29,7 @@ from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
+from jaxgen.tensorboard import Board
 from jaxgen.train.history import History, write_epoch_outputs, write_history
 from jaxgen.train.state import TrainState, abstract_state, init_state
 from jaxgen.train.task import Task
@@ -145,12 +146,17 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         if main:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump({"task": task.name, "config": config.to_dict()}, f, indent=2)
+        # TensorBoard's event files, written anew from the checkpoint's history.
+        board = Board(workdir, task.name, steps_per_epoch, config.log_every) if main else None
+        if board:
+            board.rebuild(history.metrics, history.per_epoch_time)
         if start_epoch >= config.epochs:
             log(f"{workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
                 "nothing to train. Its end-of-run outputs are written anew from the history.")
             if main:  # a run killed after its last checkpoint may lack them
                 write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
                 task.train_end(workdir, history.to_dict())
+                board.close()
             ckpts.close()
             return state, history
 
@@ -187,6 +193,8 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                         _check_finite(last, epoch, i, ckpts)
                         write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
                               + _format_metrics(last))
+                        if board:
+                            board.step(epoch, i, last)
                 done += n
             if bar:
                 bar.close()
@@ -211,6 +219,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                                         "history": history.to_dict()})
             if main:
                 write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
+                board.epoch_end(epoch, history.per_epoch_time[-1])
 
         history.total_time = total_before + (time.time() - session_start)
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
@@ -218,6 +227,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         if main:
             write_history(task.name, _title(task), workdir, history)
             task.train_end(workdir, history.to_dict())
+            board.close()
         ckpts.wait()
         ckpts.close()
     return state, history
