@@ -39,7 +39,7 @@ def main() -> None:
     run.log(f"{gan_type} on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
     loop.train(task_class(config), train.images, run.workdir, run.mesh, labels=train.labels,
-               epoch_hooks=hooks)
+               epoch_hooks=hooks, profile_steps=run.options.profile_range)
 
 
 if __name__ == "__main__":

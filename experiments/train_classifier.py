@@ -24,7 +24,8 @@ def main() -> None:
     run.log(f"Classifier on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
     task = ClassifierTask(config)
-    state, _ = loop.train(task, train.images, run.workdir, run.mesh, labels=train.labels)
+    state, _ = loop.train(task, train.images, run.workdir, run.mesh, labels=train.labels,
+                          profile_steps=run.options.profile_range)
     report = write_report(task, state.model, test.images, test.labels, run.workdir,
                           num_train=len(train), epoch=config.epochs, mesh=run.mesh)
     run.log(f"Test accuracy: {report['test_accuracy']:.4f} on {report['num_test']} test "

@@ -35,7 +35,7 @@ def main() -> None:
             f"{len(train)} training images, batch {config.batch_size}, {run.describe()}")
     train_and_evaluate(config, train.images, test.images, run.workdir, run.mesh,
                        iwae_k=test_eval.iwae_k, eval_images=test_eval.eval_images,
-                       epoch_hooks=hooks, log=run.log)
+                       epoch_hooks=hooks, log=run.log, profile_steps=run.options.profile_range)
 
 
 if __name__ == "__main__":

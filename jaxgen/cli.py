@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import jax
 
 from jaxgen import parallel
-from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, Settings, setting
+from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, Check, Settings, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.evaluate import EvaluateEvery
 from jaxgen.workdir import check_workdir
@@ -26,6 +26,14 @@ from jaxgen.workdir import check_workdir
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CHECKPOINTS = os.path.join(REPO_ROOT, "checkpoints")
 EVAL_SAMPLES = 10000  # samples per evaluation during training, unless --eval-samples says
+
+
+def _is_step_range(text: str) -> bool:
+    first, sep, last = text.partition("..")
+    return bool(sep) and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)
+
+
+PROFILE_RANGE = Check(_is_step_range, "FIRST..LAST with 1 <= FIRST <= LAST, such as 10..20")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,17 @@ class RunOptions(Settings):
               "(default: checkpoints/<model>_<dataset>)", metavar="DIR")
     accelerator: str = setting("auto", "device platform to run on (auto: JAX's default)",
                                choices=parallel.ACCELERATORS)
+    profile_steps: Optional[str] = setting(
+        None, "write a jax.profiler trace of these global steps (1-based, inclusive) into "
+              "WORKDIR/tensorboard/, e.g. 10..20", PROFILE_RANGE, metavar="FIRST..LAST")
+
+    @property
+    def profile_range(self) -> Optional[tuple[int, int]]:
+        """--profile-steps as (first, last), or None."""
+        if self.profile_steps is None:
+            return None
+        first, last = self.profile_steps.split("..")
+        return int(first), int(last)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ and after a run killed mid-epoch (its stale events replaced)."""
 import jax
 import numpy as np
 import pytest
+from helpers import run_in_process, write_idx_dataset
 from helpers import tensorboard_events as _events
 from PIL import Image
 
@@ -61,3 +62,32 @@ def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images,
 
 def test_crc32c_matches_the_standard_check_value():
     assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check
+
+
+# ----------------------------------------------------------------------------- --profile-steps
+
+def test_profile_steps_write_a_trace_of_those_steps(tiny_images, tmp_path):
+    logs = []
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    loop.train(GANTask(CONFIG), tiny_images, str(tmp_path), mesh, log=logs.append,
+               profile_steps=(2, 3))
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert any(line.startswith("wrote a profile of steps 2..3 into ") for line in logs)
+
+
+@pytest.mark.parametrize("steps,message", [
+    ("5..3", "--profile-steps must be FIRST..LAST with 1 <= FIRST <= LAST, such as 10..20, "
+             "got 5..3"),
+    ("0..2", "--profile-steps must be FIRST..LAST with 1 <= FIRST <= LAST"),
+    ("ten", "--profile-steps must be FIRST..LAST"),
+    ("3..9", "--profile-steps 3..9 is outside the run's steps 1..8 (2 epochs of 4)"),
+])
+def test_profile_steps_outside_the_run_or_reversed_are_refused(steps, message, tmp_path, capsys):
+    data_dir = write_idx_dataset(str(tmp_path / "idx"))
+    code, _, err = run_in_process("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2,
+                                  "--batch-size", 16, "--workdir", tmp_path / "w",
+                                  "--profile-steps", steps, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
+    assert not (tmp_path / "w").exists()

@@ -29,6 +29,7 @@ from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
+from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
 from jaxgen.tensorboard import Board
 from jaxgen.train.history import History, write_epoch_outputs, write_history
 from jaxgen.train.state import TrainState, abstract_state, init_state
@@ -101,13 +102,16 @@ EpochHook = Callable[[Task, TrainState, int, str], None]
 
 def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
           log: Callable[[str], None] = print, labels: Optional[np.ndarray] = None,
-          epoch_hooks: Sequence[EpochHook] = ()) -> tuple[TrainState, History]:
+          epoch_hooks: Sequence[EpochHook] = (),
+          profile_steps: Optional[tuple[int, int]] = None) -> tuple[TrainState, History]:
     """Trains ``task`` on uint8 ``images`` (N, H, W, C) until ``task.config.epochs``; resumes from
     the newest checkpoint in ``workdir`` if there is one. Returns the final state and history.
 
     ``labels`` (N,) are required by tasks with ``needs_labels``. Each of ``epoch_hooks`` is called
     as ``hook(task, state, epoch, workdir)`` on every process after the task's own epoch_end
-    (e.g. an evaluation every few epochs, see ``jaxgen.metrics``)."""
+    (e.g. an evaluation every few epochs, see ``jaxgen.metrics``). ``profile_steps`` (first,
+    last), global 1-based steps, writes a ``jax.profiler`` trace of those steps (of the calls
+    holding them, with ``steps_per_call`` > 1) into ``WORKDIR/tensorboard/plugins/profile/``."""
     config = task.config
     if task.needs_labels and (labels is None or len(labels) != len(images)):
         raise JaxgenError(f"{task.name} trains on labelled images: pass one label per image.")
@@ -119,13 +123,41 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
     if steps_per_epoch == 0:
         raise JaxgenError(f"--batch-size {config.batch_size} is larger than the {len(images)} "
                           "training images; pass a smaller batch size.")
+    total = steps_per_epoch * config.epochs
+    if profile_steps is not None and not 1 <= profile_steps[0] <= profile_steps[1] <= total:
+        raise JaxgenError(f"--profile-steps {profile_steps[0]}..{profile_steps[1]} is outside "
+                          f"the run's steps 1..{total} ({config.epochs} epochs of "
+                          f"{steps_per_epoch}); pass FIRST..LAST within them.")
     workdir = ensure_writable(workdir)
     with WorkdirLock(workdir, enabled=main):
-        return _train(task, images, workdir, mesh, log, labels, epoch_hooks, steps_per_epoch)
+        return _train(task, images, workdir, mesh, log, labels, epoch_hooks, steps_per_epoch,
+                      profile_steps)
+
+
+class _Profile:
+    """A ``jax.profiler`` trace from the call that runs step ``first`` to the one that runs
+    ``last`` (global, 1-based), into ``directory``."""
+
+    def __init__(self, steps: Optional[tuple[int, int]], directory: str, log):
+        self.steps, self.directory, self.log, self.running = steps, directory, log, False
+
+    def before(self, first_step: int, n: int) -> None:
+        """Before a call of ``n`` steps from global step ``first_step``."""
+        if self.steps and not self.running and first_step <= self.steps[0] < first_step + n:
+            jax.profiler.start_trace(self.directory)
+            self.running = True
+
+    def after(self, last_step: int, state) -> None:
+        if self.running and last_step >= self.steps[1]:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.running = False
+            self.log(f"wrote a profile of steps {self.steps[0]}..{self.steps[1]} into "
+                     f"{self.directory} (TensorBoard's profile tab, or Perfetto)")
 
 
 def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels, epoch_hooks,
-           steps_per_epoch: int) -> tuple[TrainState, History]:
+           steps_per_epoch: int, profile_steps) -> tuple[TrainState, History]:
     """``train`` in a checked, writable and locked workdir."""
     config = task.config
     main = parallel.is_main_process()
@@ -174,6 +206,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         session_start = time.time()
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
+        profile = _Profile(profile_steps, os.path.join(workdir, TENSORBOARD), log)
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.time()
             perm = permutation_fn(state.rng, jnp.int32(epoch))
@@ -182,7 +215,10 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             chunks, done = [], 0
             while done < steps_per_epoch:
                 n = min(config.steps_per_call, steps_per_epoch - done)
+                first = (epoch - 1) * steps_per_epoch + done + 1  # global, 1-based
+                profile.before(first, n)
                 state, metrics = run_steps(n)(state, data, perm)  # metrics: (n,) per name
+                profile.after(first + n - 1, state)
                 chunks.append(metrics)
                 if bar:
                     bar.update(n)

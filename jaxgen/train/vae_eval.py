@@ -172,14 +172,16 @@ def evaluate_cached(task: VAETask, params, images: np.ndarray, workdir: str, epo
 
 def train_and_evaluate(config: VAEConfig, train_images: np.ndarray, test_images: np.ndarray,
                        workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
-                       epoch_hooks=(), log=print) -> tuple[VAETask, TrainState, Optional[dict]]:
+                       epoch_hooks=(), log=print,
+                       profile_steps=None) -> tuple[VAETask, TrainState, Optional[dict]]:
     """Trains (or resumes) a VAE run in ``workdir``, then evaluates it on the first
     ``eval_images`` test images (default all; 0 skips) and writes ``test_eval.json``. An
-    evaluation already written for the same epoch and settings is reused."""
+    evaluation already written for the same epoch and settings is reused. ``profile_steps`` as
+    ``loop.train``'s."""
     steps_per_epoch = len(train_images) // config.batch_size
     task = VAETask(config, steps_per_epoch=steps_per_epoch, display_images=test_images)
     state, history = loop.train(task, train_images, workdir, mesh, log=log,
-                                epoch_hooks=epoch_hooks)
+                                epoch_hooks=epoch_hooks, profile_steps=profile_steps)
     n = len(test_images) if eval_images is None else min(eval_images, len(test_images))
     if n == 0:
         return task, state, None
