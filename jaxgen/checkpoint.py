@@ -23,11 +23,14 @@ from jaxgen.errors import JaxgenError
 
 
 class _ReadOnlyNotice(logging.Filter):
-    """Drops orbax's warning that a directory opened read-only is read-only: reading a finished
-    run (sampling, evaluation) is what read-only is for, and the line would print on each open."""
+    """Drops two of orbax's notices that say nothing to act on: that a directory opened
+    read-only is read-only (reading a finished run, for sampling or evaluation, is what
+    read-only is for; the line would print on each open), and how long a save waited for the
+    previous one (every epoch's save is waited for on purpose, before training goes on)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Given directory is read only")
+        return not record.getMessage().startswith(("Given directory is read only",
+                                                   "Waiting for previous save to complete"))
 
 
 class _UnparsableInfoNotice(logging.Filter):
