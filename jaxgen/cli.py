@@ -28,6 +28,30 @@ DEFAULT_CHECKPOINTS = os.path.join(REPO_ROOT, "checkpoints")
 EVAL_SAMPLES = 10000  # samples per evaluation during training, unless --eval-samples says
 
 
+CACHE_HINT = "$XDG_CACHE_HOME/jaxgen/xla, or ~/.cache/jaxgen/xla"
+
+
+def default_compilation_cache() -> str:
+    """Where the scripts keep compiled programs when JAX_COMPILATION_CACHE_DIR is not set."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "jaxgen", "xla")
+
+
+def use_compilation_cache(enabled: bool = True) -> Optional[str]:
+    """Turns JAX's persistent compilation cache on (JAX_COMPILATION_CACHE_DIR, or
+    :func:`default_compilation_cache`) or off, before anything is compiled; returns its
+    directory (None when off)."""
+    if not enabled:
+        jax.config.update("jax_compilation_cache_dir", None)
+        return None
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_compilation_cache()
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # the small programs too (init, shuffle, sampling): together they take seconds
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory
+
+
 def _is_step_range(text: str) -> bool:
     first, sep, last = text.partition("..")
     return bool(sep) and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)
@@ -48,6 +72,10 @@ class RunOptions(Settings):
               "(default: checkpoints/<model>_<dataset>)", metavar="DIR")
     accelerator: str = setting("auto", "device platform to run on (auto: JAX's default)",
                                choices=parallel.ACCELERATORS)
+    compilation_cache: bool = setting(
+        True, "keep compiled programs in JAX's persistent compilation cache "
+              f"(JAX_COMPILATION_CACHE_DIR, else {CACHE_HINT}), so a rerun or resume starts "
+              "without compiling again")
     profile_steps: Optional[str] = setting(
         None, "write a jax.profiler trace of these global steps (1-based, inclusive) into "
               "WORKDIR/tensorboard/, e.g. 10..20", PROFILE_RANGE, metavar="FIRST..LAST")
@@ -174,6 +202,7 @@ def prepare_run(args: argparse.Namespace, config: Settings, kind: str) -> Run:
     workdir = (options.workdir if options.workdir is not None
                else os.path.join(DEFAULT_CHECKPOINTS, f"{kind}_{config.dataset}"))
     check_workdir(workdir)
+    use_compilation_cache(options.compilation_cache)
     mesh = start_devices(options.accelerator, distributed)
     parallel.check_batch_size(config.batch_size, mesh)
     log = print if parallel.is_main_process() else (lambda _: None)
@@ -210,10 +239,12 @@ def run(main: Callable[[], None]) -> None:
     """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2.
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
-    (:func:`jaxgen.parallel.reuse_host_memory`)."""
+    (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
+    persistent compilation cache (:func:`use_compilation_cache`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
     parallel.reuse_host_memory()
+    use_compilation_cache()  # a training script's --no-compilation-cache turns it off again
     try:
         main()
     except JaxgenError as e:

@@ -187,6 +187,40 @@ def test_a_label_for_an_unconditional_gan_is_refused(trained, tmp_path, capsys):
     assert "holds a GAN run" in line and not (tmp_path / "x.png").exists()
 
 
+_CACHE_PROBE = """
+import sys
+import jax, jax.numpy as jnp
+from jaxgen import cli
+from jaxgen.train.gan import GANConfig
+
+def main():
+    args = cli.training_parser("probe", GANConfig).parse_args(sys.argv[1:])
+    cli.prepare_run(args, GANConfig.from_flags(args), "probe")
+    print(jax.jit(lambda x: jnp.sin(x) * 3)(jnp.arange(4.0)).sum())
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("flags,kept", [((), True), (("--no-compilation-cache",), False)])
+def test_scripts_keep_compiled_programs_unless_told_not_to(flags, kept, tmp_path):
+    """Without JAX_COMPILATION_CACHE_DIR, a script's programs go to $XDG_CACHE_HOME/jaxgen/xla,
+    where a rerun finds them; --no-compilation-cache keeps none."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE, "--workdir", str(tmp_path / "w"),
+                           *flags], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cache = tmp_path / "cache" / "jaxgen" / "xla"
+    entries = list(cache.iterdir()) if cache.exists() else []
+    assert bool(entries) == kept, entries
+
+
 def test_scripts_print_each_line_at_once_into_a_pipe():
     """A log redirected to a file or a pipe shows each line when it is printed (cli.run makes
     standard output line-buffered), not when a buffer fills minutes later."""
