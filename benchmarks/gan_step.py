@@ -9,6 +9,13 @@ its compile time, the time from start to the end of step 100 (the reference's fi
 and peak memory; then, when torch is installed, the reference's own code shape
 (``benchmarks/torch_gan.py``) in a separate process, timed the same way. Compare figures only
 within one run: the ratio is the result, machines differ.
+
+    python benchmarks/gan_step.py --epoch             # one whole epoch on the default device
+
+--epoch times one whole epoch instead (937 steps at batch 64, on random images, so no dataset
+is needed) as the training loop runs it: --steps-per-call steps a call, by default auto (the
+whole epoch in one program on GPU and TPU, 1 on CPU); it prints the device kind, the seconds
+of the epoch and its compile time.
 """
 
 import argparse
@@ -28,6 +35,9 @@ import numpy as np
 from jaxgen import parallel
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.state import init_state
+from jaxgen.train.task import resolve_steps_per_call
+
+EPOCH_IMAGES = 60000  # the size of MNIST's training split: 937 steps at batch 64
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,7 +76,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
     with jax.set_mesh(mesh):
         state = jax.jit(lambda: init_state(task, 0),
                         out_shardings=parallel.replicated(mesh))()
-        data = parallel.put_replicated(images, mesh)
+        data = _data(task, images, mesh)
         step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
                                         compiler_options={} if xla_defaults else None)
         perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
@@ -96,6 +106,57 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
             "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
             "compile_s": compile_s, "first_log_s": first_log,
             "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
+
+
+def _data(task, images: np.ndarray, mesh):
+    """The training data as the loop holds it: the images, with labels for a conditional GAN."""
+    data = parallel.put_replicated(images, mesh)
+    if not task.needs_labels:
+        return data
+    labels = np.random.RandomState(1).randint(0, 10, len(images)).astype(np.int32)
+    return data, parallel.put_replicated(labels, mesh)
+
+
+def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
+               num_images: int = EPOCH_IMAGES) -> dict:
+    """Times one whole epoch of ``gan_type`` on ``num_images`` random images as the loop runs it,
+    ``steps_per_call`` steps a call (None: auto for the mesh's platform), after one untimed
+    call."""
+    task_class = gan_variants.task_class(gan_type)
+    task = task_class(task_class.config_class(batch_size=batch_size,
+                                              steps_per_call=steps_per_call))
+    steps_per_epoch = num_images // batch_size
+    per_call = resolve_steps_per_call(task.config, mesh.devices.flat[0].platform,
+                                      steps_per_epoch)
+    images = np.random.RandomState(0).randint(0, 256, (steps_per_epoch * batch_size, 28, 28, 1),
+                                              dtype=np.uint8)
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda: init_state(task, 0),
+                        out_shardings=parallel.replicated(mesh))()
+        data = _data(task, images, mesh)
+        perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
+        calls = {}
+        compile_s = 0.0
+        for n in sorted({per_call, steps_per_epoch % per_call} - {0}):
+            t = time.perf_counter()
+            calls[n] = loop.build_train_step(task, mesh, steps_per_epoch, n).lower(
+                state, data, perm).compile()
+            compile_s += time.perf_counter() - t
+        state, _ = calls[per_call](state, data, perm)  # warm-up
+        jax.block_until_ready(state)
+        t0, done = time.perf_counter(), 0
+        while done < steps_per_epoch:
+            n = min(per_call, steps_per_epoch - done)
+            state, metrics = calls[n](state, data, perm)
+            done += n
+        jax.block_until_ready((state, metrics))
+        seconds = time.perf_counter() - t0
+    device = mesh.devices.flat[0]
+    return {"gan_type": gan_type, "device": f"{mesh.size} x {device.device_kind} "
+                                            f"({device.platform})",
+            "batch_size": batch_size, "steps": steps_per_epoch, "steps_per_call": per_call,
+            "epoch_s": seconds, "steps_per_s": steps_per_epoch / seconds,
+            "compile_s": compile_s}
 
 
 def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
@@ -151,9 +212,13 @@ def main() -> None:
     parser.add_argument("--forms", default="sub-pixel",
                         help="generator transposed-conv forms to time: sub-pixel, direct or "
                              "both comma-separated (%(default)s)")
-    parser.add_argument("--steps-per-call", type=int, default=1,
+    parser.add_argument("--steps-per-call", type=int, default=None,
                         help="jaxgen train steps per compiled call (lax.scan); --steps must be "
-                             "a multiple (%(default)s)")
+                             "a multiple (default 1; with --epoch, auto)")
+    parser.add_argument("--epoch", action="store_true",
+                        help="time one whole epoch of the first --batch-sizes instead")
+    parser.add_argument("--epoch-images", type=int, default=EPOCH_IMAGES,
+                        help="random images of the --epoch (%(default)s)")
     parser.add_argument("--xla-defaults", action="store_true",
                         help="also time the first form compiled with XLA's default options, "
                              "without jaxgen.parallel.compiler_options")
@@ -171,6 +236,11 @@ def main() -> None:
     forms = [f.strip() for f in args.forms.split(",")]
     if not set(forms) <= {"sub-pixel", "direct"}:
         sys.exit("error: --forms takes sub-pixel, direct or both, comma-separated.")
+    if args.epoch:
+        parallel.reuse_host_memory()  # what jaxgen's scripts do first
+        run_epoch(args, batch_sizes[0])
+        return
+    args.steps_per_call = args.steps_per_call or 1
     if args.steps_per_call < 1 or args.steps % args.steps_per_call:
         sys.exit("error: --steps must be a positive multiple of --steps-per-call.")
     reused = parallel.reuse_host_memory()  # what jaxgen's scripts do first
@@ -239,6 +309,25 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "steps": args.steps, "results": results}, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+def run_epoch(args, batch_size: int) -> None:
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(batch_size, mesh)
+    if args.steps_per_call is not None and args.steps_per_call < 1:
+        sys.exit("error: --steps-per-call must be a positive integer.")
+    if args.epoch_images < batch_size:
+        sys.exit("error: --epoch-images must be at least the batch size.")
+    info = machine()
+    row = time_epoch(batch_size, mesh, args.steps_per_call, args.gan_type, args.epoch_images)
+    print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on {row['device']}")
+    print(f"{row['gan_type']}: one epoch of {row['steps']} steps at batch {batch_size}, "
+          f"{row['steps_per_call']} steps a call: {row['epoch_s']:.2f} s "
+          f"({row['steps_per_s']:.1f} steps/s; compile {row['compile_s']:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "epoch": row}, f, indent=2)
         print(f"wrote {args.json}")
 
 

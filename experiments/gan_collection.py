@@ -103,9 +103,9 @@ def main() -> None:
 
 def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOptions,
                classifier_epoch: int) -> Optional[dict]:
-    """The eval.json of ``workdir`` if it scores the run this command asks for, trained to its
-    last epoch, with this classifier checkpoint: else None (the GAN is then trained, or
-    resumed, and scored)."""
+    """The eval.json of ``workdir`` if it scores the run this command asks for (the settings a
+    resumed run may not change, and --epochs), trained to its last epoch, with this classifier
+    checkpoint: else None (the GAN is then trained, or resumed, and scored)."""
     try:
         with open(os.path.join(workdir, "config.json")) as f:
             trained = json.load(f)
@@ -113,9 +113,9 @@ def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOp
             result = json.load(f)
     except (OSError, ValueError):
         return None
-    asked = {"task": name, "config": json.loads(json.dumps(config.to_dict()))}
     try:
-        same = (trained == asked
+        same = (trained["task"] == name and not config.conflicts(trained["config"])
+                and trained["config"]["epochs"] == config.epochs
                 and result["model"]["checkpoint_epoch"] == config.epochs
                 and result["num_samples"] == options.num_samples
                 and result["seed"] == config.seed

@@ -56,12 +56,13 @@ DISTINCT_NON_NEGATIVE = Check(lambda v: len(v) > 0 and len(set(v)) == len(v)
 
 def setting(default: Any, help: str, check: Optional[Check] = None, *,
             choices: Optional[Sequence[str]] = None, resumable: bool = False,
-            metavar: Optional[str] = None) -> Any:
+            metavar: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None) -> Any:
     """A dataclass field that is also a flag: ``help`` for ``--help``; ``check`` (or
-    ``choices``) for the validation; ``resumable``: a resumed run may change it."""
+    ``choices``) for the validation; ``resumable``: a resumed run may change it; ``parse``: the
+    flag's own text-to-value function, where the field's type does not say it."""
     return dataclasses.field(default=default, metadata={
         "help": help, "check": check, "choices": tuple(choices) if choices else None,
-        "resumable": resumable, "metavar": metavar})
+        "resumable": resumable, "metavar": metavar, "parse": parse})
 
 
 def flag_name(name: str) -> str:
@@ -150,7 +151,9 @@ class Settings:
             kind, _ = _base_type(types[f.name])
             default = getattr(defaults, f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")
+            parse = f.metadata.get("parse")
+            text = f.metadata["help"] + ("" if default is None or parse else
+                                         f" (default: {shown})")
             kwargs = dict(default=default, metavar=f.metadata["metavar"],
                           help=text.replace("%", "%%"))
             if kind is bool:
@@ -159,7 +162,7 @@ class Settings:
             elif kind is tuple:
                 kwargs["type"] = _comma_separated(typing.get_args(types[f.name])[0])
             else:
-                kwargs["type"] = _PARSERS.get(kind, kind)
+                kwargs["type"] = parse or _PARSERS.get(kind, kind)
                 if f.metadata["choices"]:
                     kwargs["choices"] = f.metadata["choices"]
             target.add_argument(flag_name(f.name), **kwargs)

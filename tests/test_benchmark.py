@@ -58,3 +58,21 @@ def test_benchmark_refuses_steps_that_do_not_fill_whole_calls():
          "--steps-per-call", "2", "--no-torch"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "--steps must be a positive multiple of --steps-per-call" in proc.stderr
+
+
+def test_benchmark_times_a_whole_epoch(tmp_path):
+    """--epoch at a tiny size: every step of the epoch timed, in calls of the steps asked for
+    (here 2 of 3: a call of 2 and one of 1), the device named."""
+    out = tmp_path / "epoch.json"
+    env = {**os.environ, "XLA_FLAGS": ""}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--epoch",
+         "--batch-sizes", "8", "--epoch-images", "24", "--steps-per-call", "2",
+         "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["epoch"]
+    assert (row["steps"], row["steps_per_call"], row["batch_size"]) == (3, 2, 8)
+    assert row["device"].endswith("(cpu)") and row["epoch_s"] > 0
+    assert (f"GAN: one epoch of 3 steps at batch 8, 2 steps a call: {row['epoch_s']:.2f} s"
+            in proc.stdout)
+    assert row["device"] in proc.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -67,13 +68,76 @@ class GroupedBatchNorm(nn.Module):
         return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
 
 
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain_conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _canonical_conv(x, kernel, strides, padding):
+    return _plain_conv(x, kernel, strides, padding)
+
+
+def _canonical_conv_fwd(x, kernel, strides, padding):
+    return _plain_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _canonical_conv_bwd(strides, padding, residuals, dy):
+    """Both gradients as NHWC/HWIO convolutions of explicitly transposed operands; the
+    optimisation barriers keep XLA from folding the transposes back into the convolutions'
+    dimension numbers."""
+    x, kernel = residuals
+    k = kernel.shape[:2]
+    flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    dx_padding = []
+    for axis in range(2):  # the transposed convolution of dy, dilated by the stride
+        lo = k[axis] - 1 - padding[axis][0]
+        size = (dy.shape[1 + axis] - 1) * strides[axis] + 1
+        dx_padding.append((lo, x.shape[1 + axis] + k[axis] - 1 - size - lo))
+    dx = lax.conv_general_dilated(dy, flipped, (1, 1), dx_padding, lhs_dilation=strides,
+                                  dimension_numbers=_DN)
+    # dkernel[i, j, c, o] = sum over n, h, w of x_padded[n, s h + i, s w + j, c] dy[n, h, w, o]:
+    # a convolution of x with channels as its batch by dy with its batch as input channels.
+    x_t = lax.optimization_barrier(x.transpose(3, 1, 2, 0))  # (C, H, W, N)
+    dy_t = lax.optimization_barrier(dy.transpose(1, 2, 0, 3))  # (H', W', N, O)
+    dk = lax.conv_general_dilated(x_t, dy_t, (1, 1), padding, rhs_dilation=strides,
+                                  dimension_numbers=_DN)  # (C, >= kh, >= kw, O)
+    return dx, dk.transpose(1, 2, 0, 3)[:k[0], :k[1]]
+
+
+_canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
+def canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """``lax.conv_general_dilated`` whose gradients are computed as NHWC/HWIO convolutions.
+
+    The same maths. XLA:CPU rewrites a convolution's gradients into the dimension order its fast
+    kernels take, but not inside a loop: in a ``lax.scan`` over train steps
+    (``--steps-per-call``) they stayed in the order autodiff gives them and ran as generic,
+    far slower code (``docs/performance.md``). Written out here, the gradients are fast in both.
+    Takes what ``flax.linen.Conv`` passes; anything but an undilated, ungrouped NHWC/HWIO
+    convolution goes to ``lax.conv_general_dilated`` as it is."""
+    canonical = (lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
+                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                               dimension_numbers or _DN))
+    undilated = all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+    if (not canonical or not undilated or feature_group_count != 1 or precision is not None
+            or kwargs or isinstance(padding, str)):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
+    return _canonical_conv(lhs, rhs, tuple(window_strides),
+                           tuple(tuple(int(p) for p in pair) for pair in padding))
+
+
 def Conv4x4Down(features: int, name=None) -> nn.Conv:
     """4x4 stride-2 convolution with padding 1 (PyTorch ``Conv2d(c, features, 4, 2, 1)``)."""
     return nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                   kernel_init=weight_init, bias_init=bias_init, name=name)
-
-
-_DN = ("NHWC", "HWIO", "NHWC")
+                   kernel_init=weight_init, bias_init=bias_init, name=name,
+                   conv_general_dilated=canonical_conv)
 
 
 def conv_transpose_4x4_s2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -113,8 +177,7 @@ def conv_transpose_4x4_s2_subpixel(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.n
     faster than the direct form's (``benchmarks/gan_step.py --forms sub-pixel,direct``)."""
     n, h, w, _ = x.shape
     cout = kernel.shape[-1]
-    y = lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
-                                 dimension_numbers=_DN)
+    y = canonical_conv(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)))
     y = y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(n, 2 * h, 2 * w, cout)
 

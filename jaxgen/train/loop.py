@@ -33,7 +33,7 @@ from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
 from jaxgen.tensorboard import Board
 from jaxgen.train.history import History, write_epoch_outputs, write_history
 from jaxgen.train.state import TrainState, abstract_state, init_state
-from jaxgen.train.task import Task
+from jaxgen.train.task import Task, resolve_steps_per_call
 from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
 
@@ -207,6 +207,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
         profile = _Profile(profile_steps, os.path.join(workdir, TENSORBOARD), log)
+        per_call = resolve_steps_per_call(config, mesh.devices.flat[0].platform, steps_per_epoch)
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.time()
             perm = permutation_fn(state.rng, jnp.int32(epoch))
@@ -214,7 +215,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             write = bar.write if bar else log
             chunks, done = [], 0
             while done < steps_per_epoch:
-                n = min(config.steps_per_call, steps_per_epoch - done)
+                n = min(per_call, steps_per_epoch - done)
                 first = (epoch - 1) * steps_per_epoch + done + 1  # global, 1-based
                 profile.before(first, n)
                 state, metrics = run_steps(n)(state, data, perm)  # metrics: (n,) per name

@@ -8,6 +8,7 @@ settings, each declared once (``jaxgen.config.setting``).
 from __future__ import annotations
 
 import abc
+import argparse
 import dataclasses
 from typing import Any, Optional
 
@@ -31,10 +32,29 @@ class TrainConfig(Settings):
     keep_checkpoints: int = setting(3, "how many of the newest per-epoch checkpoints to keep",
                                     POSITIVE_INT, resumable=True)
     # A lax.scan over steps: 1 dispatches every step from Python; a whole epoch (e.g. 937) makes
-    # one program of it, which saves the per-step dispatch on accelerators.
-    steps_per_call: int = setting(
-        1, "train steps per compiled call (a lax.scan); e.g. a whole epoch on an accelerator; "
-           "the same steps, rounded differently", POSITIVE_INT, resumable=True)
+    # one program of it, which saves the per-step dispatch on accelerators. None: auto.
+    steps_per_call: Optional[int] = setting(
+        None, "train steps per compiled call (a lax.scan), or auto: a whole epoch on GPU and "
+              "TPU, 1 on CPU, where the log lines then come as the steps run (default: auto); "
+              "the same steps, rounded differently", POSITIVE_INT, resumable=True,
+        metavar="N|auto", parse=lambda text: None if text == "auto" else _positive_int(text))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") \
+            from None
+
+
+def resolve_steps_per_call(config: TrainConfig, platform: str, steps_per_epoch: int) -> int:
+    """The steps each compiled call runs: ``config.steps_per_call``, or for auto (None) a whole
+    epoch on an accelerator (GPU, TPU), where dispatching each small step from Python would
+    cost more than the step, and 1 on CPU, so that the log lines come as the steps run."""
+    if config.steps_per_call is not None:
+        return config.steps_per_call
+    return 1 if platform == "cpu" else steps_per_epoch
 
 
 class Task(abc.ABC):
