@@ -120,6 +120,8 @@ class EventWriter:
         self._file.write(_record(_event(step, summary)))
 
     def image(self, step: int, tag: str, png_path: str) -> None:
+        """The PNG file ``png_path`` as an image; an OSError (PIL's UnidentifiedImageError is
+        one) when it is not a picture, with nothing written."""
         from PIL import Image  # the pictures' own library; loaded when there is one
 
         with open(png_path, "rb") as f:
@@ -170,7 +172,10 @@ class Board:
         self._writer.scalars(step, {"epoch_time": seconds})
         suffix = f"_epoch{epoch:03d}.png"
         for path in sorted(glob.glob(os.path.join(self.workdir, f"{self.name}*{suffix}"))):
-            self._writer.image(step, os.path.basename(path)[:-len(suffix)], path)
+            try:
+                self._writer.image(step, os.path.basename(path)[:-len(suffix)], path)
+            except (OSError, ValueError):  # not a picture after all: TensorBoard goes without
+                continue
         row = self._eval_row(epoch)
         if row is not None:
             self._writer.scalars(step, {f"eval/{k}": v for k, v in row.items()

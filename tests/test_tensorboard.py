@@ -60,6 +60,14 @@ def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images,
     assert [s for s, _ in resumed["GAN"]] == [4, 8]
 
 
+def test_a_file_named_like_a_grid_that_is_no_picture_does_not_stop_the_run(tiny_images,
+                                                                          tmp_path):
+    (tmp_path / "GAN_notes_epoch001.png").write_text("not a picture")
+    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    events = _events(tmp_path)
+    assert "GAN_notes" not in events and [s for s, _ in events["GAN"]] == [4]
+
+
 def test_crc32c_matches_the_standard_check_value():
     assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check
 
