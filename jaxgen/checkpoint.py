@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -58,6 +59,33 @@ class _UnparsableInfoNotice(logging.Filter):
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 logging.getLogger("absl").addFilter(_UnparsableInfoNotice())
+
+
+_failed_reads = False  # whether a restore in this process failed while reading arrays
+
+
+def _drop_abandoned_reads(previous_hook):
+    """A ``sys.unraisablehook`` for what a failed restore leaves behind. Orbax reads arrays
+    concurrently; when one fails, the others are abandoned, and as they finish or are collected
+    they raise again where nothing can catch it: Python would print each ("Exception ignored
+    in: <coroutine object _read_array_index_and_device_put ...>", or tensorstore's callbacks'
+    "RuntimeError: Event loop is closed") with a long traceback, often at exit, dozens of
+    them. The cause is in the fallback's warning line already: after a failed restore those two
+    are dropped; any other report goes to ``previous_hook``."""
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        abandoned_read = code is not None and code.co_name == "_read_array_index_and_device_put"
+        loop_closed = (isinstance(unraisable.exc_value, RuntimeError)
+                       and str(unraisable.exc_value) == "Event loop is closed")
+        if _failed_reads and (abandoned_read or loop_closed):
+            return
+        previous_hook(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -144,6 +172,8 @@ class Checkpoints:
             except JaxgenError:
                 raise
             except Exception as e:  # any failure to read: try the previous one
+                global _failed_reads
+                _failed_reads = True
                 reason = failure_reason(e)
                 unreadable.append(f"epoch {epoch}: {reason}")
                 log(f"warning: checkpoint of epoch {epoch} cannot be read ({reason}); trying "
