@@ -71,15 +71,10 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
     task_class = gan_variants.task_class(gan_type)
     task = task_class(task_class.config_class(batch_size=batch_size), subpixel=subpixel)
     steps_per_epoch = 16
-    images = np.random.RandomState(0).randint(0, 256, (batch_size * steps_per_epoch, 28, 28, 1),
-                                              dtype=np.uint8)
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda: init_state(task, 0),
-                        out_shardings=parallel.replicated(mesh))()
-        data = _data(task, images, mesh)
+        state, data, perm = _start(task, steps_per_epoch, mesh)
         step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
                                         compiler_options={} if xla_defaults else None)
-        perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
         t = time.perf_counter()
         step = step_fn.lower(state, data, perm).compile()
         compile_s = time.perf_counter() - t
@@ -108,13 +103,18 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
             "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
 
 
-def _data(task, images: np.ndarray, mesh):
-    """The training data as the loop holds it: the images, with labels for a conditional GAN."""
+def _start(task, steps_per_epoch: int, mesh):
+    """A fresh train state, an epoch of random images (with labels for a conditional GAN) on the
+    devices as the loop holds them, and the epoch's shuffle; inside ``jax.set_mesh(mesh)``."""
+    state = jax.jit(lambda: init_state(task, 0), out_shardings=parallel.replicated(mesh))()
+    n = steps_per_epoch * task.config.batch_size
+    images = np.random.RandomState(0).randint(0, 256, (n, 28, 28, 1), dtype=np.uint8)
     data = parallel.put_replicated(images, mesh)
-    if not task.needs_labels:
-        return data
-    labels = np.random.RandomState(1).randint(0, 10, len(images)).astype(np.int32)
-    return data, parallel.put_replicated(labels, mesh)
+    if task.needs_labels:
+        labels = np.random.RandomState(1).randint(0, 10, n).astype(np.int32)
+        data = (data, parallel.put_replicated(labels, mesh))
+    perm = loop.build_permutation(mesh, n)(state.rng, jnp.int32(1))
+    return state, data, perm
 
 
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
@@ -128,13 +128,8 @@ def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN"
     steps_per_epoch = num_images // batch_size
     per_call = resolve_steps_per_call(task.config, mesh.devices.flat[0].platform,
                                       steps_per_epoch)
-    images = np.random.RandomState(0).randint(0, 256, (steps_per_epoch * batch_size, 28, 28, 1),
-                                              dtype=np.uint8)
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda: init_state(task, 0),
-                        out_shardings=parallel.replicated(mesh))()
-        data = _data(task, images, mesh)
-        perm = loop.build_permutation(mesh, len(images))(state.rng, jnp.int32(1))
+        state, data, perm = _start(task, steps_per_epoch, mesh)
         calls = {}
         compile_s = 0.0
         for n in sorted({per_call, steps_per_epoch % per_call} - {0}):
