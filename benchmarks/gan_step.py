@@ -14,7 +14,7 @@ within one run: the ratio is the result, machines differ.
 
 --epoch times one whole epoch instead (937 steps at batch 64, on random images, so no dataset
 is needed) as the training loop runs it: --steps-per-call steps a call, by default auto (the
-whole epoch in one program on GPU and TPU, 1 on CPU); it prints the device kind, the seconds
+whole epoch in one program); it prints the device kind, the seconds
 of the epoch and its compile time.
 """
 
@@ -120,14 +120,13 @@ def _start(task, steps_per_epoch: int, mesh):
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
                num_images: int = EPOCH_IMAGES) -> dict:
     """Times one whole epoch of ``gan_type`` on ``num_images`` random images as the loop runs it,
-    ``steps_per_call`` steps a call (None: auto for the mesh's platform), after one untimed
+    ``steps_per_call`` steps a call (None: auto, the whole epoch), after one untimed
     call."""
     task_class = gan_variants.task_class(gan_type)
     task = task_class(task_class.config_class(batch_size=batch_size,
                                               steps_per_call=steps_per_call))
     steps_per_epoch = num_images // batch_size
-    per_call = resolve_steps_per_call(task.config, mesh.devices.flat[0].platform,
-                                      steps_per_epoch)
+    per_call = resolve_steps_per_call(task.config, steps_per_epoch)
     with jax.set_mesh(mesh):
         state, data, perm = _start(task, steps_per_epoch, mesh)
         calls = {}

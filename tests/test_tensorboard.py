@@ -74,14 +74,16 @@ def test_crc32c_matches_the_standard_check_value():
 
 # ----------------------------------------------------------------------------- --profile-steps
 
-def test_profile_steps_write_a_trace_of_those_steps(tiny_images, tmp_path):
+def test_profile_steps_write_a_trace_of_the_calls_holding_those_steps(tiny_images, tmp_path):
     logs = []
     mesh = parallel.make_mesh(jax.devices()[:1])
     loop.train(GANTask(CONFIG), tiny_images, str(tmp_path), mesh, log=logs.append,
-               profile_steps=(2, 3))
+               profile_steps=(6, 7))  # epoch 2's program runs steps 5..8
     traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
-    assert any(line.startswith("wrote a profile of steps 2..3 into ") for line in logs)
+    assert any(line.startswith("wrote a profile of steps 5..8, the calls holding steps 6..7 "
+                               "(--steps-per-call 1 traces those alone) into ")
+               for line in logs), logs
 
 
 @pytest.mark.parametrize("steps,message", [

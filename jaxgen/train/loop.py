@@ -145,15 +145,19 @@ class _Profile:
         """Before a call of ``n`` steps from global step ``first_step``."""
         if self.steps and not self.running and first_step <= self.steps[0] < first_step + n:
             jax.profiler.start_trace(self.directory)
-            self.running = True
+            self.running, self.first = True, first_step
 
     def after(self, last_step: int, state) -> None:
         if self.running and last_step >= self.steps[1]:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             self.running = False
-            self.log(f"wrote a profile of steps {self.steps[0]}..{self.steps[1]} into "
-                     f"{self.directory} (TensorBoard's profile tab, or Perfetto)")
+            traced = f"steps {self.first}..{last_step}"
+            if (self.first, last_step) != self.steps:
+                traced += (f", the calls holding steps {self.steps[0]}..{self.steps[1]} "
+                           "(--steps-per-call 1 traces those alone)")
+            self.log(f"wrote a profile of {traced} into {self.directory} "
+                     "(TensorBoard's profile tab, or Perfetto)")
 
 
 def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels, epoch_hooks,
@@ -207,7 +211,10 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
         profile = _Profile(profile_steps, os.path.join(workdir, TENSORBOARD), log)
-        per_call = resolve_steps_per_call(config, mesh.devices.flat[0].platform, steps_per_epoch)
+        per_call = resolve_steps_per_call(config, steps_per_epoch)
+        if per_call > config.log_every:
+            log(f"Each compiled call runs {min(per_call, steps_per_epoch)} steps; their log "
+                "lines come when it ends (--steps-per-call 1 prints them as the steps run).")
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.time()
             perm = permutation_fn(state.rng, jnp.int32(epoch))

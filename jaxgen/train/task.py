@@ -31,12 +31,11 @@ class TrainConfig(Settings):
     log_every: int = setting(100, "steps between log lines", POSITIVE_INT, resumable=True)
     keep_checkpoints: int = setting(3, "how many of the newest per-epoch checkpoints to keep",
                                     POSITIVE_INT, resumable=True)
-    # A lax.scan over steps: 1 dispatches every step from Python; a whole epoch (e.g. 937) makes
-    # one program of it, which saves the per-step dispatch on accelerators. None: auto.
+    # A lax.scan over steps, the data resident on the devices. None: auto, a whole epoch.
     steps_per_call: Optional[int] = setting(
-        None, "train steps per compiled call (a lax.scan), or auto: a whole epoch on GPU and "
-              "TPU, 1 on CPU, where the log lines then come as the steps run (default: auto); "
-              "the same steps, rounded differently", POSITIVE_INT, resumable=True,
+        None, "train steps per compiled call (a lax.scan), or auto: one program per epoch, "
+              "whose log lines come when it ends (default: auto; 1 prints them as the steps "
+              "run); the same steps, rounded differently", POSITIVE_INT, resumable=True,
         metavar="N|auto", parse=lambda text: None if text == "auto" else _positive_int(text))
 
 
@@ -48,13 +47,14 @@ def _positive_int(text: str) -> int:
             from None
 
 
-def resolve_steps_per_call(config: TrainConfig, platform: str, steps_per_epoch: int) -> int:
-    """The steps each compiled call runs: ``config.steps_per_call``, or for auto (None) a whole
-    epoch on an accelerator (GPU, TPU), where dispatching each small step from Python would
-    cost more than the step, and 1 on CPU, so that the log lines come as the steps run."""
+def resolve_steps_per_call(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The steps each compiled call runs: ``config.steps_per_call``, or for auto (None) the
+    whole epoch, on every platform. On an accelerator, dispatching each small step from Python
+    would cost more than the step; on CPU the epoch program runs as fast as single steps
+    (docs/performance.md), so tests on CPU run the program an accelerator runs."""
     if config.steps_per_call is not None:
         return config.steps_per_call
-    return 1 if platform == "cpu" else steps_per_epoch
+    return steps_per_epoch
 
 
 class Task(abc.ABC):
