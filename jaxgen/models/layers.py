@@ -8,6 +8,7 @@ BatchNorm keeps scale 1 and offset 0. Its BatchNorm momentum 0.1 is Flax's momen
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -71,66 +72,105 @@ class GroupedBatchNorm(nn.Module):
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def _plain_conv(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
+class _Geometry(NamedTuple):
+    """One convolution's static shape: what its two gradients need besides their operands."""
+    strides: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    lhs_dilation: tuple[int, int]
+    rhs_dilation: tuple[int, int]
+    input_hw: tuple[int, int]  # the input's height and width
+    kernel_hw: tuple[int, int]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _canonical_conv(x, kernel, strides, padding):
-    return _plain_conv(x, kernel, strides, padding)
+def _canonical(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation):
+    # The barrier keeps XLA from folding a transpose or a reversal that made an operand into
+    # the convolution's dimension numbers, which would take it out of the fast order.
+    lhs, rhs = lax.optimization_barrier((lhs, rhs))
+    return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers=_DN)
 
 
-def _canonical_conv_fwd(x, kernel, strides, padding):
-    return _plain_conv(x, kernel, strides, padding), (x, kernel)
+def _dilated(size: int, dilation: int) -> int:
+    return 0 if size == 0 else 1 + dilation * (size - 1)
 
 
-def _canonical_conv_bwd(strides, padding, residuals, dy):
-    """Both gradients as NHWC/HWIO convolutions of explicitly transposed operands; the
-    optimisation barriers keep XLA from folding the transposes back into the convolutions'
-    dimension numbers."""
-    x, kernel = residuals
-    k = kernel.shape[:2]
-    flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
-    dx_padding = []
-    for axis in range(2):  # the transposed convolution of dy, dilated by the stride
-        lo = k[axis] - 1 - padding[axis][0]
-        size = (dy.shape[1 + axis] - 1) * strides[axis] + 1
-        dx_padding.append((lo, x.shape[1 + axis] + k[axis] - 1 - size - lo))
-    dx = lax.conv_general_dilated(dy, flipped, (1, 1), dx_padding, lhs_dilation=strides,
-                                  dimension_numbers=_DN)
-    # dkernel[i, j, c, o] = sum over n, h, w of x_padded[n, s h + i, s w + j, c] dy[n, h, w, o]:
-    # a convolution of x with channels as its batch by dy with its batch as input channels.
-    x_t = lax.optimization_barrier(x.transpose(3, 1, 2, 0))  # (C, H, W, N)
-    dy_t = lax.optimization_barrier(dy.transpose(1, 2, 0, 3))  # (H', W', N, O)
-    dk = lax.conv_general_dilated(x_t, dy_t, (1, 1), padding, rhs_dilation=strides,
-                                  dimension_numbers=_DN)  # (C, >= kh, >= kw, O)
-    return dx, dk.transpose(1, 2, 0, 3)[:k[0], :k[1]]
+def _sizes(g: _Geometry, output_hw) -> tuple[list, list, list, list]:
+    x = [_dilated(n, d) for n, d in zip(g.input_hw, g.lhs_dilation)]
+    k = [_dilated(n, d) for n, d in zip(g.kernel_hw, g.rhs_dilation)]
+    y = [_dilated(n, d) for n, d in zip(output_hw, g.strides)]
+    return x, k, y, [pair[0] for pair in g.padding]
 
 
-_canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+# A convolution y = conv(x, k) and its two gradients, dx = input_grad(dy, k) and
+# dk = kernel_grad(x, dy), are three bilinear maps, and the gradient of each with respect to
+# either operand is one of the three: autodiff at any order (a gradient penalty's second
+# derivatives) stays among them, each an NHWC/HWIO convolution with a kernel no larger than
+# its input. (Left to autodiff, XLA swaps the operands of some second derivatives, which then
+# run out of the fast order.) The paddings are those of JAX's own transpose rules.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv(g: _Geometry, x, k):
+    return _canonical(x, k, g.strides, g.padding, g.lhs_dilation, g.rhs_dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_input_grad(g: _Geometry, dy, k):
+    """dx: dy, dilated by the strides, convolved with the flipped kernel (its input and output
+    channels swapped); the input's dilation becomes the stride."""
+    x, kd, y, lo = _sizes(g, dy.shape[1:3])
+    padding = tuple((kn - p - 1, xn - y_n + p) for kn, p, xn, y_n in zip(kd, lo, x, y))
+    flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+    return _canonical(dy, flipped, g.lhs_dilation, padding, g.strides, g.rhs_dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_kernel_grad(g: _Geometry, x, dy):
+    """dk[i, j, c, o] = sum over n, h, w of x[n, ., ., c] dy[n, h, w, o]: x with its channels as
+    the batch, convolved with dy with its batch as the input channels."""
+    xd, kd, y, lo = _sizes(g, dy.shape[1:3])
+    padding = tuple((p, y_n - xn + kn - p - 1) for p, y_n, xn, kn in zip(lo, y, xd, kd))
+    dk = _canonical(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), g.rhs_dilation,
+                    padding, g.lhs_dilation, g.strides)  # (C, kh, kw, O)
+    return dk.transpose(1, 2, 0, 3)
+
+
+# Each forward pass calls the function itself, so that differentiated again it keeps these rules.
+_conv.defvjp(lambda g, x, k: (_conv(g, x, k), (x, k)),
+             lambda g, res, ct: (_conv_input_grad(g, ct, res[1]),
+                                 _conv_kernel_grad(g, res[0], ct)))
+_conv_input_grad.defvjp(lambda g, dy, k: (_conv_input_grad(g, dy, k), (dy, k)),
+                        lambda g, res, ct: (_conv(g, ct, res[1]),
+                                            _conv_kernel_grad(g, ct, res[0])))
+_conv_kernel_grad.defvjp(lambda g, x, dy: (_conv_kernel_grad(g, x, dy), (x, dy)),
+                         lambda g, res, ct: (_conv_input_grad(g, res[1], ct),
+                                             _conv(g, res[0], ct)))
 
 
 def canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """``lax.conv_general_dilated`` whose gradients are computed as NHWC/HWIO convolutions.
+    """``lax.conv_general_dilated`` whose gradients, at every order, are computed as NHWC/HWIO
+    convolutions.
 
     The same maths. XLA:CPU rewrites a convolution's gradients into the dimension order its fast
     kernels take, but not inside a loop: in a ``lax.scan`` over train steps
     (``--steps-per-call``) they stayed in the order autodiff gives them and ran as generic,
-    far slower code (``docs/performance.md``). Written out here, the gradients are fast in both.
-    Takes what ``flax.linen.Conv`` passes; anything but an undilated, ungrouped NHWC/HWIO
-    convolution goes to ``lax.conv_general_dilated`` as it is."""
+    far slower code (``docs/performance.md``); so did the second derivatives of a gradient
+    penalty (WGAN_GP, DRAGAN). Written out here, the gradients are fast in both. Takes what
+    ``flax.linen.Conv`` passes; anything but an ungrouped NHWC/HWIO convolution with explicit
+    padding goes to ``lax.conv_general_dilated`` as it is."""
     canonical = (lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
                  == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                                dimension_numbers or _DN))
-    undilated = all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-    if (not canonical or not undilated or feature_group_count != 1 or precision is not None
-            or kwargs or isinstance(padding, str)):
+    if (not canonical or feature_group_count != 1 or precision is not None or kwargs
+            or isinstance(padding, str)):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
-    return _canonical_conv(lhs, rhs, tuple(window_strides),
-                           tuple(tuple(int(p) for p in pair) for pair in padding))
+    pair = lambda values: tuple(int(v) for v in values)  # noqa: E731
+    geometry = _Geometry(pair(window_strides), tuple(pair(p) for p in padding),
+                         pair(lhs_dilation or (1, 1)), pair(rhs_dilation or (1, 1)),
+                         pair(lhs.shape[1:3]), pair(rhs.shape[:2]))
+    return _conv(geometry, lhs, rhs)
 
 
 def Conv4x4Down(features: int, name=None) -> nn.Conv:
