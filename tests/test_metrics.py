@@ -314,11 +314,13 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert "trained and scored already" in log and "Epoch:" not in log
     assert {n: os.path.getmtime(out / n / "eval.json") for n in scored} == scored
 
-    code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM - 4,
+    one = ("--gan-types", "GAN", *flags[2:])  # the vanilla GAN alone, scored anew
+    code, log, err = run_in_process("gan_collection.py", *one, "--num-samples", NUM - 4,
                                     capsys=capsys)
     assert code == 0, err
     assert "nothing to train" in log and "Epoch:" not in log
     assert json.load(open(out / "gan" / "eval.json"))["num_samples"] == NUM - 4
+    assert os.path.getmtime(out / "acgan" / "eval.json") == scored["acgan"]  # not asked
 
 
 # ------------------------------------------------------------------------ bad input
