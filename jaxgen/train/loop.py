@@ -140,6 +140,7 @@ class _Profile:
 
     def __init__(self, steps: Optional[tuple[int, int]], directory: str, log):
         self.steps, self.directory, self.log, self.running = steps, directory, log, False
+        self.first = None  # the first step of the traced calls, once tracing
 
     def before(self, first_step: int, n: int) -> None:
         """Before a call of ``n`` steps from global step ``first_step``."""
@@ -211,10 +212,10 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         total_before = history.total_time
         bar_enabled = main and sys.stderr.isatty()
         profile = _Profile(profile_steps, os.path.join(workdir, TENSORBOARD), log)
-        per_call = resolve_steps_per_call(config, steps_per_epoch)
+        per_call = min(resolve_steps_per_call(config, steps_per_epoch), steps_per_epoch)
         if per_call > config.log_every:
-            log(f"Each compiled call runs {min(per_call, steps_per_epoch)} steps; their log "
-                "lines come when it ends (--steps-per-call 1 prints them as the steps run).")
+            log(f"Each compiled call runs {per_call} steps; their log lines come when it ends "
+                "(--steps-per-call 1 prints them as the steps run).")
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.time()
             perm = permutation_fn(state.rng, jnp.int32(epoch))
