@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -97,6 +98,18 @@ def failure_reason(error: BaseException) -> str:
     return text[:200] or type(error).__name__
 
 
+# How the state's leaves are written: orbax's standard handlers, except that one replica writes
+# each replicated array whole. Orbax's default splits each among its replicas, at the cost of a
+# slicing op per leaf and device, each compiled for its shape: a loss for states of this size
+# (docs/performance.md, "Checkpoints").
+_STATE_TYPES = ocp.type_handlers.create_type_handler_registry(
+    (int, ocp.type_handlers.ScalarHandler()),
+    (float, ocp.type_handlers.ScalarHandler()),
+    (np.number, ocp.type_handlers.ScalarHandler()),
+    (np.ndarray, ocp.type_handlers.NumpyHandler()),
+    (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
+)
+
 # What every checkpoint's meta holds (jaxgen.train.loop writes them).
 REQUIRED_META = ("task", "epoch", "config", "history")
 
@@ -115,8 +128,10 @@ class Checkpoints:
                                                save_interval_steps=0 if read_only else 1,
                                                create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "meta"))
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(
+                type_handler_registry=_STATE_TYPES), "meta": ocp.JsonCheckpointHandler()})
 
     def epochs(self) -> list[int]:
         """The epochs with a finished checkpoint, oldest first."""
@@ -124,7 +139,7 @@ class Checkpoints:
 
     def save(self, epoch: int, state: Any, meta: dict) -> None:
         self._manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
 
     def read_meta(self, epoch: int) -> dict:
         """The meta of ``epoch``'s checkpoint; a ValueError if it lacks a required field."""
@@ -147,7 +162,10 @@ class Checkpoints:
     def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores onto the shardings of ``abstract_state`` (any device count)."""
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            state=ocp.args.PyTreeRestore(
+                abstract_state,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
 
     def restore_latest(self, target: Callable[[dict], Any], log: Callable[[str], None] = print,
