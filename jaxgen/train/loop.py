@@ -71,14 +71,15 @@ def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints) -> N
                               + _stopped(ckpts))
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+def _all_finite(tree) -> bool:
+    """On the host: the model is a few megabytes, and a compiled check would be compiled for
+    each model anew."""
+    return all(np.isfinite(x).all() for x in jax.tree.leaves(parallel.to_host(tree))
+               if np.issubdtype(x.dtype, np.floating))
 
 
 def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints) -> None:
-    if not bool(parallel.to_host(_all_finite(state.model))):
+    if not _all_finite(state.model):
         raise JaxgenError(f"the model's parameters became non-finite in epoch {epoch}; "
                           + _stopped(ckpts))
 
