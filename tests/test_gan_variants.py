@@ -117,7 +117,7 @@ def _all_changed(a, b) -> bool:
 
 def test_wgan_critic_step_clips_every_weight_and_g_waits(tiny_images):
     task = _task("WGAN", lr_d=0.05)  # a large step, so that the clip has work to do
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     new, metrics = _one_step(_step_fn(task), model, _images(tiny_images), step_in_epoch=0)
     leaves = jax.tree.leaves(new.d.params)
     assert all(float(jnp.max(jnp.abs(p))) <= task.config.clip for p in leaves)
@@ -134,7 +134,7 @@ def wgan_gp_steps(tiny_images):
     """WGAN-GP from one model: a step that waits for G and one that updates it, on one device,
     and the second on eight."""
     task = _task("WGAN_GP")
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     step_fn, images, last = _step_fn(task), _images(tiny_images), task.config.n_critic - 1
     return dict(task=task, model=model, waits=_one_step(step_fn, model, images, 0),
                 one=_one_step(step_fn, model, images, last),
@@ -152,10 +152,16 @@ def test_g_steps_only_on_the_n_critic_th_step(wgan_gp_steps):
 
 def _assert_same_update(one, eight, lr):
     """The same losses, and the same update up to rounding: Adam's first step moves every
-    parameter by about lr, so a missing or wrong gradient would show."""
+    parameter by about lr, so a missing or wrong gradient would show.
+
+    D's loss is computed before any update; G's is read through D after D's step, where an
+    element whose gradient is rounding-small moves by +lr on one side and -lr on the other.
+    EBGAN's G loss, 1 device against 8 on four step keys, measured 6e-5 to 6.4e-4 apart
+    (relative) from that alone, hence its looser bound."""
     (a, m1), (b, m8) = one, eight
     for k in m1:
-        assert float(m8[k]) == pytest.approx(float(m1[k]), rel=1e-4, abs=1e-5), k
+        rel = 1e-4 if k == "D_loss" else 2e-3
+        assert float(m8[k]) == pytest.approx(float(m1[k]), rel=rel, abs=1e-5), k
     for x, y in zip(jax.tree.leaves(parallel.to_host(a)), jax.tree.leaves(parallel.to_host(b))):
         assert np.max(np.abs(np.asarray(x, np.float64) - y)) <= 2 * lr + 1e-4 * np.max(np.abs(x))
 
@@ -167,7 +173,8 @@ def test_eight_devices_match_one_with_a_gradient_penalty(wgan_gp_steps):
 
 def test_eight_devices_match_one_with_an_autoencoder_d(tiny_images):
     task = _task("EBGAN")
-    model, step_fn, images = task.init(jax.random.PRNGKey(0)), _step_fn(task), _images(tiny_images)
+    model, step_fn = jax.jit(task.init)(jax.random.PRNGKey(0)), _step_fn(task)
+    images = _images(tiny_images)
     _assert_same_update(_one_step(step_fn, model, images, 0),
                         _one_step(step_fn, model, images, 0, n_devices=8), task.config.lr_d)
 
@@ -183,7 +190,7 @@ def test_began_k_follows_the_balance_and_stays_in_0_1():
 
 def test_began_halves_the_learning_rates_when_the_epochs_mean_m_rose():
     task = _task("BEGAN", lr_floor=6e-5)
-    model = task.init(jax.random.PRNGKey(0))  # the reference M starts at 1
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))  # the reference M starts at 1
     rose, lines = task.update_after_epoch(model, {"M": np.array([0.5, 2.0])})  # mean 1.25 > 1
     assert [float(gan_variants.learning_rate(n.opt_state)) for n in (rose.g, rose.d)] == \
         pytest.approx([1e-4, 1e-4]) and "lr: 0.0002 --> 0.0001" in lines[0]
