@@ -56,20 +56,21 @@ def test_the_label_steers_g_and_the_same_label_and_z_give_the_same_image():
 def test_g_inputs_and_d_planes_and_heads_have_the_references_shapes(name, g_inputs,
                                                                     d_channels, d_outputs):
     task = _task(name)
-    model = task.init(jax.random.PRNGKey(0))
+    # Shapes only: traced, not computed (eager, each op would be compiled).
+    model = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     assert model.g.params["Dense_0"]["kernel"].shape == (g_inputs, 1024)
     assert model.d.params["Conv_0"]["kernel"].shape == (4, 4, d_channels, 64)
     assert model.d.params["Dense_1"]["kernel"].shape == (1024, d_outputs)
     kwargs = {"condition": jnp.eye(10)[:3]} if name == "CGAN" else {}
-    out = task.discriminator.apply(model.d.variables(), jnp.zeros((3, 28, 28, 1)), train=False,
-                                   **kwargs)
+    out = jax.eval_shape(lambda v: task.discriminator.apply(
+        v, jnp.zeros((3, 28, 28, 1)), train=False, **kwargs), model.d.variables())
     shapes = [o.shape for o in out] if isinstance(out, tuple) else [out.shape]
     assert shapes == ([(3,)] if d_outputs == 1 else [(3,), (3, d_outputs - 1)])
 
 
 def test_cgan_d_sees_the_label():
     task = _task("CGAN")
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     x = jnp.zeros((2, 28, 28, 1))
     apply = lambda y: task.discriminator.apply(model.d.variables(), x, train=False,  # noqa
                                                condition=jax.nn.one_hot(y, 10))
@@ -129,7 +130,7 @@ def test_infogans_q_head_learns_its_codes(tiny_images):
     the codes G was given: far above chance for the category, and the continuous codes' error
     well below their variance (1/3 for U(-1, 1), what predicting 0 would score)."""
     task = _task("infoGAN")
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     images = jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1.0
     step = jax.jit(task.train_step)
     info = []
@@ -137,12 +138,17 @@ def test_infogans_q_head_learns_its_codes(tiny_images):
         for i in range(60):
             model, m = step(model, images, jax.random.PRNGKey(i))
             info.append(float(m["info_loss"]))
-        key = jax.random.PRNGKey(1000)
-        categories, continuous = task.draw_codes(key, 256)
-        z = task.g_input(task.sample_prior(jax.random.fold_in(key, 1), 256), categories,
-                         continuous)
-        _, q = task.discriminator.apply(model.d.variables(), task.generate(model.g, z),
-                                        train=False)
+
+        @jax.jit  # one program, not one per operation
+        def read_back(model, key):
+            categories, continuous = task.draw_codes(key, 256)
+            z = task.g_input(task.sample_prior(jax.random.fold_in(key, 1), 256), categories,
+                             continuous)
+            _, q = task.discriminator.apply(model.d.variables(), task.generate(model.g, z),
+                                            train=False)
+            return q, categories, continuous
+
+        q, categories, continuous = read_back(model, jax.random.PRNGKey(1000))
     accuracy = float(jnp.mean(jnp.argmax(q[:, 2:], -1) == categories))
     mse = float(jnp.mean((q[:, :2] - continuous) ** 2))
     assert np.mean(info[-10:]) < 0.5 * np.mean(info[:5]), info
@@ -151,7 +157,7 @@ def test_infogans_q_head_learns_its_codes(tiny_images):
 
 def test_infogan_steps_the_information_loss_with_a_third_adam_over_g_and_d(tiny_images):
     task = _task("infoGAN")
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     images = jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1.0
     with _one_device():
         new, metrics = jax.jit(task.train_step)(model, images, jax.random.PRNGKey(1))
@@ -189,7 +195,7 @@ def test_matched_label_accuracy_maps_each_code_to_its_most_frequent_class():
 def test_eight_devices_match_one_for_cgan(tiny_images):
     """One CGAN step (label planes through D's grouped pass) on eight devices and on one."""
     task = _task("CGAN")
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     images = jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1.0
     labels = jnp.arange(16) % 10
     step = jax.jit(task.train_step)

@@ -43,8 +43,8 @@ def test_the_flag_takes_auto_or_a_count():
 ])
 def test_canonical_convolution_has_laxs_value_and_gradients_at_two_orders(
         shape, kernel, strides, padding, lhs_dilation, rhs_dilation):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    w = jax.random.normal(jax.random.PRNGKey(1), kernel)
+    rng = np.random.default_rng(0)  # numpy: drawing with jax would compile a sampler a shape
+    x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (shape, kernel))
     dn = ("NHWC", "HWIO", "NHWC")
 
     def plain(x, w):
@@ -55,7 +55,7 @@ def test_canonical_convolution_has_laxs_value_and_gradients_at_two_orders(
         return canonical_conv(x, w, strides, padding, lhs_dilation, rhs_dilation,
                               dimension_numbers=dn)
 
-    cotangent = jax.random.normal(jax.random.PRNGKey(2), plain(x, w).shape)
+    cotangent = jnp.asarray(rng.normal(size=jax.eval_shape(plain, x, w).shape), jnp.float32)
 
     def penalty(conv, wrt):  # a gradient penalty's shape: a gradient's squared norm
         inner = jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * cotangent), wrt)

@@ -24,7 +24,7 @@ def _changed(a, b):
 
 def test_one_step_changes_both_models(tiny_images):
     task = GANTask(GANConfig(batch_size=16))
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     with jax.set_mesh(parallel.make_mesh(jax.devices()[:1])):
         new, metrics = jax.jit(task.train_step)(model, _images(tiny_images), jax.random.PRNGKey(1))
     for net in ("g", "d"):
@@ -73,7 +73,7 @@ def _reference_step(task, model, x, key):
 
 def test_step_is_the_reference_step(tiny_images):
     task = GANTask(GANConfig(batch_size=16))
-    model = task.init(jax.random.PRNGKey(0))
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
     x, key = _images(tiny_images), jax.random.PRNGKey(3)
     with jax.set_mesh(parallel.make_mesh(jax.devices()[:1])):
         new, metrics = jax.jit(task.train_step)(model, x, key)
@@ -192,11 +192,14 @@ def test_grouped_batchnorm_is_batchnorm_per_interleaved_sub_batch():
 
     flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
                            use_fast_variance=False)
-    kx, ks = jax.random.split(jax.random.PRNGKey(0))
-    a, b = 3.0 + jax.random.normal(kx, (2, 6, 4, 4, 5))  # two sub-batches of 6
-    both = jnp.stack([a, b], axis=1).reshape(12, 4, 4, 5)  # row 2n + g
-    stats = {"mean": jax.random.normal(ks, (5,)), "var": 1.0 + jnp.arange(5.0)}
-    params = {"scale": 1.0 + jnp.arange(5.0) / 10, "bias": jnp.arange(5.0) - 2}
+    # Inputs made with numpy: each eager jax op would be compiled for its shape.
+    rng = np.random.default_rng(0)
+    a, b = (3.0 + rng.normal(size=(2, 6, 4, 4, 5))).astype(np.float32)  # two sub-batches of 6
+    both = np.stack([a, b], axis=1).reshape(12, 4, 4, 5)  # row 2n + g
+    stats = {"mean": rng.normal(size=5).astype(np.float32),
+             "var": 1.0 + np.arange(5, dtype=np.float32)}
+    params = {"scale": 1.0 + np.arange(5, dtype=np.float32) / 10,
+              "bias": np.arange(5, dtype=np.float32) - 2}
 
     def separate(p):
         ya, mut = flax_bn.apply({"params": p, "batch_stats": stats}, a, mutable=["batch_stats"])
@@ -215,18 +218,19 @@ def test_grouped_batchnorm_is_batchnorm_per_interleaved_sub_batch():
     np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-5)
     for k in ("mean", "var"):
         np.testing.assert_allclose(s2[k], s1[k], rtol=1e-5, atol=1e-6)
-    weights = jnp.sin(jnp.arange(both.size, dtype=jnp.float32)).reshape(both.shape)
+    weights = np.sin(np.arange(both.size, dtype=np.float32)).reshape(both.shape)
     loss = lambda f: lambda p: (f(p)[0] * weights).sum()  # noqa: E731
     g1, g2 = jax.jit(jax.grad(loss(separate)))(params), jax.jit(jax.grad(loss(grouped)))(params)
     for k in params:
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-4)
     # One group is Flax's BatchNorm on the whole batch, in training and in inference mode.
     y, s = grouped(params, groups=1)
-    y_ref, mut = flax_bn.apply({"params": params, "batch_stats": stats}, both,
-                               mutable=["batch_stats"])
+    y_ref, mut = jax.jit(lambda p: flax_bn.apply({"params": p, "batch_stats": stats}, both,
+                                                 mutable=["batch_stats"]))(params)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s["var"], mut["batch_stats"]["var"], rtol=1e-5)
     variables = {"params": params, "batch_stats": stats}
     np.testing.assert_allclose(
-        GroupedBatchNorm(use_running_average=True).apply(variables, both),
-        flax_bn.clone(use_running_average=True).apply(variables, both), rtol=1e-5, atol=1e-5)
+        jax.jit(GroupedBatchNorm(use_running_average=True).apply)(variables, both),
+        jax.jit(flax_bn.clone(use_running_average=True).apply)(variables, both),
+        rtol=1e-5, atol=1e-5)

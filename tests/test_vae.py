@@ -79,7 +79,7 @@ def test_beta_zero_removes_the_kl_gradient():
     images = jnp.asarray(_x() * 2 - 1)
     key = jax.random.PRNGKey(2)
     zero, one = VAETask(VAEConfig(**{**TINY.to_dict(), "beta": 0.0})), VAETask(TINY)
-    params = zero.init(jax.random.PRNGKey(0)).params
+    params = jax.jit(zero.init)(jax.random.PRNGKey(0)).params
 
     @jax.jit
     def gradients(params):
@@ -99,7 +99,7 @@ def test_beta_zero_removes_the_kl_gradient():
 
 def test_mc_samples_average_the_reconstruction_term():
     task = VAETask(VAEConfig(**{**TINY.to_dict(), "mc_samples": 4}))
-    params = task.init(jax.random.PRNGKey(0)).params
+    params = jax.jit(task.init)(jax.random.PRNGKey(0)).params
     x = jnp.asarray((_x(4) > 0.5).astype(np.float32))
     with jax.set_mesh(parallel.make_mesh(jax.devices()[:1])):
         terms = task.objective_terms(params, x, jax.random.PRNGKey(3), 4)
@@ -113,7 +113,7 @@ def test_mc_samples_average_the_reconstruction_term():
 
 def test_iwae_bound_is_above_the_elbo_and_rises_with_k():
     task = VAETask(TINY)
-    params = task.init(jax.random.PRNGKey(0)).params
+    params = jax.jit(task.init)(jax.random.PRNGKey(0)).params
     x = jnp.asarray((_x(64) > 0.5).astype(np.float32))
     mesh = parallel.make_mesh(jax.devices()[:1])
     bounds = {}
@@ -128,7 +128,7 @@ def test_iwae_bound_is_above_the_elbo_and_rises_with_k():
 
 def test_evaluation_reports_the_pieces(tiny_images):
     task = VAETask(TINY)
-    params = task.init(jax.random.PRNGKey(0)).params
+    params = jax.jit(task.init)(jax.random.PRNGKey(0)).params
     mesh = parallel.make_mesh(jax.devices()[:8])
     summary, per_image = evaluate(task, params, tiny_images[:21], mesh, iwae_k=8, batch_size=8)
     assert summary["num_images"] == 21 and per_image["mu"].shape == (21, 3)

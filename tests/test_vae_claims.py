@@ -36,7 +36,7 @@ def test_gaussian_reconstruction_term_with_three_samples_by_hand(tiny_images):
     x = _targets(tiny_images)
     key = jax.random.PRNGKey(1)
     with _mesh():
-        params = task.init(jax.random.PRNGKey(0)).params
+        params = jax.jit(task.init)(jax.random.PRNGKey(0)).params
         terms = task.objective_terms(params, x, key, k)
         loss, metrics = task.loss(params, x * 2 - 1, jax.random.PRNGKey(2))
         _, eps_key = jax.random.split(jax.random.PRNGKey(2))
@@ -69,7 +69,7 @@ def test_sigma_and_beta_trade_gradients_are_proportional(tiny_images, beta, sigm
     images = jnp.asarray(tiny_images[:8], jnp.float32) / 127.5 - 1
     key = jax.random.PRNGKey(3)
     with _mesh():
-        params = first.init(jax.random.PRNGKey(0)).params
+        params = jax.jit(first.init)(jax.random.PRNGKey(0)).params
         g1, _ = jax.grad(first.loss, has_aux=True)(params, images, key)
         g2, _ = jax.grad(second.loss, has_aux=True)(params, images, key)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
