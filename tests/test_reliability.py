@@ -197,6 +197,16 @@ def test_a_real_divergence_stops_training(tiny_images, tmp_path):
     assert Checkpoints(checkpoint_dir(str(tmp_path / "run")), read_only=True).epochs() == []
 
 
+def test_the_parameter_check_sees_every_float_kind_and_only_floats():
+    """The end-of-epoch check of the model: a NaN or an infinity in any floating leaf, bfloat16
+    included, is caught; integer leaves (step counts) are not floats and are skipped."""
+    fine = {"w": jnp.ones((2, 3)), "count": jnp.arange(3), "half": jnp.ones(2, jnp.bfloat16)}
+    assert loop._all_finite(fine)
+    for name, bad in (("w", jnp.array([1.0, jnp.nan])),
+                      ("half", jnp.array([jnp.inf], jnp.bfloat16))):
+        assert not loop._all_finite({**fine, name: bad}), name
+
+
 # ----------------------------------------------------------------------------- a missing host
 
 @pytest.mark.parametrize("process_id,message", [

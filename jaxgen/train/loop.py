@@ -72,10 +72,10 @@ def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints) -> N
 
 
 def _all_finite(tree) -> bool:
-    """On the host: the model is a few megabytes, and a compiled check would be compiled for
-    each model anew."""
+    """On the host, from this process's copy: one copy of the model an epoch, where a compiled
+    check would be compiled anew for each model."""
     return all(np.isfinite(x).all() for x in jax.tree.leaves(parallel.to_host(tree))
-               if np.issubdtype(x.dtype, np.floating))
+               if jnp.issubdtype(x.dtype, jnp.floating))  # jnp's: bfloat16 is floating too
 
 
 def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints) -> None:
