@@ -157,13 +157,23 @@ def _assert_same_update(one, eight, lr):
     D's loss is computed before any update; G's is read through D after D's step, where an
     element whose gradient is rounding-small moves by +lr on one side and -lr on the other.
     EBGAN's G loss, 1 device against 8 on four step keys, measured 6e-5 to 6.4e-4 apart
-    (relative) from that alone, hence its looser bound."""
+    (relative) from that alone, hence its looser bound. Such elements are few in a kernel
+    (measured at most 0.13% of one, for EBGAN and WGAN_GP); a wrong gradient would move about
+    half of them apart. (Biases before a BatchNorm have no gradient: their steps are all
+    rounding.)"""
     (a, m1), (b, m8) = one, eight
     for k in m1:
-        rel = 1e-4 if k == "D_loss" else 2e-3
+        rel = 2e-3 if k == "G_loss" else 1e-4
         assert float(m8[k]) == pytest.approx(float(m1[k]), rel=rel, abs=1e-5), k
-    for x, y in zip(jax.tree.leaves(parallel.to_host(a)), jax.tree.leaves(parallel.to_host(b))):
+    a, b = parallel.to_host(a), parallel.to_host(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.max(np.abs(np.asarray(x, np.float64) - y)) <= 2 * lr + 1e-4 * np.max(np.abs(x))
+    for net in ("g", "d"):
+        leaves = jax.tree_util.tree_leaves_with_path(getattr(a, net).params)
+        for (path, x), y in zip(leaves, jax.tree.leaves(getattr(b, net).params)):
+            if jax.tree_util.keystr(path).endswith("['kernel']"):
+                apart = np.mean(np.abs(np.asarray(x, np.float64) - y) > lr / 2)
+                assert apart < 0.01, (net, jax.tree_util.keystr(path), apart)
 
 
 def test_eight_devices_match_one_with_a_gradient_penalty(wgan_gp_steps):
