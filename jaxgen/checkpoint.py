@@ -101,7 +101,9 @@ def failure_reason(error: BaseException) -> str:
 # How the state's leaves are written: orbax's standard handlers, except that one replica writes
 # each replicated array whole. Orbax's default splits each among its replicas, at the cost of a
 # slicing op per leaf and device, each compiled for its shape: a loss for states of this size
-# (docs/performance.md, "Checkpoints").
+# (docs/performance.md, "Checkpoints"). Every leaf of a train state is a jax.Array (the key
+# too: a raw uint32 one). Orbax's per-host array metadata is not written: each array is
+# written whole, by the one process that holds its replica 0.
 _STATE_TYPES = ocp.type_handlers.create_type_handler_registry(
     (int, ocp.type_handlers.ScalarHandler()),
     (float, ocp.type_handlers.ScalarHandler()),
