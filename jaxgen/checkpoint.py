@@ -101,9 +101,10 @@ def failure_reason(error: BaseException) -> str:
 # How the state's leaves are written: orbax's standard handlers, except that one replica writes
 # each replicated array whole. Orbax's default splits each among its replicas, at the cost of a
 # slicing op per leaf and device, each compiled for its shape: a loss for states of this size
-# (docs/performance.md, "Checkpoints"). Every leaf of a train state is a jax.Array (the key
-# too: a raw uint32 one). Orbax's per-host array metadata is not written: each array is
-# written whole, by the one process that holds its replica 0.
+# (docs/performance.md, "Checkpoints"). jaxgen's states hold only jax.Arrays (the key too: a
+# raw uint32 one); the scalar and numpy handlers serve a task of one's own that keeps such
+# leaves. Orbax's per-host array metadata is not written: each array is written whole, by the
+# one process that holds its replica 0.
 _STATE_TYPES = ocp.type_handlers.create_type_handler_registry(
     (int, ocp.type_handlers.ScalarHandler()),
     (float, ocp.type_handlers.ScalarHandler()),
