@@ -15,15 +15,20 @@ import torch.nn as nn
 import torch.optim as optim
 
 
-def initialize_weights(net):
+def initialize_weights(net, batchnorm_scale="ones"):
+    """``utils.initialize_weights``: N(0, 0.02) weights, zero biases. BatchNorm scales keep
+    torch's default, 1, or with ``batchnorm_scale="uniform"`` are drawn from U(0, 1), the
+    default of PyTorch up to 0.4.1 (the version the reference's pictures were made with)."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             m.weight.data.normal_(0, 0.02)
             m.bias.data.zero_()
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and batchnorm_scale == "uniform":
+            m.weight.data.uniform_()
 
 
 class generator(nn.Module):
-    def __init__(self, input_dim=62, output_dim=1, input_size=28):
+    def __init__(self, input_dim=62, output_dim=1, input_size=28, batchnorm_scale="ones"):
         super().__init__()
         self.input_size = input_size
         self.fc = nn.Sequential(
@@ -33,7 +38,7 @@ class generator(nn.Module):
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.ConvTranspose2d(64, output_dim, 4, 2, 1), nn.Tanh())
-        initialize_weights(self)
+        initialize_weights(self, batchnorm_scale)
 
     def forward(self, input):
         x = self.fc(input)
