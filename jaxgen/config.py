@@ -17,6 +17,8 @@ A new hyper-parameter is one field::
     class GANConfig(TrainConfig):
         lr_d: float = setting(2e-4, "Adam learning rate of D", POSITIVE)
 
+A subclass that needs another default says only that (:func:`inherited`).
+
 Float settings must be finite whatever their check: ``--lr-d inf`` is refused like ``--lr-d 0``.
 """
 
@@ -54,15 +56,31 @@ DISTINCT_NON_NEGATIVE = Check(lambda v: len(v) > 0 and len(set(v)) == len(v)
                               "distinct finite numbers >= 0 such as 1,0")
 
 
+_NOTHING = object()
+
+
 def setting(default: Any, help: str, check: Optional[Check] = None, *,
             choices: Optional[Sequence[str]] = None, resumable: bool = False,
-            metavar: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None) -> Any:
+            metavar: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None,
+            absent: Any = _NOTHING) -> Any:
     """A dataclass field that is also a flag: ``help`` for ``--help``; ``check`` (or
     ``choices``) for the validation; ``resumable``: a resumed run may change it; ``parse``: the
-    flag's own text-to-value function, where the field's type does not say it."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "check": check, "choices": tuple(choices) if choices else None,
-        "resumable": resumable, "metavar": metavar, "parse": parse})
+    flag's own text-to-value function, where the field's type does not say it; ``absent``, for a
+    setting added after runs were saved: the value those runs had, read where a saved config
+    lacks the setting (so they restore and resume as what they were)."""
+    metadata = {"help": help, "check": check, "choices": tuple(choices) if choices else None,
+                "resumable": resumable, "metavar": metavar, "parse": parse}
+    if absent is not _NOTHING:
+        metadata["absent"] = absent
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def inherited(base: type, name: str, default: Any) -> Any:
+    """The setting ``name`` as ``base`` declares it (help, check, choices), with another
+    default: a subclass's ``name: str = inherited(Base, "name", value)`` changes the default
+    without declaring the setting a second time."""
+    declared = base.__dataclass_fields__[name]
+    return dataclasses.field(default=default, metadata=declared.metadata)
 
 
 def flag_name(name: str) -> str:
@@ -119,6 +137,7 @@ class Settings:
         """What differs from ``saved`` (a checkpoint's config) among the settings a resumed
         run may not change, as "name=saved (this command: value)"."""
         current = json.loads(json.dumps(self.to_dict()))  # as JSON gives them back
+        saved = self._with_absent(saved)
         resumable = {f.name for f in dataclasses.fields(self) if f.metadata.get("resumable")}
         return [f"{k}={saved.get(k)!r} (this command: {v!r})" for k, v in current.items()
                 if k not in resumable and saved.get(k) != v]
@@ -135,7 +154,13 @@ class Settings:
         if unknown:
             raise JaxgenError(f"config fields {', '.join(unknown)} are unknown to this version "
                               "of jaxgen")
-        return cls(**values)
+        return cls(**cls._with_absent(values))
+
+    @classmethod
+    def _with_absent(cls, saved: dict) -> dict:
+        """``saved`` with the ``absent`` value of each setting it lacks that declares one."""
+        return {**{f.name: f.metadata["absent"] for f in cls.declared()
+                   if "absent" in f.metadata and f.name not in saved}, **saved}
 
     # ------------------------------------------------------------- flags
     @classmethod
