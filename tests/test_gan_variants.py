@@ -2,6 +2,7 @@
 whose input gradient is known, clipping, n_critic, BEGAN's k and learning rates, sharding,
 resume, a toy objective registered here, and every variant trained and sampled end to end."""
 
+import argparse
 import dataclasses
 import math
 import shutil
@@ -10,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from helpers import host_leaves
 
 from jaxgen import losses, parallel
+from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_run, sample_images
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig, GANTask, Objective, Penalty
@@ -187,6 +190,66 @@ def test_eight_devices_match_one_with_an_autoencoder_d(tiny_images):
     images = _images(tiny_images)
     _assert_same_update(_one_step(step_fn, model, images, 0),
                         _one_step(step_fn, model, images, 0, n_devices=8), task.config.lr_d)
+
+
+# ----------------------------------------------------------------------------- BatchNorm scales
+
+@pytest.mark.parametrize("name", ["GAN", "EBGAN"])
+def test_uniform_batchnorm_scales_redraw_those_scales_and_nothing_else(name):
+    """PyTorch 0.4's BatchNorm init (scales U[0, 1)) against 1.0's (ones): every BatchNorm
+    scale of G and D is a draw of U[0, 1), each layer its own, and every other parameter is
+    what the ones init gives."""
+    key = jax.random.PRNGKey(3)
+    ones = _task(name, batchnorm_scale_init="ones").init(key)
+    uniform = _task(name, batchnorm_scale_init="uniform").init(key)
+    firsts = []
+    for net, layers in (("g", 3), ("d", 2 if name == "GAN" else 1)):
+        a = traverse_util.flatten_dict(getattr(ones, net).params)
+        b = traverse_util.flatten_dict(getattr(uniform, net).params)
+        assert a.keys() == b.keys()
+        scales = [path for path in a if path[-1] == "scale"]
+        assert len(scales) == layers
+        for path in a:
+            if path not in scales:
+                np.testing.assert_array_equal(a[path], b[path], err_msg=str(path))
+                continue
+            assert np.all(np.asarray(a[path]) == 1.0)
+            drawn = np.asarray(b[path])
+            assert drawn.min() >= 0.0 and drawn.max() < 1.0
+            # U[0, 1): mean 1/2 within 4 standard errors, standard deviation 1/sqrt(12)
+            assert abs(drawn.mean() - 0.5) < 4 * 0.2887 / np.sqrt(drawn.size), path
+            assert 0.2 < drawn.std() < 0.36, path
+            firsts.append(drawn[:64])
+    assert len({tuple(f) for f in firsts}) == len(firsts)  # no two layers share a draw
+
+
+def test_ebgan_changes_the_batchnorm_default_and_keeps_its_declaration():
+    """EBGAN's scales start U[0, 1) unless told otherwise; the flag keeps GANConfig's help and
+    choices, and a value outside them is one sentence naming the flag."""
+    defaults = {}
+    for config_class in (GANConfig, gan_variants.EBGANConfig):
+        parser = argparse.ArgumentParser()
+        config_class.add_flags(parser)
+        action = next(a for a in parser._actions if a.dest == "batchnorm_scale_init")
+        assert action.choices == ("ones", "uniform") and "PyTorch 0.4" in action.help
+        defaults[config_class] = parser.parse_args([]).batchnorm_scale_init
+        with pytest.raises(JaxgenError, match=r"^--batchnorm-scale-init must be one of ones, "
+                           r"uniform, got zeros\.$"):
+            config_class(batchnorm_scale_init="zeros").validate()
+    assert defaults == {GANConfig: "ones", gan_variants.EBGANConfig: "uniform"}
+
+
+def test_a_run_saved_before_the_batchnorm_setting_reads_as_ones():
+    """Runs saved before ``batchnorm_scale_init`` existed were initialised with ones: that is
+    what their config reads as, and resuming them with ones (not EBGAN's default) conflicts
+    with nothing."""
+    for config_class in (GANConfig, gan_variants.EBGANConfig):
+        saved = config_class(epochs=3).to_dict()
+        del saved["batchnorm_scale_init"]
+        assert config_class.from_dict(saved).batchnorm_scale_init == "ones"
+        assert config_class(epochs=3, batchnorm_scale_init="ones").conflicts(saved) == []
+        assert config_class(epochs=3, batchnorm_scale_init="uniform").conflicts(saved) == [
+            "batchnorm_scale_init='ones' (this command: 'uniform')"]
 
 
 def test_began_k_follows_the_balance_and_stays_in_0_1():

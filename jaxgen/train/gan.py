@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import struct, traverse_util
 from jax import lax
 
 from jaxgen import losses, parallel, viz
@@ -44,6 +44,7 @@ from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task, TrainConfig
 
 PRIORS = ("uniform", "normal")
+BATCHNORM_SCALE_INITS = ("ones", "uniform")
 SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
 
 
@@ -58,6 +59,11 @@ class GANConfig(TrainConfig):
     lr_g: float = setting(2e-4, "Adam learning rate of G", POSITIVE)
     beta1: float = setting(0.5, "Adam beta1 of both networks", UNIT_INTERVAL)
     beta2: float = setting(0.999, "Adam beta2 of both networks", UNIT_INTERVAL)
+    batchnorm_scale_init: str = setting(
+        "ones", "initial scale of every BatchNorm of G and D: ones (PyTorch since 1.0, which "
+        "runs the reference's code today) or uniform, U[0, 1) per channel (PyTorch 0.4, under "
+        "which the reference's published pictures were made)", choices=BATCHNORM_SCALE_INITS,
+        absent="ones")
 
 
 class LossContext(NamedTuple):
@@ -161,6 +167,18 @@ VANILLA = Objective(
     g_loss=lambda fake_out, ctx: losses.generator_loss(fake_out))
 
 
+def uniform_batchnorm_scales(params: Any, key: jax.Array) -> Any:
+    """``params`` with the scale of every BatchNorm layer redrawn from U[0, 1), as PyTorch up
+    to 0.4 initialised them (``weight.data.uniform_()``; ones since 1.0). A layer is a BatchNorm
+    when its name starts with "BatchNorm"; each layer's draw has its own key."""
+    flat = traverse_util.flatten_dict(params)
+    for i, path in enumerate(sorted(flat)):
+        if path[-1] == "scale" and path[-2].startswith("BatchNorm"):
+            flat[path] = jax.random.uniform(jax.random.fold_in(key, i), flat[path].shape,
+                                            flat[path].dtype)
+    return traverse_util.unflatten_dict(flat)
+
+
 class GANTask(Task):
     """A GAN as the training loop sees it; ``objective`` says which (the vanilla GAN here;
     ``jaxgen.train.gan_variants.task_class(name)`` gives the others)."""
@@ -238,9 +256,13 @@ class GANTask(Task):
         condition = (jnp.zeros((1, codes.num_classes)) if self.objective.condition_d else None)
         d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False,
                                          **_condition_kwargs(condition))
-        g = Network(g_vars["params"], g_vars["batch_stats"], self.tx_g.init(g_vars["params"]))
-        d = Network(d_vars["params"], d_vars.get("batch_stats", {}),
-                    self.tx_d.init(d_vars["params"]))
+        g_params, d_params = g_vars["params"], d_vars["params"]
+        if self.config.batchnorm_scale_init == "uniform":
+            g_scale_key, d_scale_key = jax.random.split(jax.random.fold_in(key, 1))
+            g_params = uniform_batchnorm_scales(g_params, g_scale_key)
+            d_params = uniform_batchnorm_scales(d_params, d_scale_key)
+        g = Network(g_params, g_vars["batch_stats"], self.tx_g.init(g_params))
+        d = Network(d_params, d_vars.get("batch_stats", {}), self.tx_d.init(d_params))
         extra = {} if self.objective.init_extra is None else self.objective.init_extra(self.config)
         if self.tx_info is not None:
             extra = {**extra, "info_opt": self.tx_info.init((g.params, d.params))}

@@ -17,6 +17,8 @@ batch 64 and z ~ U[0,1)^62:
 - EBGAN (Zhao et al. 2017): an autoencoder D; D loss MSE(x) + max(0, 1 - MSE(G(z))), G loss
   MSE(G(z)) + 0.1 PT(codes of G(z)). The reference's pulling-away term normalises by one norm of
   the whole batch; this is the paper's, row by row (``jaxgen.losses.pulling_away_term``).
+  BatchNorm scales start U[0, 1), as PyTorch 0.4 drew them for the reference's published runs
+  (``batchnorm_scale_init``; ones for the others, as PyTorch draws them since 1.0).
 - BEGAN (Berthelot et al. 2017): an autoencoder D without BatchNorm and L1 reconstruction loss
   L; D loss L(x) - k L(G(z)), G loss L(G(z)); k += 0.001 (gamma L(x) - L(G(z))) clipped to
   [0, 1] after each step, k from 0, gamma 1; the convergence measure M = L(x) + |gamma L(x) -
@@ -57,7 +59,7 @@ import numpy as np
 import optax
 
 from jaxgen import losses, parallel
-from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, setting
+from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.models.gan import BoundaryDiscriminator, Discriminator, EnergyDiscriminator
 from jaxgen.train.gan import (
@@ -104,6 +106,9 @@ class DRAGANConfig(GANConfig):
 
 @dataclasses.dataclass(frozen=True)
 class EBGANConfig(GANConfig):
+    # PyTorch 0.4's BatchNorm scales, under which the reference's published EBGAN runs were
+    # made: with them EBGAN leaves its early collapse, with ones our runs did not (docs/gan.md).
+    batchnorm_scale_init: str = inherited(GANConfig, "batchnorm_scale_init", "uniform")
     margin: float = setting(1.0, "D's hinge: fake images' energy is pushed up to the margin",
                             POSITIVE)
     pt_weight: float = setting(0.1, "weight of the pulling-away term in G's loss", NON_NEGATIVE)
