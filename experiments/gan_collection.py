@@ -5,10 +5,12 @@
 
 Each GAN of --gan-types (default: every registered one) trains with its own defaults, the same
 --epochs, --seed and data, in WORKDIR/<type>/ as experiments/gan_mnist.py would (so each run
-resumes), then is scored as experiments/evaluate.py scores it (its eval.json). A GAN whose
-workdir already holds this run scored as asked (its config.json, and an eval.json of its last
-epoch with the same classifier, --num-samples and --seed) is neither trained nor scored again:
-the tables are made from the files each run wrote. Writes into --workdir:
+resumes), then is scored as experiments/evaluate.py scores it (its eval.json). A shared setting
+given here (--lr-d, --batchnorm-scale-init, ...) applies to every GAN; one not given keeps each
+GAN's own default. A GAN whose workdir already holds this run scored as asked (its
+config.json, and an eval.json of its last epoch with the same classifier, --num-samples and
+--seed) is neither trained nor scored again: the tables are made from the files each run
+wrote. Writes into --workdir:
   collection.md, collection.csv   one row per GAN: FID, Inception score, classes covered, class
                                   KL, precision, recall, median seconds per epoch; the real-data
                                   floor
@@ -61,11 +63,13 @@ def main() -> None:
     options = CollectionOptions.from_flags(args)
     options.validate()
     base = GANConfig.from_flags(args)
-    configs = {}
-    for name in options.gan_types:
-        config_class = gan_variants.OBJECTIVES[name].config_class
-        shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(GANConfig)}
-        configs[name] = config_class(**shared)
+    # A shared setting the command gives applies to every GAN; the others keep each GAN's own
+    # default (EBGAN's BatchNorm scales start U[0, 1), the others' at 1).
+    given = cli.given_flags(parser)
+    shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(GANConfig)
+              if f.name in given}
+    configs = {name: gan_variants.OBJECTIVES[name].config_class(**shared)
+               for name in options.gan_types}
     run = cli.prepare_run(args, base, "gan_collection")
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
 

@@ -176,6 +176,18 @@ def parse(parser: argparse.ArgumentParser, argv=None, presets: Optional[dict] = 
     return parser.parse_args(argv)
 
 
+_NOT_GIVEN = object()
+
+
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> set[str]:
+    """The destinations of the flags the command line gives (abbreviated or not), as opposed to
+    those left at their defaults."""
+    probe = argparse.Namespace(**{a.dest: _NOT_GIVEN for a in parser._actions
+                                  if a.dest != argparse.SUPPRESS})
+    values = vars(parser.parse_args(argv, namespace=probe))
+    return {dest for dest, value in values.items() if value is not _NOT_GIVEN}
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What ``prepare_run`` settles for a training script."""

@@ -19,7 +19,9 @@ from helpers import (
 )
 from PIL import Image
 
+from jaxgen import cli
 from jaxgen.runs.restore import restore_run
+from jaxgen.train.gan import GANConfig
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +243,13 @@ def test_scripts_print_each_line_at_once_into_a_pipe():
         proc.stdin.close()
         proc.wait(60)
     assert proc.returncode == 0
+
+
+def test_given_flags_are_those_on_the_command_line():
+    """What a script tells apart from defaults (gan_collection.py passes only these to every
+    GAN): flags given, abbreviated or with '=', even when given their default value."""
+    parser = cli.training_parser("", GANConfig)
+    assert cli.given_flags(parser, []) == set()
+    given = cli.given_flags(parser, ["--epochs", "3", "--batchnorm-scale", "ones",
+                                     "--lr-d=2e-4", "--no-compilation-cache"])
+    assert given == {"epochs", "batchnorm_scale_init", "lr_d", "compilation_cache"}
