@@ -5,12 +5,13 @@ files of ``--data-dir`` in [-1, 1], batch 64, one reshuffle per 937 steps. Needs
 only (torch is never a dependency of jaxgen).
 
     python benchmarks/torch_ebgan.py --data-dir /usr/share/datasets/fashion-mnist \\
-        --steps 2000 --batchnorm-scale ones --out ebgan_torch_ones.json
+        --steps 2000 --batchnorm-scale-init ones --out ebgan_torch_ones.json
 
 Every 50 steps it prints D's and G's loss and the spread of G's batch (the mean over pixels of
 the standard deviation over the 64 images of the G step: about 0.15 at initialisation, 0 when
-every z gives the same image). ``--batchnorm-scale uniform`` draws every BatchNorm scale from
-U(0, 1), as PyTorch did up to 0.4.1, when the reference's pictures were made.
+every z gives the same image). ``--batchnorm-scale-init uniform`` draws every BatchNorm scale
+from U(0, 1), as PyTorch did up to 0.4.1, when the reference's pictures were made (jaxgen's
+flag of the same name).
 """
 
 import argparse
@@ -119,7 +120,7 @@ def main():
     parser.add_argument("--data-dir", required=True,
                         help="a folder with train-images-idx3-ubyte.gz (Fashion-MNIST)")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batchnorm-scale", choices=("ones", "uniform"), default="ones")
+    parser.add_argument("--batchnorm-scale-init", choices=("ones", "uniform"), default="ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the log as JSON here")
@@ -127,7 +128,7 @@ def main():
     if args.out and os.path.exists(args.out):
         parser.error(f"{args.out} exists; pass another --out or remove it.")
     torch.set_num_threads(args.threads)
-    result = run(args.data_dir, args.steps, args.batchnorm_scale, args.seed)
+    result = run(args.data_dir, args.steps, args.batchnorm_scale_init, args.seed)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
