@@ -124,8 +124,10 @@ def _save_panels(pictures: dict[str, np.ndarray], path: str, title: Optional[str
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, grid) in zip(axes.flat, pictures.items()):
-        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray",
-                  interpolation="nearest")
+        if grid.shape[-1] == 1:  # grey levels as they are, not stretched to the panel's range
+            ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(grid, interpolation="nearest")
         ax.set_title(label)
     if title:
         fig.suptitle(title)
