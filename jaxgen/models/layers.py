@@ -2,7 +2,9 @@
 
 The PyTorch reference initialises every conv, transposed conv and linear weight from N(0, 0.02)
 and every bias to zero (``utils.initialize_weights`` of pytorch-generative-model-collections);
-BatchNorm keeps scale 1 and offset 0. Its BatchNorm momentum 0.1 is Flax's momentum 0.9.
+BatchNorm keeps scale 1 and offset 0 (a GAN's ``batchnorm_scale_init`` "uniform" redraws the
+scales at init: ``jaxgen.train.gan.uniform_batchnorm_scales``). Its BatchNorm momentum 0.1 is
+Flax's momentum 0.9.
 """
 
 from __future__ import annotations
