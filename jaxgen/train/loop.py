@@ -270,6 +270,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         history.total_time = total_before + (time.time() - session_start)
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
             f"epochs time: {history.total_time:.2f}")
+        log("Training finish!... save training results")
         if main:
             write_history(task.name, _title(task), workdir, history)
             task.train_end(workdir, history.to_dict())
