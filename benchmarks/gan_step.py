@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
+from jaxgen.models.layers import CONV_FORMS
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.state import init_state
 from jaxgen.train.task import resolve_steps_per_call
@@ -62,14 +63,14 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the whole process
 
 
-def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpixel: bool,
+def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_forms: str,
                 mesh, steps_per_call: int = 1, xla_defaults: bool = False,
                 gan_type: str = "GAN") -> dict:
     """Times ``warmup + steps`` steps of ``gan_type``; with ``steps_per_call`` K, each call runs
     K of them. ``xla_defaults`` compiles without ``jaxgen.parallel.compiler_options``."""
     start = time.perf_counter()
     task_class = gan_variants.task_class(gan_type)
-    task = task_class(task_class.config_class(batch_size=batch_size), subpixel=subpixel)
+    task = task_class(task_class.config_class(batch_size=batch_size, conv_forms=conv_forms))
     steps_per_epoch = 16
     with jax.set_mesh(mesh):
         state, data, perm = _start(task, steps_per_epoch, mesh)
@@ -94,7 +95,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, subpix
         seconds = time.perf_counter() - t0
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     return {"framework": f"jaxgen {gan_type} (jax {jax.__version__})",
-            "form": ("sub-pixel" if subpixel else "direct")
+            "form": f"{conv_forms} forms"
             + (f", {steps_per_call} steps/call" if steps_per_call > 1 else "")
             + (", XLA default options" if xla_defaults else ""),
             "batch_size": batch_size,
@@ -172,14 +173,14 @@ def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
 
 
 def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, log_every: int,
-                                     subpixel: bool, steps_per_call: int,
+                                     conv_forms: str, steps_per_call: int,
                                      gan_type: str = "GAN") -> dict:
     """``time_jaxgen`` in a fresh process that keeps glibc's malloc defaults (malloc's settings
     are process-wide and fixed once JAX has started)."""
     call = (f"import json, sys; sys.path.insert(0, {HERE!r}); import gan_step; "
             f"from jaxgen import parallel; "
             f"row = gan_step.time_jaxgen({batch_size}, {steps}, {warmup}, {log_every}, "
-            f"{subpixel}, parallel.make_mesh(), {steps_per_call}, gan_type={gan_type!r}); "
+            f"{conv_forms!r}, parallel.make_mesh(), {steps_per_call}, gan_type={gan_type!r}); "
             f"print(json.dumps(row))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, env=env)
@@ -203,9 +204,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--log-every", type=int, default=100,
                         help="the step whose end is 'time to first log' (%(default)s)")
-    parser.add_argument("--forms", default="sub-pixel",
-                        help="generator transposed-conv forms to time: sub-pixel, direct or "
-                             "both comma-separated (%(default)s)")
+    parser.add_argument("--conv-forms", default="canonical",
+                        help="convolution forms to time (jaxgen.models.layers.CONV_FORMS): "
+                             "canonical, xla or both comma-separated (%(default)s)")
     parser.add_argument("--steps-per-call", type=int, default=None,
                         help="jaxgen train steps per compiled call (lax.scan); --steps must be "
                              "a multiple (default 1; with --epoch, auto)")
@@ -227,9 +228,10 @@ def main() -> None:
     args = parser.parse_args()
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    forms = [f.strip() for f in args.forms.split(",")]
-    if not set(forms) <= {"sub-pixel", "direct"}:
-        sys.exit("error: --forms takes sub-pixel, direct or both, comma-separated.")
+    forms = [f.strip() for f in args.conv_forms.split(",")]
+    if not set(forms) <= set(CONV_FORMS):
+        sys.exit(f"error: --conv-forms takes {' or '.join(CONV_FORMS)} or both, "
+                 "comma-separated.")
     if args.epoch:
         parallel.reuse_host_memory()  # what jaxgen's scripts do first
         run_epoch(args, batch_sizes[0])
@@ -258,22 +260,22 @@ def main() -> None:
                       for reuse in ((False, True) if reused else (False,))] if with_torch else []
         entry = {"batch_size": b}
         for form in forms:
-            row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form == "sub-pixel",
+            row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form,
                               mesh, args.steps_per_call, gan_type=args.gan_type)
             rows.append(row)
-            key = "jaxgen" if form == forms[0] else f"jaxgen_{form.replace('-', '')}"
+            key = "jaxgen" if form == forms[0] else f"jaxgen_{form}"
             entry[f"{key}_steps_per_s"] = row["steps_per_s"]
             entry[f"{key}_row"] = row
         if args.xla_defaults:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every,
-                              forms[0] == "sub-pixel", mesh, args.steps_per_call,
+                              forms[0], mesh, args.steps_per_call,
                               xla_defaults=True, gan_type=args.gan_type)
             rows.append(row)
             entry["jaxgen_xla_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_xla_defaults_row"] = row
         if args.malloc_defaults:
             row = time_jaxgen_with_malloc_defaults(b, args.steps, args.warmup, args.log_every,
-                                                   forms[0] == "sub-pixel", args.steps_per_call,
+                                                   forms[0], args.steps_per_call,
                                                    args.gan_type)
             rows.append(row)
             entry["jaxgen_malloc_defaults_steps_per_s"] = row["steps_per_s"]

@@ -26,7 +26,8 @@ def test_benchmark_writes_every_row_it_prints(tmp_path):
     (entry,) = report["results"]
     assert entry["batch_size"] == 8
     rows = [entry["jaxgen_row"], entry["jaxgen_malloc_defaults_row"]]
-    assert [r["form"] for r in rows] == ["sub-pixel", "sub-pixel, glibc malloc defaults"]
+    assert [r["form"] for r in rows] == ["canonical forms",
+                                         "canonical forms, glibc malloc defaults"]
     assert entry["jaxgen_steps_per_s"] == entry["jaxgen_row"]["steps_per_s"]
     assert "ratio" not in entry  # no PyTorch asked for
 
@@ -76,3 +77,42 @@ def test_benchmark_times_a_whole_epoch(tmp_path):
     assert (f"GAN: one epoch of 3 steps at batch 8, 2 steps a call: {row['epoch_s']:.2f} s"
             in proc.stdout)
     assert row["device"] in proc.stdout
+
+
+def test_accelerator_check_rehearses_on_cpu(tmp_path):
+    """benchmarks/accelerator.py --smoke: the seed's run with its outputs, the kill -9 and
+    resume check (bit-identical on CPU), in one command, as it runs on a device."""
+    out = tmp_path / "check"
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as the device has one GPU
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--out", str(out),
+         "--smoke", "--accelerator", "cpu", "--parts", "environment,seed_run,resume",
+         "--budget", "500"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "accelerator.json").read_text())
+    parts = report["parts"]
+    assert parts["environment"]["devices"] == "1 x cpu (cpu)"
+    seed = parts["seed_run"]
+    assert seed["finished"] and seed["reference_line"].startswith("Avg one epoch time: ")
+    assert len(seed["per_epoch_time"]) == seed["epochs"] == 2
+    resume = parts["resume"]
+    assert resume["killed"] and resume["checkpoints_when_killed"] == [1]
+    comparison = resume["comparison"]
+    assert comparison["losses_identical"] and comparison["final_state_identical"], comparison
+    assert set(comparison["clean_vs_seed_run_first_differing_step"].values()) == {None}
+    import tarfile
+    with tarfile.open(out / "seed_run.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"seed_run/GAN_epoch001.png", "seed_run/GAN_epoch002.png", "seed_run/GAN_loss.png",
+            "seed_run/GAN_generate_animation.gif", "seed_run/run.log"} <= names
+    assert (out / "accelerator.log").read_text().count("Training finish") == 3
+    assert not (out / "work").exists()  # the runs' checkpoints are not left behind
+
+
+def test_accelerator_check_refuses_a_data_dir_without_the_files(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--out",
+         str(tmp_path / "check"), "--data-dir", str(tmp_path)], capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: --data-dir {tmp_path} holds no Fashion-MNIST IDX")

@@ -128,9 +128,11 @@ def test_unknown_dataset(tmp_path, capsys):
     assert "invalid choice: 'cifar10'" in line
 
 
-def test_accelerator_that_is_not_there(tmp_path, capsys):
-    line = _error(capsys, "gan_mnist.py", "--accelerator", "tpu", "--workdir", tmp_path / "w")
-    assert "no tpu devices; present: cpu (8 devices)" in line
+@pytest.mark.parametrize("accelerator", ["gpu", "tpu"])
+def test_accelerator_that_is_not_there(accelerator, tmp_path, capsys):
+    line = _error(capsys, "gan_mnist.py", "--accelerator", accelerator, "--workdir",
+                  tmp_path / "w")
+    assert f"no {accelerator} devices; present: cpu (8 devices)" in line
 
 
 def test_batch_not_divisible_by_device_count(tmp_path, capsys):

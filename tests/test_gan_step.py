@@ -40,7 +40,7 @@ def _reference_step(task, model, x, key):
     direct (non-sub-pixel) transposed convolution."""
     from jaxgen.models.gan import Discriminator, Generator
 
-    G, D = Generator(subpixel=False), Discriminator()
+    G, D = Generator(conv_forms="xla"), Discriminator()
     g, d = model.g, model.d
     z = jax.random.uniform(key, (x.shape[0], task.config.z_dim))
     G_, g_bs = G.apply({"params": g.params, "batch_stats": g.batch_stats}, z, train=True,

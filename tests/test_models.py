@@ -82,7 +82,7 @@ def test_subpixel_kernel_uses_every_tap_once_and_zeros_elsewhere():
 
 def test_generator_forms_share_parameters_and_outputs():
     z = jax.random.uniform(jax.random.PRNGKey(0), (5, 62))
-    variables = Generator(subpixel=True).init(jax.random.PRNGKey(1), z, train=False)
-    a = Generator(subpixel=True).apply(variables, z, train=False)
-    b = Generator(subpixel=False).apply(variables, z, train=False)
+    variables = Generator(conv_forms="canonical").init(jax.random.PRNGKey(1), z, train=False)
+    a = Generator(conv_forms="canonical").apply(variables, z, train=False)
+    b = Generator(conv_forms="xla").apply(variables, z, train=False)
     np.testing.assert_allclose(a, b, atol=1e-5)

@@ -4,7 +4,9 @@ Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen e
 InfoGAN):
   G: FC 1024-BN-ReLU, FC 7x7x128-BN-ReLU, deconv 64 (4x4, s2)-BN-ReLU, deconv 1 (4x4, s2)-tanh
   D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
-Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss. EBGAN and BEGAN
+Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss. Every network
+computes in its ``dtype`` (float32 parameters; outputs float32) with convolutions in
+``conv_forms`` (``jaxgen.models.layers.CONV_FORMS``). EBGAN and BEGAN
 replace D with an autoencoder (:class:`EnergyDiscriminator`, :class:`BoundaryDiscriminator`).
 The conditional GANs keep this G, fed z with its code (``CGAN.py``, ``ACGAN.py``:
 z ‖ one-hot label; ``infoGAN.py``: z ‖ continuous codes ‖ one-hot category), and this D with label
@@ -13,7 +15,7 @@ planes beside the image (CGAN) or more outputs of its last layer (ACGAN, infoGAN
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,19 +27,23 @@ class Generator(nn.Module):
     """z (N, z_dim) -> images (N, 28, 28, 1) in [-1, 1]."""
 
     image_channels: int = 1
-    subpixel: bool = True  # how the transposed convolutions are computed; same parameters
+    conv_forms: str = "canonical"  # how the transposed convolutions are computed; same params
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z: jnp.ndarray, train: bool) -> jnp.ndarray:
         def norm():
-            return BatchNorm(use_running_average=not train)
+            return BatchNorm(use_running_average=not train, dtype=self.dtype)
 
-        x = nn.relu(norm()(Dense(1024)(z)))
-        x = nn.relu(norm()(Dense(7 * 7 * 128)(x)))
+        def up(features):
+            return ConvTranspose4x4Up(features, conv_forms=self.conv_forms, dtype=self.dtype)
+
+        x = nn.relu(norm()(Dense(1024, dtype=self.dtype)(z)))
+        x = nn.relu(norm()(Dense(7 * 7 * 128, dtype=self.dtype)(x)))
         x = x.reshape(x.shape[0], 7, 7, 128)
-        x = nn.relu(norm()(ConvTranspose4x4Up(64, subpixel=self.subpixel)(x)))
-        x = ConvTranspose4x4Up(self.image_channels, subpixel=self.subpixel)(x)
-        return jnp.tanh(x)
+        x = nn.relu(norm()(up(64)(x)))
+        x = up(self.image_channels)(x)
+        return jnp.tanh(x).astype(jnp.float32)
 
 
 class Discriminator(nn.Module):
@@ -52,12 +58,17 @@ class Discriminator(nn.Module):
     """
 
     head_outputs: int = 0
+    conv_forms: str = "canonical"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1,
                  condition: Optional[jnp.ndarray] = None):
         def norm(name):
             return GroupedBatchNorm(use_running_average=not train, groups=groups, name=name)
+
+        def down(features):
+            return Conv4x4Down(features, conv_forms=self.conv_forms, dtype=self.dtype)
 
         def lrelu(v):
             return nn.leaky_relu(v, negative_slope=0.2)
@@ -66,11 +77,11 @@ class Discriminator(nn.Module):
             planes = jnp.broadcast_to(condition[:, None, None, :].astype(x.dtype),
                                       x.shape[:3] + condition.shape[-1:])
             x = jnp.concatenate([x, planes], axis=-1)
-        x = lrelu(Conv4x4Down(64)(x))
-        x = lrelu(norm("BatchNorm_0")(Conv4x4Down(128)(x)))
+        x = lrelu(down(64)(x.astype(self.dtype)))
+        x = lrelu(norm("BatchNorm_0")(down(128)(x)))
         x = x.reshape(x.shape[0], -1)
-        x = lrelu(norm("BatchNorm_1")(Dense(1024)(x)))
-        out = Dense(1 + self.head_outputs)(x)
+        x = lrelu(norm("BatchNorm_1")(Dense(1024, dtype=self.dtype)(x)))
+        out = Dense(1 + self.head_outputs, dtype=self.dtype)(x).astype(jnp.float32)
         if self.head_outputs == 0:
             return out[:, 0]
         return out[:, 0], out[:, 1:]
@@ -87,15 +98,20 @@ class EnergyDiscriminator(nn.Module):
 
     image_channels: int = 1
     code_dim: int = 32
+    conv_forms: str = "canonical"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1):
-        x = nn.relu(Conv4x4Down(64)(x))
-        code = Dense(self.code_dim)(x.reshape(x.shape[0], -1))
-        x = Dense(14 * 14 * 64)(code)
+        x = nn.relu(Conv4x4Down(64, conv_forms=self.conv_forms, dtype=self.dtype)(
+            x.astype(self.dtype)))
+        code = Dense(self.code_dim, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+        x = Dense(14 * 14 * 64, dtype=self.dtype)(code)
         x = GroupedBatchNorm(use_running_average=not train, groups=groups, name="BatchNorm_0")(x)
         x = nn.relu(x).reshape(x.shape[0], 14, 14, 64)
-        return ConvTranspose4x4Up(self.image_channels)(x), code
+        out = ConvTranspose4x4Up(self.image_channels, conv_forms=self.conv_forms,
+                                 dtype=self.dtype)(x)
+        return out.astype(jnp.float32), code.astype(jnp.float32)
 
 
 class BoundaryDiscriminator(nn.Module):
@@ -107,11 +123,16 @@ class BoundaryDiscriminator(nn.Module):
     """
 
     image_channels: int = 1
+    conv_forms: str = "canonical"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1) -> jnp.ndarray:
         del train, groups  # no batch statistics
-        x = nn.relu(Conv4x4Down(64)(x))
-        code = Dense(32)(x.reshape(x.shape[0], -1))
-        x = Dense(14 * 14 * 64)(code)
-        return ConvTranspose4x4Up(self.image_channels)(x.reshape(x.shape[0], 14, 14, 64))
+        x = nn.relu(Conv4x4Down(64, conv_forms=self.conv_forms, dtype=self.dtype)(
+            x.astype(self.dtype)))
+        code = Dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+        x = Dense(14 * 14 * 64, dtype=self.dtype)(code)
+        out = ConvTranspose4x4Up(self.image_channels, conv_forms=self.conv_forms,
+                                 dtype=self.dtype)(x.reshape(x.shape[0], 14, 14, 64))
+        return out.astype(jnp.float32)

@@ -5,12 +5,19 @@ and every bias to zero (``utils.initialize_weights`` of pytorch-generative-model
 BatchNorm keeps scale 1 and offset 0 (a GAN's ``batchnorm_scale_init`` "uniform" redraws the
 scales at init: ``jaxgen.train.gan.uniform_batchnorm_scales``). Its BatchNorm momentum 0.1 is
 Flax's momentum 0.9.
+
+Every layer computes in its ``dtype`` (float32, or bfloat16 under a GAN's ``--dtype bfloat16``)
+with float32 parameters; BatchNorm's statistics are float32 whatever the dtype. The
+convolutions come in two forms of the same maths (:data:`CONV_FORMS`): ``canonical``, written for
+XLA:CPU (sub-pixel transposed convolutions, gradients as NHWC/HWIO convolutions:
+:func:`canonical_conv`), and ``xla``, XLA's own (``lax.conv_transpose`` and autodiff's
+gradients). Parameters are the same in both, so checkpoints are interchangeable.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -54,6 +61,8 @@ class GroupedBatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,))
+        dtype = x.dtype
+        x = x.astype(jnp.float32)  # statistics and normalisation in float32 for every dtype
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
@@ -67,8 +76,8 @@ class GroupedBatchNorm(nn.Module):
                     ra_mean.value = m * ra_mean.value + (1 - m) * mean[0, g].reshape(features)
                     ra_var.value = m * ra_var.value + (1 - m) * var[0, g].reshape(features)
             y = (xg - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
-            return y.reshape(x.shape)
-        return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+            return y.reshape(x.shape).astype(dtype)
+        return ((x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias).astype(dtype)
 
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -175,11 +184,36 @@ def canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     return _conv(geometry, lhs, rhs)
 
 
-def Conv4x4Down(features: int, name=None) -> nn.Conv:
-    """4x4 stride-2 convolution with padding 1 (PyTorch ``Conv2d(c, features, 4, 2, 1)``)."""
+CONV_FORMS = ("canonical", "xla")
+
+
+def Conv4x4Down(features: int, name=None, conv_forms: str = "canonical",
+                dtype=jnp.float32) -> nn.Conv:
+    """4x4 stride-2 convolution with padding 1 (PyTorch ``Conv2d(c, features, 4, 2, 1)``), in
+    ``conv_forms`` (:data:`CONV_FORMS`)."""
+    conv = canonical_conv if _form(conv_forms) == "canonical" else lax.conv_general_dilated
     return nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                   kernel_init=weight_init, bias_init=bias_init, name=name,
-                   conv_general_dilated=canonical_conv)
+                   kernel_init=weight_init, bias_init=bias_init, name=name, dtype=dtype,
+                   conv_general_dilated=conv)
+
+
+# What ``auto`` means where JAX's default backend is an accelerator (GPU, TPU); CPU: canonical.
+ACCELERATOR_CONV_FORMS = "xla"
+
+
+def resolve_conv_forms(conv_forms: str) -> str:
+    """``conv_forms`` with ``auto`` resolved by JAX's default backend: ``canonical`` on CPU, whose
+    compiler it was written for, :data:`ACCELERATOR_CONV_FORMS` elsewhere."""
+    if conv_forms != "auto":
+        return _form(conv_forms)
+    return "canonical" if jax.default_backend() == "cpu" else ACCELERATOR_CONV_FORMS
+
+
+def _form(conv_forms: str) -> str:
+    if conv_forms not in CONV_FORMS:
+        raise ValueError(f"conv_forms must be one of {', '.join(CONV_FORMS)}, got "
+                         f"{conv_forms!r}")
+    return conv_forms
 
 
 def conv_transpose_4x4_s2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -227,16 +261,20 @@ def conv_transpose_4x4_s2_subpixel(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.n
 class ConvTranspose4x4Up(nn.Module):
     """4x4 stride-2 transposed convolution, padding 1 (PyTorch ``ConvTranspose2d(c, f, 4, 2, 1)``).
 
-    ``subpixel`` picks the computation, not the model: both forms share the ``kernel`` and ``bias``
-    parameters, so checkpoints are interchangeable.
+    ``conv_forms`` picks the computation, not the model (:data:`CONV_FORMS`: ``canonical``, the
+    sub-pixel form; ``xla``, the direct one): both share the ``kernel`` and ``bias`` parameters,
+    so checkpoints are interchangeable. Computes in ``dtype`` with float32 parameters.
     """
 
     features: int
-    subpixel: bool = True
+    conv_forms: str = "canonical"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", weight_init, (4, 4, x.shape[-1], self.features))
         bias = self.param("bias", bias_init, (self.features,))
-        up = conv_transpose_4x4_s2_subpixel if self.subpixel else conv_transpose_4x4_s2
+        up = (conv_transpose_4x4_s2_subpixel if _form(self.conv_forms) == "canonical"
+              else conv_transpose_4x4_s2)
+        x, kernel, bias = (v.astype(self.dtype) for v in (x, kernel, bias))
         return up(x, kernel) + bias

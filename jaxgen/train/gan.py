@@ -38,12 +38,13 @@ from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Discriminator, Generator
-from jaxgen.models.layers import BATCHNORM_MOMENTUM
+from jaxgen.models.layers import BATCHNORM_MOMENTUM, CONV_FORMS, resolve_conv_forms
 from jaxgen.train.history import epoch_images
 from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task, TrainConfig
 
 PRIORS = ("uniform", "normal")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCHNORM_SCALE_INITS = ("ones", "uniform")
 SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
 
@@ -64,6 +65,14 @@ class GANConfig(TrainConfig):
         "runs the reference's code today) or uniform, U[0, 1) per channel (PyTorch 0.4, under "
         "which the reference's published pictures were made)", choices=BATCHNORM_SCALE_INITS,
         absent="ones")
+    dtype: str = setting(
+        "float32", "what G and D compute in: float32, or bfloat16 (parameters, optimiser states, "
+        "BatchNorm statistics and losses stay float32)", choices=tuple(DTYPES), absent="float32")
+    conv_forms: str = setting(
+        "auto", "how the convolutions are computed, the same maths: canonical (sub-pixel "
+        "transposed convolutions, gradients as NHWC convolutions; written for XLA:CPU), xla "
+        "(XLA's own forms), or auto (canonical on CPU, xla on accelerators)",
+        choices=("auto",) + CONV_FORMS, resumable=True, absent="auto")
 
 
 class LossContext(NamedTuple):
@@ -119,7 +128,8 @@ class Objective:
     d_loss: DLoss
     g_loss: GLoss
     config_class: type = GANConfig
-    discriminator: Callable[[], nn.Module] = Discriminator
+    # D's module, called with the keywords conv_forms and dtype (the GAN's settings)
+    discriminator: Callable[..., nn.Module] = Discriminator
     penalty: Optional[Penalty] = None
     optimizer: Callable[[float, Any], optax.GradientTransformation] = adam
     # Clip D's parameters to [-config.clip, config.clip] after every D step (WGAN).
@@ -187,12 +197,13 @@ class GANTask(Task):
     name = VANILLA.name
     config_class = GANConfig
 
-    def __init__(self, config: GANConfig, subpixel: bool = True):
+    def __init__(self, config: GANConfig):
         self.config = config
         objective = self.objective
         self.metric_names = ("D_loss", "G_loss") + objective.extra_metrics
-        self.generator = Generator(subpixel=subpixel)
-        self.discriminator = objective.discriminator()
+        forms, dtype = resolve_conv_forms(config.conv_forms), DTYPES[config.dtype]
+        self.generator = Generator(conv_forms=forms, dtype=dtype)
+        self.discriminator = objective.discriminator(conv_forms=forms, dtype=dtype)
         self.tx_d = objective.optimizer(config.lr_d, config)
         self.tx_g = objective.optimizer(config.lr_g, config)
         # infoGAN's third optimiser, over G's and D's parameters, at D's learning rate.

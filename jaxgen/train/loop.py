@@ -347,11 +347,19 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
         model, metrics = task.train_step(state.model, images, key, **kwargs)
         return state.replace(step=state.step + 1, model=model), metrics
 
-    def run(state: TrainState, data, perm: jax.Array):
+    def steps(state: TrainState, data, perm: jax.Array):
         if steps_per_call == 1:
             state, metrics = step(state, data, perm)
             return state, jax.tree.map(lambda m: m[None], metrics)
         return lax.scan(lambda s, _: step(s, data, perm), state, length=steps_per_call)
+
+    precision = task.config.precision
+
+    def run(state: TrainState, data, perm: jax.Array):
+        if precision == "default":
+            return steps(state, data, perm)
+        with jax.default_matmul_precision(precision):  # read when the step is traced
+            return steps(state, data, perm)
 
     if compiler_options is None:
         compiler_options = parallel.compiler_options(mesh)

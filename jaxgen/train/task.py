@@ -17,6 +17,8 @@ import jax
 from jaxgen.config import POSITIVE_INT, SEED, Settings, setting
 from jaxgen.data import DATASETS
 
+PRECISIONS = ("default", "high", "highest")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Settings):
@@ -37,6 +39,11 @@ class TrainConfig(Settings):
               "whose log lines come when it ends (default: auto; 1 prints them as the steps "
               "run); the same steps, rounded differently", POSITIVE_INT, resumable=True,
         metavar="N|auto", parse=lambda text: None if text == "auto" else _positive_int(text))
+    precision: str = setting(
+        "default", "float32 matrix products and convolutions of the train step "
+        "(jax.default_matmul_precision): default (the platform's fastest: TF32 on recent NVIDIA "
+        "GPUs, bfloat16 passes on TPUs; float32 on CPUs), high, or highest (float32 throughout)",
+        choices=PRECISIONS, resumable=True, absent="default")
 
 
 def _positive_int(text: str) -> int:
