@@ -1,4 +1,7 @@
-"""Pictures: image grids, GIF animations, training curves (matplotlib and Pillow, no display)."""
+"""Pictures: image grids, GIF animations, training curves (matplotlib and Pillow, no display).
+
+Figures are drawn on matplotlib ``Figure`` objects and written with Agg, without pyplot:
+importing jaxgen leaves the process's matplotlib backend (a notebook's, say) as it was."""
 
 from __future__ import annotations
 
@@ -7,12 +10,19 @@ import os
 from typing import Iterable, Optional, Sequence
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-matplotlib.use("Agg")  # files only: no display is needed or opened
+
+def _figure(nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), squeeze: bool = True):
+    """(figure, axes) drawn with Agg, whatever pyplot's backend is."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -61,7 +71,7 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
                 ylabel: str = "Loss", title: Optional[str] = None,
                 x: Optional[Sequence[float]] = None) -> None:
     """One line per named curve against its index (or ``x``), as the reference's ``loss_plot``."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _figure(figsize=(8, 4.5))
     for label, values in curves.items():
         values = np.asarray(list(values), dtype=float)
         xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
@@ -77,13 +87,12 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
                 ylabels: Optional[dict[str, str]] = None, title: Optional[str] = None) -> None:
     """One panel per named curve, side by side: for curves of different scales."""
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
+    fig, axes = _figure(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
     for ax, (label, values) in zip(axes[0], curves.items()):
         values = np.asarray(list(values), dtype=float)
         ax.plot(np.arange(len(values)), values, linewidth=0.6)
@@ -95,7 +104,6 @@ def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def save_image_panels(grids: dict[str, np.ndarray], path: str, ncols: Optional[int] = None,
@@ -120,7 +128,7 @@ def _save_panels(pictures: dict[str, np.ndarray], path: str, title: Optional[str
                  per_row: Optional[int] = None) -> None:
     ncols = min(per_row or len(pictures), len(pictures))
     nrows = int(math.ceil(len(pictures) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.6 * nrows), squeeze=False)
+    fig, axes = _figure(nrows, ncols, figsize=(4.2 * ncols, 4.6 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, grid) in zip(axes.flat, pictures.items()):
@@ -133,7 +141,6 @@ def _save_panels(pictures: dict[str, np.ndarray], path: str, title: Optional[str
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -144,14 +151,14 @@ def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
     The circle of radius 2 marks where 95% of the N(0, I) prior's mass lies, i.e. where prior
     samples land; each panel is scaled to its own data.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    fig, axes = _figure(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    colours = matplotlib.colormaps["tab10"]
     for ax, (label, (mu, labels)) in zip(axes[0], panels.items()):
         for c, name in enumerate(class_names):
             pick = labels == c
             ax.scatter(mu[pick, 0], mu[pick, 1], s=2, alpha=0.5, color=colours(c % 10),
                        label=name, rasterized=True)
-        ax.add_patch(plt.Circle((0, 0), 2.0, fill=False, linestyle="--", color="black",
+        ax.add_patch(Circle((0, 0), 2.0, fill=False, linestyle="--", color="black",
                                 linewidth=0.8))
         ax.set_title(label)
         ax.set_xlabel("z1")
@@ -162,7 +169,6 @@ def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def latent_grid_points(n: int = 15, extent: float = 2.0) -> np.ndarray:
