@@ -8,6 +8,8 @@ restoring arrays whose shapes that config decides.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -58,8 +60,29 @@ class _UnparsableInfoNotice(logging.Filter):
         return True
 
 
-logging.getLogger("absl").addFilter(_ReadOnlyNotice())
-logging.getLogger("absl").addFilter(_UnparsableInfoNotice())
+_NOTICE_FILTERS = (_ReadOnlyNotice(), _UnparsableInfoNotice())  # one of each: it keeps its "seen"
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's notices above filtered while jaxgen talks to orbax, and only then: a program
+    that imports jaxgen keeps its own logging as it was."""
+    logger = logging.getLogger("absl")
+    for f in _NOTICE_FILTERS:
+        logger.addFilter(f)
+    try:
+        yield
+    finally:
+        for f in _NOTICE_FILTERS:
+            logger.removeFilter(f)
+
+
+def _quietly(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _quiet_orbax():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 _failed_reads = False  # whether a restore in this process failed while reading arrays
@@ -86,7 +109,13 @@ def _drop_abandoned_reads(previous_hook):
     return hook
 
 
-sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
+def drop_abandoned_reads() -> None:
+    """Installs :func:`_drop_abandoned_reads` as ``sys.unraisablehook`` (once). jaxgen's scripts
+    call it at start-up (``jaxgen.cli.run``); importing jaxgen does not."""
+    if not getattr(sys.unraisablehook, "_jaxgen", False):
+        hook = _drop_abandoned_reads(sys.unraisablehook)
+        hook._jaxgen = True
+        sys.unraisablehook = hook
 
 
 def failure_reason(error: BaseException) -> str:
@@ -120,6 +149,7 @@ REQUIRED_META = ("task", "epoch", "config", "history")
 class Checkpoints:
     """A directory of per-epoch checkpoints (orbax ``CheckpointManager``; steps are epochs)."""
 
+    @_quietly
     def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False,
                  required_meta: tuple = REQUIRED_META):
         """``required_meta``: the fields a checkpoint's meta must have; one without them is
@@ -136,14 +166,17 @@ class Checkpoints:
             item_handlers={"state": ocp.PyTreeCheckpointHandler(
                 type_handler_registry=_STATE_TYPES), "meta": ocp.JsonCheckpointHandler()})
 
+    @_quietly
     def epochs(self) -> list[int]:
         """The epochs with a finished checkpoint, oldest first."""
         return sorted(self._manager.all_steps())
 
+    @_quietly
     def save(self, epoch: int, state: Any, meta: dict) -> None:
         self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
 
+    @_quietly
     def read_meta(self, epoch: int) -> dict:
         """The meta of ``epoch``'s checkpoint; a ValueError if it lacks a required field."""
         meta = self._manager.restore(epoch, args=ocp.args.Composite(
@@ -153,6 +186,7 @@ class Checkpoints:
             raise ValueError(f"its metadata lacks {', '.join(missing)}")
         return meta
 
+    @_quietly
     def discard_partial(self, epoch: int) -> None:
         """Removes what an interrupted save of ``epoch`` left (process 0 removes, all wait)."""
         if jax.process_index() == 0 and os.path.isdir(self.directory):
@@ -162,6 +196,7 @@ class Checkpoints:
         multihost_utils.sync_global_devices("jaxgen-discard-partial")
         self._manager.reload()
 
+    @_quietly
     def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores onto the shardings of ``abstract_state`` (any device count)."""
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
@@ -171,6 +206,7 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
 
+    @_quietly
     def restore_latest(self, target: Callable[[dict], Any], log: Callable[[str], None] = print,
                        quarantine: bool = True) -> Optional[tuple[int, Any, dict]]:
         """The newest readable checkpoint as (epoch, state, meta); None if there is none at all.
@@ -208,6 +244,7 @@ class Checkpoints:
             "nothing was moved: if the cause was passing, rerun, else move that directory away "
             "to start over or pass a new --workdir.")
 
+    @_quietly
     def _quarantine(self, epochs: list[int], log) -> None:
         target_root = self.directory + "-corrupt"
         for epoch in epochs:
@@ -219,9 +256,11 @@ class Checkpoints:
         multihost_utils.sync_global_devices("jaxgen-quarantine")
         self._manager.reload()
 
+    @_quietly
     def wait(self) -> None:
         """Blocks until asynchronous saves have been written."""
         self._manager.wait_until_finished()
 
+    @_quietly
     def close(self) -> None:
         self._manager.close()

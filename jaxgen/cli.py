@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import jax
 
-from jaxgen import parallel
+from jaxgen import checkpoint, parallel
 from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, Check, Settings, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.evaluate import EvaluateEvery
@@ -252,10 +252,12 @@ def run(main: Callable[[], None]) -> None:
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
     (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
-    persistent compilation cache (:func:`use_compilation_cache`)."""
+    persistent compilation cache (:func:`use_compilation_cache`); what a failed restore's
+    abandoned reads would print is dropped (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
     parallel.reuse_host_memory()
+    checkpoint.drop_abandoned_reads()
     use_compilation_cache()  # a training script's --no-compilation-cache turns it off again
     try:
         main()

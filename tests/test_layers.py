@@ -93,3 +93,58 @@ def test_no_import_circle():
 
     for module in sorted(graph):
         visit(module)
+
+
+IMPORT_PROBE = r"""
+import logging, os, pkgutil, importlib, sys, warnings
+import jax, flax, optax, orbax.checkpoint, matplotlib, numpy, PIL.Image, tqdm  # their own effects
+matplotlib.use("svg")
+
+
+def snapshot():
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in
+                                       sorted(logging.root.manager.loggerDict)]
+    return {
+        "backend": matplotlib.get_backend(),
+        # a logger new with a library module (matplotlib.figure's, say) counts if filtered
+        "loggers": {l.name: (l.level, list(map(id, l.filters)), list(map(id, l.handlers)))
+                    for l in loggers if l.name in known or l.filters},
+        "hooks": (id(sys.unraisablehook), id(sys.excepthook)),
+        "environ": dict(os.environ),
+        "warnings": list(map(repr, warnings.filters)),
+        "jax_config": {k: repr(v) for k, v in jax.config.values.items()},
+    }
+
+
+known = set(logging.root.manager.loggerDict) | {"root"}
+before = snapshot()
+import jaxgen
+names = [m.name for m in pkgutil.walk_packages(jaxgen.__path__, "jaxgen.")]
+for name in names:
+    importlib.import_module(name)
+after = snapshot()
+changed = [k for k in before if before[k] != after[k]]
+for k in changed:
+    if isinstance(before[k], dict):
+        keys = sorted(set(before[k]) | set(after[k]))
+        print(k, [x for x in keys if before[k].get(x) != after[k].get(x)][:10])
+    else:
+        print(k, before[k], after[k])
+print("imported", len(names))
+"""
+
+
+def test_importing_any_module_changes_nothing_outside_jaxgen():
+    """A notebook that imports jaxgen keeps its matplotlib backend, logging, hooks, environment,
+    warning filters and JAX configuration: jaxgen's scripts set what they need at start-up."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(jaxgen.__file__)), env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("imported ") and int(lines[-1].split()[1]) > 30
+    assert lines[:-1] == [], lines[:-1]
