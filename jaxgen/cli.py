@@ -23,8 +23,7 @@ from jaxgen.errors import JaxgenError
 from jaxgen.runs.evaluate import EvaluateEvery
 from jaxgen.workdir import check_workdir
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CHECKPOINTS = os.path.join(REPO_ROOT, "checkpoints")
+DEFAULT_CHECKPOINTS = "checkpoints"  # under the current directory
 EVAL_SAMPLES = 10000  # samples per evaluation during training, unless --eval-samples says
 
 
