@@ -150,11 +150,11 @@ def test_a_restore_reports_the_epoch_it_actually_restored(tiny_images, tmp_path)
     workdir = tmp_path / "run"
     _train(workdir, tiny_images, epochs=2)
     _write_meta(workdir, 2, {})
-    registry.OTHER_TASKS[_Counter.name] = _Counter
+    registry.register_task(_Counter)
     try:
         restored = restore_newest(str(workdir), devices=jax.devices()[:1])
     finally:
-        del registry.OTHER_TASKS[_Counter.name]
+        registry.unregister_task(_Counter.name)
     assert restored.epoch == 1 and float(restored.state.model["count"]) == 4
 
 
