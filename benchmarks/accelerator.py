@@ -434,7 +434,8 @@ def summary(data: dict) -> str:
                      f"{seed.get('wall_s', 0):.1f} s; finished {seed.get('finished')}")
     fid = (parts.get("fid") or {}).get("eval") or {}
     if fid:
-        lines.append(f"seed run FID {fid.get('model', {}).get('fid')}")
+        lines.append(f"seed run FID {fid.get('fid')}, Inception score "
+                     f"{fid.get('inception_score')}, floor FID {fid.get('floor', {}).get('fid')}")
     for name in ("resume", "deterministic"):
         c = (parts.get(name) or {}).get("comparison")
         if c:
