@@ -1,4 +1,4 @@
-"""Score a generative model's samples with a dataset classifier, beside the real-data floor.
+r"""Score a generative model's samples with a dataset classifier, beside the real-data floor.
 
     python experiments/evaluate.py --workdir checkpoints/gan_fashion_mnist \
         --classifier checkpoints/classifier_fashion_mnist --num-samples 10000 \
@@ -14,7 +14,7 @@ import argparse
 import os
 
 from jaxgen import cli, metrics, parallel
-from jaxgen.parallel import ACCELERATORS
+from jaxgen.cli import DrawOptions
 from jaxgen.runs.evaluate import EVAL_FILE, evaluate_run
 
 
@@ -29,12 +29,11 @@ def main() -> None:
                         help="samples, real training images and real test images (%(default)s)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="directory with the four IDX files; default: tensorflow-datasets")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="key of the latent draws and of the real subsets (%(default)s)")
     parser.add_argument("--k", type=int, default=3,
                         help="neighbours for the precision/recall manifolds (%(default)s)")
-    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
+    DrawOptions.add_flags(parser)
     args = parser.parse_args()
+    DrawOptions.from_flags(args).validate()
 
     result = evaluate_run(args.workdir, args.classifier, args.num_samples,
                                   data_dir=args.data_dir, seed=args.seed, k=args.k,

@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
+from jaxgen.cli import DrawOptions
 from jaxgen.errors import JaxgenError
-from jaxgen.parallel import ACCELERATORS
 from jaxgen.runs import latents, restore
 from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
 
@@ -44,15 +44,15 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=None,
                         help="samples (default 64), test images (32) or lines (8)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
-    parser.add_argument("--seed", type=int, default=0, help="key of the latent draws")
     parser.add_argument("--label", type=int, default=None, metavar="C",
                         help="a conditional GAN's class to draw (--kind prior; default: "
                              "uniform classes)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="IDX files for the test images of --kind reconstructions and "
                              "interpolations (default: TFDS)")
-    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS)
+    DrawOptions.add_flags(parser)
     args = parser.parse_args()
+    DrawOptions.from_flags(args).validate()
 
     num = args.num if args.num is not None else {"prior": 64, "reconstructions": 32,
                                                  "interpolations": 8, "codes": 100}[args.kind]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import jax
 
 from jaxgen import checkpoint, parallel
-from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, Check, Settings, setting
+from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Check, Settings, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.evaluate import EvaluateEvery
 from jaxgen.workdir import check_workdir
@@ -86,6 +86,16 @@ class RunOptions(Settings):
             return None
         first, last = self.profile_steps.split("..")
         return int(first), int(last)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawOptions(Settings):
+    """What the scripts that draw from a finished run take beside their own flags (sample.py,
+    evaluate.py)."""
+
+    seed: int = setting(0, "key of the draws: latent codes (and evaluate.py's real subsets)",
+                        SEED)
+    accelerator: str = inherited(RunOptions, "accelerator", "auto")
 
 
 @dataclasses.dataclass(frozen=True)

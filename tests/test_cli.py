@@ -255,3 +255,14 @@ def test_given_flags_are_those_on_the_command_line():
     given = cli.given_flags(parser, ["--epochs", "3", "--batchnorm-scale", "ones",
                                      "--lr-d=2e-4", "--no-compilation-cache"])
     assert given == {"epochs", "batchnorm_scale_init", "lr_d", "compilation_cache"}
+
+
+@pytest.mark.parametrize("script", ["sample.py", "evaluate.py"])
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 2 ** 64])
+def test_a_seed_out_of_range_is_one_error_in_the_drawing_scripts(script, seed, tmp_path, capsys):
+    """The same check as the training scripts' --seed: no overflow traceback, no seed that
+    silently wraps around to another one."""
+    args = ["--workdir", tmp_path, "--seed", seed]
+    args += ["--out", tmp_path / "x.png"] if script == "sample.py" else ["--classifier", tmp_path]
+    line = _error(capsys, script, *args)
+    assert line == f"error: --seed must be an integer in 0..4294967295, got {seed}."
