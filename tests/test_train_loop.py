@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -300,3 +301,16 @@ def test_labels_travel_with_their_images_and_hooks_run_every_epoch(tiny_images, 
         assert calls == [(1, 4), (2, 8)]
     with pytest.raises(JaxgenError, match="one label per image"):
         _train(tmp_path / "missing", tiny_images, task=_LabelledProbe(config))
+
+
+def test_images_that_are_not_the_datasets_kind_are_refused(tiny_images, tmp_path):
+    """Float images, or images of another size, are one clear error before anything is written
+    (scaled twice, or trained at the wrong shape, they would be recorded as the dataset)."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    for images, got in ((tiny_images.astype(np.float32) / 255, "float32 of shape (64, 28, 28, 1)"),
+                        (tiny_images[:, :14], "uint8 of shape (64, 14, 28, 1)")):
+        with pytest.raises(JaxgenError, match=r"uint8 of shape \(N, 28, 28, 1\); got "
+                           + re.escape(got)):
+            loop.train(GANTask(GANConfig(epochs=1, batch_size=16)), images,
+                       str(tmp_path / "w"), mesh)
+    assert not (tmp_path / "w").exists()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
+from jaxgen.data import IMAGE_SHAPE
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
@@ -114,6 +115,11 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
     last), global 1-based steps, writes a ``jax.profiler`` trace of those steps (of the calls
     holding them, with ``steps_per_call`` > 1) into ``WORKDIR/tensorboard/plugins/profile/``."""
     config = task.config
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+        raise JaxgenError(f"{task.name} trains on {config.dataset}'s images, uint8 of shape "
+                          f"(N, {', '.join(map(str, IMAGE_SHAPE))}); got {images.dtype} of shape "
+                          f"{images.shape}. Pass data.load_dataset(...).images.")
     if task.needs_labels and (labels is None or len(labels) != len(images)):
         raise JaxgenError(f"{task.name} trains on labelled images: pass one label per image.")
     config.validate()
