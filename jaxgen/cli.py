@@ -191,8 +191,10 @@ _NOT_GIVEN = object()
 def given_flags(parser: argparse.ArgumentParser, argv=None) -> set[str]:
     """The destinations of the flags the command line gives (abbreviated or not), as opposed to
     those left at their defaults."""
-    probe = argparse.Namespace(**{a.dest: _NOT_GIVEN for a in parser._actions
-                                  if a.dest != argparse.SUPPRESS})
+    # argparse fills in a default only where the namespace lacks the attribute: a namespace
+    # holding a marker for every destination keeps the marker where no flag was given.
+    destinations = vars(parser.parse_args(argv))
+    probe = argparse.Namespace(**{dest: _NOT_GIVEN for dest in destinations})
     values = vars(parser.parse_args(argv, namespace=probe))
     return {dest for dest, value in values.items() if value is not _NOT_GIVEN}
 
