@@ -70,7 +70,8 @@ DEVICE_TESTS = (
     "tests/test_train_loop.py::test_several_steps_per_call_train_the_same_gan",
     "tests/test_train_loop.py::test_every_step_gets_its_batch_key_and_state",
     "tests/test_old_checkpoints.py",
-    "tests/test_gan_variants.py",
+    "tests/test_gan_variants.py::test_every_variant_trains_and_samples",
+    "tests/test_precision.py",
 )
 SMOKE_IMAGES = 256  # --smoke: synthetic training images, 4 steps an epoch at batch 64
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
