@@ -314,3 +314,27 @@ def test_images_that_are_not_the_datasets_kind_are_refused(tiny_images, tmp_path
             loop.train(GANTask(GANConfig(epochs=1, batch_size=16)), images,
                        str(tmp_path / "w"), mesh)
     assert not (tmp_path / "w").exists()
+
+
+def _files(workdir) -> dict:
+    """Every file's bytes but the lock's, which records who last opened the workdir."""
+    out = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, workdir)] = f.read()
+    out.pop(".lock", None)
+    return out
+
+
+def test_fewer_epochs_than_the_run_has_are_refused_and_nothing_changes(uninterrupted,
+                                                                        tiny_images, tmp_path):
+    """--epochs 1 on a run of 2 epochs would rewrite config.json, metrics.jsonl and the
+    pictures from a shorter history: refused, every file left byte for byte."""
+    workdir = _copy(uninterrupted[0], tmp_path)
+    before = _files(workdir)
+    with pytest.raises(JaxgenError, match=r"holds a run of 2 epochs, more than --epochs 1, and "
+                       r"a run is never shortened; pass --epochs 2 .*Nothing was changed\."):
+        _train(workdir, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    assert _files(workdir) == before

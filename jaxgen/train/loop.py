@@ -185,6 +185,13 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             history = History({k: [] for k in task.metric_names}, [])
         else:
             start_epoch, state, meta = restored
+            if start_epoch > config.epochs:  # the run's files would lose its later epochs
+                ckpts.close()
+                raise JaxgenError(
+                    f"--workdir {workdir} holds a run of {start_epoch} epochs, more than "
+                    f"--epochs {config.epochs}, and a run is never shortened; pass --epochs "
+                    f"{start_epoch} (or more, to train on) or a new --workdir. Nothing was "
+                    "changed.")
             history = History.from_dict(meta["history"], task.metric_names)
             log(f"Resuming from the checkpoint of epoch {start_epoch} in {ckpts.directory}.")
         if main:
