@@ -394,6 +394,18 @@ def test_sample_count_outside_what_the_scores_need(num, message, runs, capsys):
     assert _untouched(gan / "eval.json") == before
 
 
+def test_too_many_eval_samples_are_refused_before_an_epoch_is_trained(runs, tmp_path, capsys):
+    """The evaluation's real images are counted at start-up: the run stops before it trains
+    (and before its workdir exists), not after its first epoch."""
+    data_dir, classifier, _ = runs
+    line = _error(capsys, "gan_mnist.py", "--data-dir", data_dir, "--workdir", tmp_path / "w",
+                  "--batch-size", 16, "--epochs", 1, "--eval-every", 1, "--classifier",
+                  classifier, "--eval-samples", 33)
+    assert line == ("error: --eval-samples 33 is more than the 32 images of mnist's smaller "
+                    "split, which the real-data floor needs; pass at most 32.")
+    assert not (tmp_path / "w").exists()
+
+
 def test_gan_script_passes_the_evaluation_hook_to_the_loop(runs, tmp_path, capsys,
                                                            monkeypatch):
     from jaxgen.train import loop

@@ -49,6 +49,20 @@ def check_num_samples(num: int, feature_dim: int, flag: str = "--num-samples") -
                           f"{flag} of at least {feature_dim + 1}.")
 
 
+def real_splits(num_samples: int, dataset: str, data_dir: Optional[str],
+                flag: str = "--num-samples") -> tuple[data.Dataset, data.Dataset]:
+    """The training and test splits the scores compare with, checked to hold ``num_samples``
+    images each (the real-data floor draws that many from both)."""
+    test = data.load_dataset(dataset, "test", data_dir)
+    train = data.load_dataset(dataset, "train", data_dir)
+    smallest = min(len(test), len(train))
+    if num_samples > smallest:
+        raise JaxgenError(f"{flag} {num_samples} is more than the {smallest} images of "
+                          f"{dataset}'s smaller split, which the real-data floor needs; "
+                          f"pass at most {smallest}.")
+    return train, test
+
+
 def check_dataset(classifier_dataset: str, dataset: str, classifier_dir: str) -> None:
     if classifier_dataset != dataset:
         raise JaxgenError(f"--classifier {classifier_dir} was trained on {classifier_dataset}, "
@@ -67,13 +81,7 @@ class Evaluator:
         check_dataset(extractor.dataset, dataset, extractor.directory)
         check_num_samples(num_samples, extractor.feature_dim, flag)
         self.extractor, self.num_samples, self.k, self.flag = extractor, num_samples, k, flag
-        test = data.load_dataset(dataset, "test", data_dir)
-        train = data.load_dataset(dataset, "train", data_dir)
-        smallest = min(len(test), len(train))
-        if num_samples > smallest:
-            raise JaxgenError(f"{flag} {num_samples} is more than the {smallest} images of "
-                              f"{dataset}'s smaller split, which the real-data floor needs; "
-                              f"pass at most {smallest}.")
+        train, test = real_splits(num_samples, dataset, data_dir, flag)
         key = named_key(jax.random.PRNGKey(seed), "shuffle")
 
         def pick(position: int, n: int) -> np.ndarray:  # a random subset of N of n

@@ -18,6 +18,7 @@ from jaxgen.metrics.evaluator import (
     Evaluator,
     check_dataset,
     check_num_samples,
+    real_splits,
     train_classifier_hint,
 )
 from jaxgen.metrics.features import FeatureExtractor
@@ -128,6 +129,8 @@ class EvaluateEvery:
         if dataset is not None:
             check_dataset(meta["config"]["dataset"], dataset, classifier_dir)
         check_num_samples(num_samples, meta["config"]["feature_dim"], "--eval-samples")
+        if dataset is not None:  # the real images too, before an epoch is trained
+            real_splits(num_samples, dataset, data_dir, "--eval-samples")
         self.classifier_dir, self.every, self.num_samples = classifier_dir, every, num_samples
         self.data_dir, self.seed, self.k = data_dir, seed, k
         self._evaluator: Optional[Evaluator] = None
