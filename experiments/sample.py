@@ -77,7 +77,7 @@ def main() -> None:
     ncols = None
     if args.kind == "prior":
         images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices,
-                                       label=args.label)
+                                       label=args.label, log=print)
     elif args.kind == "codes":
         sweeps = _code_sweeps(args.workdir, args.seed, devices)
         if ext == ".npy":
@@ -89,7 +89,8 @@ def main() -> None:
         print(f"wrote the sweeps of {len(sweeps)} continuous codes to {args.out}")
         return
     else:
-        task, state = restore.restore_run(args.workdir, devices=devices)
+        task, state, epoch = restore.restore_newest(args.workdir, devices=devices)
+        print(restore.restored_line(args.workdir, epoch))
         if not isinstance(task, VAETask):
             raise JaxgenError(f"--kind {args.kind} needs a VAE run; --workdir {args.workdir} "
                               f"holds a {task.name} run (use --kind prior).")
@@ -119,7 +120,8 @@ def main() -> None:
 
 def _code_sweeps(workdir: str, seed: int, devices) -> dict:
     """The continuous codes' sweeps of an infoGAN run, as images."""
-    task, state = restore.restore_run(workdir, devices=devices)
+    task, state, epoch = restore.restore_newest(workdir, devices=devices)
+    print(restore.restored_line(workdir, epoch))
     sweeps = task.code_sweeps(jax.random.PRNGKey(seed)) if hasattr(task, "code_sweeps") else {}
     if not sweeps:
         raise JaxgenError(f"--kind codes needs an infoGAN run (a GAN with continuous codes); "

@@ -183,6 +183,23 @@ def test_sample_to_an_unknown_format(trained, tmp_path, capsys):
     assert "must end in .png" in line and not (tmp_path / "x.jpg").exists()
 
 
+def test_sample_says_which_epoch_it_drew_from_past_an_unreadable_one(trained, tmp_path,
+                                                                     capsys):
+    import shutil
+
+    _, workdir, _ = trained
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    for root, _, names in os.walk(copy / "checkpoints" / "2" / "state"):
+        for name in names:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    code, out, err = run_in_process("sample.py", "--workdir", copy, "--num", 4, "--out",
+                                    tmp_path / "x.npy", capsys=capsys)
+    assert code == 0, err
+    assert f"restored the checkpoint of epoch 1 from {copy}" in out.splitlines()
+    assert np.load(tmp_path / "x.npy").shape == (4, 28, 28, 1)
+
+
 def test_a_label_for_an_unconditional_gan_is_refused(trained, tmp_path, capsys):
     _, workdir, _ = trained
     line = _error(capsys, "sample.py", "--workdir", workdir, "--label", 3, "--out",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -62,6 +62,10 @@ def restore_newest(workdir: str, devices: Optional[list] = None) -> Restored:
     return Restored(task_box["task"], state, epoch)
 
 
+def restored_line(workdir: str, epoch: int) -> str:
+    return f"restored the checkpoint of epoch {epoch} from {workdir}"
+
+
 def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
     """(epoch, meta) of the newest readable checkpoint in ``workdir``, reading no arrays; a
     JaxgenError naming ``flag`` and ``fix`` when there is none."""
@@ -85,14 +89,18 @@ def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
 
 
 def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None,
-                  batch_size: int = 1000, label: Optional[int] = None) -> np.ndarray:
+                  batch_size: int = 1000, label: Optional[int] = None,
+                  log: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generative model of the newest
     readable checkpoint in ``workdir`` (GAN: its generator; VAE: prior samples through the
     decoder), drawn with key ``PRNGKey(seed)``. The same (seed, num) gives the same images. A
-    conditional GAN draws category ``label`` (uniform categories when None)."""
+    conditional GAN draws category ``label`` (uniform categories when None). ``log`` hears
+    which epoch's checkpoint was restored (an unreadable newer one skipped)."""
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
-    task, state = restore_run(workdir, devices=devices)
+    task, state, epoch = restore_newest(workdir, devices=devices)
+    if log is not None:
+        log(restored_line(workdir, epoch))
     if not task.is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")
