@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Optional
 
 import jax
@@ -259,7 +261,8 @@ def describe_devices(mesh) -> str:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2.
+    """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2;
+    Ctrl-C and SIGTERM one line saying how to resume (exit status 130 and 143).
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
     (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
@@ -267,6 +270,9 @@ def run(main: Callable[[], None]) -> None:
     abandoned reads would print is dropped (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parallel.reuse_host_memory()
     checkpoint.drop_abandoned_reads()
     use_compilation_cache()  # a training script's --no-compilation-cache turns it off again
@@ -279,3 +285,18 @@ def run(main: Callable[[], None]) -> None:
         print("interrupted; rerun the same command to resume from the last checkpoint.",
               file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated (SIGTERM); rerun the same command to resume from the last "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (a scheduler ending the job, ``kill``): the script stops as on Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()

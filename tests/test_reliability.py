@@ -266,3 +266,25 @@ def test_two_processes_with_one_id_stop_the_run():
     outcomes = _roll_call_threads(free_port(), [(0, 3), (1, 3), (1, 3)])
     assert outcomes[0].startswith("two processes were started with --process-id 1")
     assert outcomes[1] is not None and "--process-id 1" in outcomes[1]
+
+
+def test_sigterm_stops_with_the_line_that_says_how_to_resume(idx_dir, tmp_path):
+    """A scheduler's SIGTERM ends a run as Ctrl-C does: one line on how to resume, exit 143,
+    the checkpoints written so far kept."""
+    from helpers import ScriptProcess
+
+    workdir = tmp_path / "run"
+    proc = ScriptProcess("gan_mnist.py", "--data-dir", idx_dir, "--workdir", workdir,
+                         "--epochs", 1000, "--batch-size", 16, "--log-every", 4)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "1").is_dir() and proc.proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.1)
+    proc.proc.send_signal(signal.SIGTERM)
+    result = proc.wait(timeout=120)
+    assert result.returncode == 143, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == ("terminated (SIGTERM); rerun the same command to resume from the last "
+                         "checkpoint.")
+    assert "Traceback" not in result.stderr
+    assert restore_newest(str(workdir), devices=jax.devices()[:1]).epoch >= 1
