@@ -338,3 +338,15 @@ def test_fewer_epochs_than_the_run_has_are_refused_and_nothing_changes(uninterru
                        r"a run is never shortened; pass --epochs 2 .*Nothing was changed\."):
         _train(workdir, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
     assert _files(workdir) == before
+
+
+def test_profile_steps_a_resumed_run_has_trained_are_refused(uninterrupted, tiny_images,
+                                                             tmp_path):
+    """Steps already trained never run again: a profile of them would silently trace nothing."""
+    workdir = _copy(uninterrupted[0], tmp_path)
+    before = _files(workdir)
+    with pytest.raises(JaxgenError, match=r"--profile-steps 3\.\.10 starts within the steps "
+                       r"this run has trained \(1\.\.8, 2 epochs\).*pass steps after 8\."):
+        _train(workdir, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 3}),
+               profile_steps=(3, 10))
+    assert _files(workdir) == before

@@ -192,6 +192,13 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                     f"--epochs {config.epochs}, and a run is never shortened; pass --epochs "
                     f"{start_epoch} (or more, to train on) or a new --workdir. Nothing was "
                     "changed.")
+            trained = start_epoch * steps_per_epoch
+            if profile_steps is not None and profile_steps[0] <= trained:
+                ckpts.close()
+                raise JaxgenError(
+                    f"--profile-steps {profile_steps[0]}..{profile_steps[1]} starts within the "
+                    f"steps this run has trained (1..{trained}, {start_epoch} epochs), which "
+                    f"will not run again; pass steps after {trained}. Nothing was changed.")
             history = History.from_dict(meta["history"], task.metric_names)
             log(f"Resuming from the checkpoint of epoch {start_epoch} in {ckpts.directory}.")
         if main:
