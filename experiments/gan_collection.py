@@ -33,6 +33,7 @@ from jaxgen.metrics import METRICS
 from jaxgen.runs.evaluate import EVAL_FILE, classifier_meta, evaluate_run
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig
+from jaxgen.workdir import write_atomically
 
 # A conditional GAN's scores: the share of samples of label y the classifier calls y.
 LABELLED = ("label_accuracy",)
@@ -144,7 +145,7 @@ def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
                  options: CollectionOptions, machine: str) -> None:
     labelled = [k for k in LABELLED if any(k in row for row in rows)]
     columns = ["gan", *METRICS, *labelled, "seconds_per_epoch", "published_fid"]
-    with open(os.path.join(workdir, "collection.csv"), "w", newline="") as f:
+    with write_atomically(os.path.join(workdir, "collection.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -167,7 +168,7 @@ Fashion-MNIST, in Inception features: only their order compares.
 
 ![the last epoch's grids](collection.png)
 """
-    with open(os.path.join(workdir, "collection.md"), "w") as f:
+    with write_atomically(os.path.join(workdir, "collection.md")) as f:
         f.write(text)
 
 

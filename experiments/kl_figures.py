@@ -10,6 +10,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxgen.workdir import write_atomically
+
 matplotlib.use("Agg")  # files only: no display is needed or opened
 
 # (title, [(column, legend)], y scale) of each panel of a sweep figure.
@@ -66,7 +68,8 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with write_atomically(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -91,7 +94,8 @@ def plot_rate_distortion(series: dict[str, list[tuple[float, float, str]]], path
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with write_atomically(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -114,5 +118,6 @@ def plot_sigma_curves(curves: dict[str, np.ndarray], steps_per_epoch: int, path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with write_atomically(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)

@@ -30,6 +30,7 @@ from jaxgen.cli import DrawOptions
 from jaxgen.errors import JaxgenError
 from jaxgen.runs import latents, restore
 from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
+from jaxgen.workdir import write_atomically
 
 KINDS = ("prior", "reconstructions", "interpolations", "codes")
 INTERPOLATION_STEPS = 10
@@ -81,7 +82,8 @@ def main() -> None:
     elif args.kind == "codes":
         sweeps = _code_sweeps(args.workdir, args.seed, devices)
         if ext == ".npy":
-            np.save(args.out, np.stack([np.asarray(v, np.float32) for v in sweeps.values()]))
+            with write_atomically(args.out, "wb") as f:
+                np.save(f, np.stack([np.asarray(v, np.float32) for v in sweeps.values()]))
         else:
             viz.save_image_panels(sweeps, args.out, ncols=10,
                                   title="each continuous code from -1 to 1 (left to right); "
@@ -112,7 +114,8 @@ def main() -> None:
                                         steps=INTERPOLATION_STEPS)
             ncols = INTERPOLATION_STEPS
     if ext == ".npy":
-        np.save(args.out, np.asarray(images, np.float32))
+        with write_atomically(args.out, "wb") as f:
+            np.save(f, np.asarray(images, np.float32))
     else:
         viz.save_image_grid(images, args.out, ncols=ncols)
     print(f"wrote {len(images)} images ({args.kind}) to {args.out}")

@@ -39,7 +39,7 @@ from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import PRESETS, VAEConfig, fixed_targets, interleave_rows
 from jaxgen.train.vae_eval import TestEvalOptions
-from jaxgen.workdir import ensure_writable
+from jaxgen.workdir import ensure_writable, write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +230,7 @@ def _fmt(value) -> str:
 
 def write_table(rows: list[dict], workdir: str, config: VAEConfig,
                 quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
-    with open(os.path.join(workdir, "ablation.csv"), "w", newline="") as f:
+    with write_atomically(os.path.join(workdir, "ablation.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -256,7 +256,7 @@ Setup: {setup}
 Figures: `latent_scatter.png`, `latent_grid.png` (2-D latent runs), `prior_samples.png`,
 `reconstructions.png`.
 """
-    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+    with write_atomically(os.path.join(workdir, "ablation.md")) as f:
         f.write(text)
 
 
@@ -267,14 +267,14 @@ CLAIM_COLUMNS = ("beta", "rate", "mi", "mi_max", "probe_acc", "nn_acc", "mse_tra
 
 def write_claims(rows: list[dict], workdir: str) -> None:
     """``claims.csv`` (every measured column) and ``claims.md`` (the claims' columns)."""
-    with open(os.path.join(workdir, "claims.csv"), "w", newline="") as f:
+    with write_atomically(os.path.join(workdir, "claims.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     table = format_table([{k: r[k] for k in CLAIM_COLUMNS} for r in rows])
     notes = "\n".join(f"- `{k}`: {v}" for k, v in vae_claims.COLUMNS.items()
                       if k in CLAIM_COLUMNS)
-    with open(os.path.join(workdir, "claims.md"), "w") as f:
+    with write_atomically(os.path.join(workdir, "claims.md")) as f:
         f.write(f"# The claims' measurements\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
                 f"{table}\n\n{notes}\n")
 

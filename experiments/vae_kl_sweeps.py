@@ -54,7 +54,7 @@ from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import VAEConfig, fixed_targets, interleave_rows
 from jaxgen.train.vae_eval import TestEvalOptions
-from jaxgen.workdir import ensure_writable
+from jaxgen.workdir import ensure_writable, write_atomically
 
 DISTINCT_POSITIVE = Check(lambda v: len(v) > 0 and len(set(v)) == len(v) and all(w > 0 for w in v),
                           "distinct positive numbers such as 0.1,1")
@@ -271,14 +271,14 @@ SWEPT = {"beta": ("beta", None), "sigma": ("sigma", None), "mc-samples": ("K", "
 def write_sweep(name: str, rows: list[dict], workdir: str, config: VAEConfig, n_eval: int,
                 iwae_k: int, quality) -> None:
     stem = os.path.join(workdir, name.replace("-", "_") + "_sweep")
-    with open(stem + ".csv", "w", newline="") as f:
+    with write_atomically(stem + ".csv", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
     if quality:
         notes += f"\n- prior-sample quality: {quality[0]}"
-    with open(stem + ".md", "w") as f:
+    with write_atomically(stem + ".md") as f:
         f.write(f"# {SWEEP_TITLES[name]}\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
                 f"Setup: {describe_setup(config, n_eval, iwae_k)}\n\n{markdown_tables(rows)}"
                 f"\n\n{notes}\n")
@@ -304,7 +304,7 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
               f"d_test {real['d_test']:.3f}, nearer_train {real['nearer_train']:.3f}")
     text.append("## Columns\n\n" + notes + (f"\n- prior-sample quality: {quality[0]}"
                                              if quality else ""))
-    with open(os.path.join(workdir, "sweeps.md"), "w") as f:
+    with write_atomically(os.path.join(workdir, "sweeps.md")) as f:
         f.write("\n\n".join(text) + "\n")
 
     series = {}

@@ -17,6 +17,13 @@ from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from jaxgen.workdir import write_atomically
+
+
+def _save_figure(fig: Figure, path: str) -> None:
+    with write_atomically(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+
 
 def _figure(nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), squeeze: bool = True):
     """(figure, axes) drawn with Agg, whatever pyplot's backend is."""
@@ -55,7 +62,8 @@ def save_image_grid(images: np.ndarray, path: str, ncols: Optional[int] = None,
     picture = Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode)
     if scale != 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
+    with write_atomically(path, "wb") as f:
+        picture.save(f, format="PNG")
 
 
 def save_gif(frame_paths: Sequence[str], path: str, seconds_per_frame: float = 0.4) -> None:
@@ -63,8 +71,9 @@ def save_gif(frame_paths: Sequence[str], path: str, seconds_per_frame: float = 0
     frames = [Image.open(p).convert("L") for p in frame_paths]
     if not frames:
         return
-    frames[0].save(path, save_all=True, append_images=frames[1:],
-                   duration=int(seconds_per_frame * 1000), loop=0)
+    with write_atomically(path, "wb") as f:
+        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=int(seconds_per_frame * 1000), loop=0)
 
 
 def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
@@ -86,7 +95,7 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
 
 
 def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
@@ -103,7 +112,7 @@ def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
 
 
 def save_image_panels(grids: dict[str, np.ndarray], path: str, ncols: Optional[int] = None,
@@ -140,7 +149,7 @@ def _save_panels(pictures: dict[str, np.ndarray], path: str, title: Optional[str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
 
 
 def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -168,7 +177,7 @@ def plot_latent_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]],
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
 
 
 def latent_grid_points(n: int = 15, extent: float = 2.0) -> np.ndarray:

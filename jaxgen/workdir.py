@@ -1,13 +1,17 @@
-"""A run's working directory: where its checkpoints live, checks that it can be written, and the
-lock that keeps a second run out of it."""
+"""A run's working directory: where its checkpoints live, checks that it can be written, the
+lock that keeps a second run out of it, and the one way every output file is written
+(:func:`write_atomically`)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import socket
 import tempfile
 import time
+import uuid
 
 from jaxgen.errors import JaxgenError
 
@@ -81,3 +85,38 @@ class WorkdirLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock
             self._file = None
+
+
+# Why a write can fail that the user can fix: a full disk or quota, a read-only filesystem, a
+# directory they may not write.
+_UNWRITABLE = {errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the filesystem is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+@contextlib.contextmanager
+def write_atomically(path: str, mode: str = "w", newline=None):
+    """``open(path, mode)`` for writing a whole file, as every output of jaxgen is written: into
+    a temporary file in the same directory, renamed over ``path`` when the block ends. A reader
+    never sees a partial file, and a failure leaves the previous file as it was and no temporary
+    one. A full disk, a read-only filesystem or a directory without permission is one
+    ``JaxgenError`` naming the path and the fix; other errors pass unchanged."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        # "x": a new file with the usual permissions (the umask's), never another's
+        with open(tmp, mode.replace("w", "x"), newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        raise JaxgenError(f"cannot write {path}: {_UNWRITABLE[e.errno]}; the previous file, if "
+                          "any, is intact. Free some space or choose a writable directory, then "
+                          "rerun the same command.") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # FileNotFoundError: it was never made
+                os.unlink(tmp)

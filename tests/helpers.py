@@ -286,3 +286,40 @@ def is_png(path) -> bool:
             return False
         picture.load()  # decodes every row: a truncated file raises
     return True
+
+
+# ----------------------------------------------------------------------------- failures
+
+def failing_writes(monkeypatch, error_number, when=lambda path: True):
+    """Makes jaxgen's writer fail as a full or read-only disk would, for the files ``when``
+    picks: at the first write (ENOSPC) or at opening (the others)."""
+    import builtins
+    import errno
+
+    from jaxgen import workdir
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])  # part of it reaches the disk, then it is full
+            raise OSError(error_number, os.strerror(error_number))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if "x" not in mode or not when(path):
+            return builtins.open(path, mode, *args, **kwargs)
+        if error_number != errno.ENOSPC:
+            raise OSError(error_number, os.strerror(error_number), path)
+        return Full(builtins.open(path, mode, *args, **kwargs))
+
+    monkeypatch.setattr(workdir, "open", fake_open, raising=False)

@@ -1,5 +1,6 @@
 """Sample-quality metrics: the scores against closed forms, and evaluation end to end."""
 
+import errno
 import json
 import os
 import runpy
@@ -10,6 +11,7 @@ import pytest
 from helpers import (
     classifier_flags,
     curve_pixels,
+    failing_writes,
     is_png,
     run_in_process,
     run_script,
@@ -392,6 +394,28 @@ def test_sample_count_outside_what_the_scores_need(num, message, runs, capsys):
                   "--num-samples", num, "--data-dir", data_dir)
     assert message in line
     assert _untouched(gan / "eval.json") == before
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_keeps_eval_json(runs, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Every score computed, then eval.json cannot be written: one error line naming it, exit 2,
+    no traceback, the previous eval.json as it was and no temporary file beside it."""
+    import shutil
+
+    data_dir, classifier, gan = runs
+    workdir = shutil.copytree(gan, tmp_path / "gan")
+    (workdir / "eval.json").write_text('{"fid": "an earlier evaluation"}')
+    before = (workdir / "eval.json").read_bytes()
+    failing_writes(monkeypatch, errno.ENOSPC, lambda path: ".eval.json." in str(path))
+    code, _, err = run_in_process("evaluate.py", "--workdir", workdir, "--classifier",
+                                  classifier, "--num-samples", NUM, "--data-dir", data_dir,
+                                  capsys=capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: cannot write {workdir / 'eval.json'}: no space left")
+    assert "Traceback" not in err
+    assert (workdir / "eval.json").read_bytes() == before
+    assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
 
 
 def test_too_many_eval_samples_are_refused_before_an_epoch_is_trained(runs, tmp_path, capsys):

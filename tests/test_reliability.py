@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import free_port, run_in_process
+from helpers import failing_writes, free_port, run_in_process
 
 from jaxgen import parallel, rendezvous
 from jaxgen.checkpoint import Checkpoints
@@ -288,3 +288,43 @@ def test_sigterm_stops_with_the_line_that_says_how_to_resume(idx_dir, tmp_path):
                          "checkpoint.")
     assert "Traceback" not in result.stderr
     assert restore_newest(str(workdir), devices=jax.devices()[:1]).epoch >= 1
+
+
+# ----------------------------------------------------------------------------- writing outputs
+
+@pytest.mark.parametrize("error_number,reason", [
+    (errno.ENOSPC, "no space left on the device"), (errno.EROFS, "the filesystem is read-only"),
+    (errno.EACCES, "permission denied")])
+def test_a_failed_write_is_one_error_and_keeps_the_previous_file(error_number, reason, tmp_path,
+                                                                 monkeypatch):
+    from jaxgen.workdir import write_atomically
+
+    path = tmp_path / "eval.json"
+    path.write_text('{"fid": 1.0}')
+    failing_writes(monkeypatch, error_number)
+    with pytest.raises(JaxgenError) as caught:
+        with write_atomically(str(path)) as f:
+            f.write('{"fid": 2.0, "and": "more"}')
+    assert str(caught.value).startswith(f"cannot write {path}: {reason}; the previous file, if "
+                                        "any, is intact.")
+    assert path.read_text() == '{"fid": 1.0}'
+    assert os.listdir(tmp_path) == ["eval.json"]  # no temporary file, no 0-byte file
+
+
+def test_a_reader_never_sees_a_partial_file(tmp_path):
+    from jaxgen.workdir import write_atomically
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("old\n")
+    with write_atomically(str(path)) as f:
+        f.write("new, first half\n")
+        assert path.read_text() == "old\n"  # until the block ends, the old file is the file
+        f.write("second half\n")
+    assert path.read_text() == "new, first half\nsecond half\n"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

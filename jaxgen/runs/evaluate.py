@@ -26,6 +26,7 @@ from jaxgen.runs.registry import task_class
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_newest
 from jaxgen.tensorboard import EVAL_HISTORY
 from jaxgen.train.classifier import ClassifierTask
+from jaxgen.workdir import write_atomically
 
 EVAL_FILE = "eval.json"
 HISTORY_FILE = EVAL_HISTORY  # one row per evaluation; TensorBoard's scores come from it
@@ -104,10 +105,8 @@ def _score_samples(evaluator: Evaluator, task, model, key: jax.Array) -> tuple[d
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with write_atomically(path) as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 class EvaluateEvery:
@@ -162,9 +161,8 @@ class EvaluateEvery:
                 rows = [r for r in map(json.loads, filter(str.strip, f))
                         if r["epoch"] < row["epoch"]]
         rows.append(row)
-        with open(path + ".tmp", "w") as f:
+        with write_atomically(path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(path + ".tmp", path)
         viz.plot_curves({"FID": [r["fid"] for r in rows],
                          "real-data floor": [r["floor"]["fid"] for r in rows]},
                         os.path.join(workdir, f"{task.name}_fid.png"), xlabel="epoch",

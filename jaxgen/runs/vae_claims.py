@@ -36,6 +36,7 @@ from jaxgen.runs import latents
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import VAETask
+from jaxgen.workdir import write_atomically
 
 CLAIMS_FILE = "claims.json"
 QualityFn = Callable[[np.ndarray], dict]
@@ -155,7 +156,7 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
         log(f"Scoring {num_samples} prior samples...")
         row.update(quality[1](samples[:num_samples]))
     if parallel.is_main_process():
-        with open(path, "w") as f:
+        with write_atomically(path) as f:
             json.dump({"key": key, "row": row}, f, indent=2)
     return row
 

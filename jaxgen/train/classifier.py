@@ -24,6 +24,7 @@ from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.models.classifier import Classifier
 from jaxgen.train.task import Task, TrainConfig
+from jaxgen.workdir import write_atomically
 
 NUM_CLASSES = 10
 REPORT = "classifier.json"  # written beside the checkpoints after training
@@ -98,6 +99,6 @@ def write_report(task: ClassifierTask, model: ClassifierModel, test_images: np.n
               "num_test": len(test_labels), "feature_dim": task.config.feature_dim,
               "num_train": num_train, "epochs": epoch}
     if parallel.is_main_process():
-        with open(os.path.join(workdir, REPORT), "w") as f:
+        with write_atomically(os.path.join(workdir, REPORT)) as f:
             json.dump(report, f, indent=2)
     return report

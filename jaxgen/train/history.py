@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from jaxgen import viz
+from jaxgen.workdir import write_atomically
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ class History:
 
 def write_history(name: str, title: str, workdir: str, history: History) -> None:
     """``<name>_history.json`` and ``<name>_loss.png``."""
-    with open(os.path.join(workdir, f"{name}_history.json"), "w") as f:
+    with write_atomically(os.path.join(workdir, f"{name}_history.json")) as f:
         json.dump(history.to_dict(), f)
     viz.plot_curves(history.metrics, os.path.join(workdir, f"{name}_loss.png"), title=title)
 
@@ -46,7 +47,7 @@ def write_epoch_outputs(name: str, title: str, workdir: str, history: History,
     """``metrics.jsonl`` and the history files."""
     epochs = len(history.per_epoch_time)
     steps = len(next(iter(history.metrics.values()))) // epochs
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    with write_atomically(os.path.join(workdir, "metrics.jsonl")) as f:
         for epoch in range(1, epochs + 1):
             offset = (epoch - 1) * steps
             for i in range(log_every, steps + 1, log_every):

@@ -35,7 +35,7 @@ from jaxgen.tensorboard import Board
 from jaxgen.train.history import History, write_epoch_outputs, write_history
 from jaxgen.train.state import TrainState, abstract_state, init_state
 from jaxgen.train.task import Task, resolve_steps_per_call
-from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
+from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable, write_atomically
 
 
 def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
@@ -202,7 +202,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             history = History.from_dict(meta["history"], task.metric_names)
             log(f"Resuming from the checkpoint of epoch {start_epoch} in {ckpts.directory}.")
         if main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
+            with write_atomically(os.path.join(workdir, "config.json")) as f:
                 json.dump({"task": task.name, "config": config.to_dict()}, f, indent=2)
         # TensorBoard's event files, written anew from the checkpoint's history.
         board = Board(workdir, task.name, steps_per_epoch, config.log_every) if main else None

@@ -27,6 +27,7 @@ from jaxgen.errors import JaxgenError
 from jaxgen.train import loop
 from jaxgen.train.state import TrainState
 from jaxgen.train.vae import VAEConfig, VAETask, fixed_targets
+from jaxgen.workdir import write_atomically
 
 ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al. (2016), section 5.2
 
@@ -137,7 +138,7 @@ def evaluate(task: VAETask, params, images: np.ndarray, mesh, iwae_k: int = 5000
 
 def write_evaluation(workdir: str, summary: dict, epoch: int, split: str = "test") -> str:
     path = os.path.join(workdir, f"{split}_eval.json")
-    with open(path, "w") as f:
+    with write_atomically(path) as f:
         json.dump({**summary, "epoch": epoch}, f, indent=2)
     return path
 
