@@ -25,6 +25,8 @@ import struct
 import time
 from typing import Optional
 
+from jaxgen.workdir import unwritable
+
 DIRECTORY = "tensorboard"
 EVAL_HISTORY = "eval_history.jsonl"  # as jaxgen.runs.evaluate writes it (a higher layer)
 
@@ -111,17 +113,28 @@ class EventWriter:
         os.makedirs(directory, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.jaxgen"
         self.path = os.path.join(directory, name)
-        self._file = open(self.path, "ab")
-        self._file.write(_record(_event(0, file_version="brain.Event:2")))
+        try:
+            self._file = open(self.path, "ab")
+        except OSError as e:
+            raise unwritable(self.path, e, "the run's checkpoints are intact") from None
+        self._write(_record(_event(0, file_version="brain.Event:2")))
+
+    def _write(self, record: bytes) -> None:
+        """Appends ``record``; a full disk or a read-only directory is one clear error, never a
+        curve silently cut short."""
+        try:
+            self._file.write(record)
+        except OSError as e:
+            raise unwritable(self.path, e, "the run's checkpoints are intact") from None
 
     def scalars(self, step: int, values: dict) -> None:
         summary = b"".join(_bytes_field(1, _scalar_value(tag, float(v)))
                            for tag, v in values.items())
-        self._file.write(_record(_event(step, summary)))
+        self._write(_record(_event(step, summary)))
 
     def image(self, step: int, tag: str, png_path: str) -> None:
         """The PNG file ``png_path`` as an image; an OSError (PIL's UnidentifiedImageError is
-        one) when it is not a picture, with nothing written."""
+        one) when it cannot be read as a picture, with nothing written."""
         from PIL import Image  # the pictures' own library; loaded when there is one
 
         with open(png_path, "rb") as f:
@@ -130,10 +143,13 @@ class EventWriter:
             width, height = picture.size
             channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(picture.mode, 3)
         summary = _bytes_field(1, _image_value(tag, png, height, width, channels))
-        self._file.write(_record(_event(step, summary)))
+        self._write(_record(_event(step, summary)))
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as e:
+            raise unwritable(self.path, e, "the run's checkpoints are intact") from None
 
     def close(self) -> None:
         self._file.close()

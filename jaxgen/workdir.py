@@ -95,6 +95,16 @@ _UNWRITABLE = {errno.ENOSPC: "no space left on the device",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
+def unwritable(path: str, error: OSError, kept: str) -> Exception:
+    """``error``, from writing ``path``, as the one-line ``JaxgenError`` a user can act on when
+    it is a full disk, a read-only filesystem or a missing permission (``kept`` says what was
+    left as it was); any other error as it is."""
+    if error.errno not in _UNWRITABLE:
+        return error
+    return JaxgenError(f"cannot write {path}: {_UNWRITABLE[error.errno]}; {kept}. Free some "
+                       "space or choose a writable directory, then rerun the same command.")
+
+
 @contextlib.contextmanager
 def write_atomically(path: str, mode: str = "w", newline=None):
     """``open(path, mode)`` for writing a whole file, as every output of jaxgen is written: into
@@ -111,11 +121,7 @@ def write_atomically(path: str, mode: str = "w", newline=None):
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
-        if e.errno not in _UNWRITABLE:
-            raise
-        raise JaxgenError(f"cannot write {path}: {_UNWRITABLE[e.errno]}; the previous file, if "
-                          "any, is intact. Free some space or choose a writable directory, then "
-                          "rerun the same command.") from None
+        raise unwritable(path, e, "the previous file, if any, is intact") from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):  # FileNotFoundError: it was never made

@@ -1,6 +1,8 @@
 """TensorBoard event files: read back with TensorFlow's own reader, after a run, after a resume
 and after a run killed mid-epoch (its stale events replaced)."""
 
+import errno
+
 import jax
 import numpy as np
 import pytest
@@ -101,3 +103,32 @@ def test_profile_steps_outside_the_run_or_reversed_are_refused(steps, message, t
     lines = err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert not (tmp_path / "w").exists()
+
+
+class _FullDisk:
+    """An event file on a disk that has filled up."""
+
+    def write(self, data=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    flush = write
+
+    def close(self):
+        pass
+
+
+def test_a_full_disk_under_tensorboard_is_one_error_not_a_shorter_curve(tmp_path):
+    """The curve's and the pictures' records that cannot be written stop the run with one line
+    naming the event file, instead of being skipped (a truncated file TensorBoard reports as
+    data loss)."""
+    from jaxgen.errors import JaxgenError
+
+    board = tensorboard.Board(str(tmp_path), "GAN", steps_per_epoch=4, log_every=2)
+    board.rebuild({"D_loss": [1.0, 0.9, 0.8, 0.7]}, [1.5])
+    Image.new("L", (8, 8)).save(tmp_path / "GAN_epoch002.png")
+    board._writer._file = _FullDisk()
+    for write in (lambda: board.step(2, 2, {"D_loss": 0.5}), lambda: board.epoch_end(2, 1.5),
+                  lambda: board._writer.flush()):
+        with pytest.raises(JaxgenError, match=r"cannot write .*events\.out\.tfevents\..*: no "
+                                              r"space left on the device; the run's checkpoints"):
+            write()
