@@ -20,7 +20,7 @@ import optax
 from flax import struct
 
 from jaxgen import parallel
-from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
+from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, inherited, setting
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.models.classifier import Classifier
 from jaxgen.train.task import Task, TrainConfig
@@ -32,9 +32,8 @@ REPORT = "classifier.json"  # written beside the checkpoints after training
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig(TrainConfig):
-    epochs: int = setting(10, "epochs to train in total; rerunning with more continues",
-                          POSITIVE_INT, resumable=True)
-    batch_size: int = setting(128, "global batch size, split over all devices", POSITIVE_INT)
+    epochs: int = inherited(TrainConfig, "epochs", 10)
+    batch_size: int = inherited(TrainConfig, "batch_size", 128)
     lr: float = setting(1e-3, "Adam learning rate", POSITIVE)
     dropout: float = setting(0.5, "dropout rate on the feature layer", UNIT_INTERVAL)
     feature_dim: int = setting(128, "size of the feature layer the metrics use", POSITIVE_INT)

@@ -24,7 +24,7 @@ import optax
 from flax import struct
 
 from jaxgen import losses, parallel, viz
-from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, POSITIVE_INTS, setting
+from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, POSITIVE_INTS, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.vae import ACTIVATIONS, ARCHITECTURES, IMAGE_SHAPE, VAE
@@ -40,7 +40,7 @@ DISPLAY_IMAGES = 32  # fixed test images shown beside their reconstructions
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(TrainConfig):
-    batch_size: int = setting(100, "global batch size, split over all devices", POSITIVE_INT)
+    batch_size: int = inherited(TrainConfig, "batch_size", 100)
     latent_dim: int = setting(20, "latent size: 2 for pictures, 20-50 for quality",
                               POSITIVE_INT)
     likelihood: str = setting("bernoulli", "decoder: Bernoulli on dynamically binarised "
