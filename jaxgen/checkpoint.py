@@ -60,7 +60,19 @@ class _UnparsableInfoNotice(logging.Filter):
         return True
 
 
-_NOTICE_FILTERS = (_ReadOnlyNotice(), _UnparsableInfoNotice())  # one of each: it keeps its "seen"
+class _InterruptionNotice(logging.Filter):
+    """Orbax reports a save interrupted by Ctrl-C or SIGTERM as a failed thread, with a
+    traceback; the script says it in one line already (what the interruption left is discarded
+    by the next run). Errors are kept: only records of an interruption are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind is not None and issubclass(kind, BaseException)
+                    and not issubclass(kind, Exception))
+
+
+_NOTICE_FILTERS = (_ReadOnlyNotice(), _UnparsableInfoNotice(),  # one of each: "seen" is kept
+                   _InterruptionNotice())
 
 
 @contextlib.contextmanager

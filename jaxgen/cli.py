@@ -282,20 +282,30 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint.",
-              file=sys.stderr)
-        sys.exit(130)
+        _stop("interrupted; rerun the same command to resume from the last checkpoint.", 130)
     except Terminated:
-        print("terminated (SIGTERM); rerun the same command to resume from the last "
-              "checkpoint.", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        _stop("terminated (SIGTERM); rerun the same command to resume from the last "
+              "checkpoint.", 128 + signal.SIGTERM)
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (a scheduler ending the job, ``kill``): the script stops as on Ctrl-C."""
+def _stop(message: str, status: int) -> None:
+    """Says ``message`` and ends the process at once. A checkpoint being written is left as
+    kill -9 would leave it, which the next run discards before resuming from the last whole one;
+    the background threads of XLA and orbax, which an orderly interpreter shutdown would cut off
+    mid-work (with their tracebacks, or a crash), are not waited for."""
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler ending the job, ``kill``): the script stops as on Ctrl-C.
+    Like KeyboardInterrupt it is no Exception, so no ``except Exception`` on the way (orbax's,
+    asyncio's) swallows it."""
 
 
 def _terminate(signum, frame):
