@@ -250,7 +250,7 @@ def subpixel_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
 def conv_transpose_4x4_s2_subpixel(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """The same function as :func:`conv_transpose_4x4_s2`, as a 3x3 stride-1 conv to 4 Cout
     channels followed by depth-to-space. Same parameters and maths; on XLA:CPU its gradient is
-    faster than the direct form's (``benchmarks/gan_step.py --forms sub-pixel,direct``)."""
+    faster than the direct form's (``benchmarks/gan_step.py --conv-forms canonical,xla``)."""
     n, h, w, _ = x.shape
     cout = kernel.shape[-1]
     y = canonical_conv(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)))
