@@ -185,7 +185,7 @@ class Settings:
                 kwargs["action"] = argparse.BooleanOptionalAction
                 kwargs.pop("metavar")
             elif kind is tuple:
-                kwargs["type"] = _comma_separated(typing.get_args(types[f.name])[0])
+                kwargs["type"] = parse or _comma_separated(typing.get_args(types[f.name])[0])
             else:
                 kwargs["type"] = parse or _PARSERS.get(kind, kind)
                 if f.metadata["choices"]:
