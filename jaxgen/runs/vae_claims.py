@@ -64,6 +64,7 @@ COLUMNS = {
     "d_test": "prior sample's distance to the nearest test image (of M), mean",
     "nearer_train": "fraction of prior samples nearer a training image than any test image "
                     "(0.5: no memorisation)",
+    "nearer_train_se": "its binomial standard error, sqrt(p (1 - p) / samples)",
 }
 
 
@@ -73,18 +74,27 @@ def rate_of(mu: np.ndarray, log_var: np.ndarray) -> float:
     return float(np.mean(0.5 * np.sum(np.exp(log_var) + mu ** 2 - 1 - log_var, axis=1)))
 
 
-def memorisation(samples: np.ndarray, train_images: np.ndarray,
-                 test_images: np.ndarray) -> dict:
-    """Distances of samples in [-1, 1] to the nearest of as many training as test images (uint8),
-    in [0, 1] intensity units; the training images are the first len(test_images)."""
-    m = len(test_images)
+def nearest_image_distances(samples: np.ndarray, train_images: np.ndarray,
+                            test_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's (in [-1, 1]) distance to the nearest of M training and of M test images
+    (uint8; the first M of each, M the smaller count), in [0, 1] intensity units."""
+    m = min(len(train_images), len(test_images))
     flat = (np.asarray(samples, np.float32).reshape(len(samples), -1) + 1.0) / 2.0
     train = train_images[:m].reshape(m, -1).astype(np.float32) / 255.0
-    test = test_images.reshape(m, -1).astype(np.float32) / 255.0
-    d_train = probes.nearest_distances(flat, train)
-    d_test = probes.nearest_distances(flat, test)
+    test = test_images[:m].reshape(m, -1).astype(np.float32) / 255.0
+    return probes.nearest_distances(flat, train), probes.nearest_distances(flat, test)
+
+
+def memorisation(samples: np.ndarray, train_images: np.ndarray,
+                 test_images: np.ndarray) -> dict:
+    """Mean distances of samples to the nearest of as many training as test images
+    (``nearest_image_distances``), and ``nearer_train``, the fraction nearer a training image,
+    with its binomial standard error ``nearer_train_se``."""
+    d_train, d_test = nearest_image_distances(samples, train_images, test_images)
+    p = float(np.mean(d_train < d_test))
     return {"d_train": float(d_train.mean()), "d_test": float(d_test.mean()),
-            "nearer_train": float(np.mean(d_train < d_test)), "nn_references": m}
+            "nearer_train": p, "nearer_train_se": math.sqrt(p * (1 - p) / len(samples)),
+            "nn_references": min(len(train_images), len(test_images))}
 
 
 def memorisation_baseline(train: Dataset, test: Dataset, n: int = 1000) -> dict:
@@ -122,12 +132,19 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
             epoch: int, test_summary: dict, iwae_k: int, eval_images: int,
             nn_samples: int = 1000, num_samples: int = 10000,
             quality: Optional[tuple[str, QualityFn]] = None,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, held_out: int = 0) -> dict:
     """Every column of ``COLUMNS`` (and the quality scores) for a trained run, read from
-    ``claims.json`` in ``workdir`` when it was written for the same epoch and options."""
+    ``claims.json`` in ``workdir`` when it was written for the same epoch and options.
+
+    ``held_out`` > 0 keeps the last ``held_out`` test images out of the memorisation test's
+    references and scores them as the samples are scored: ``null_nearer_train`` (with
+    ``null_nearer_train_se``) is then what real images never trained on score against the same
+    references, the test's null (0.5 up to noise)."""
     key = {"epoch": epoch, "iwae_k": iwae_k, "eval_images": eval_images,
            "nn_samples": nn_samples, "num_samples": num_samples,
            "quality": quality[0] if quality else None}
+    if held_out:
+        key["held_out"] = held_out
     path = os.path.join(workdir, CLAIMS_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -151,7 +168,14 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
     samples = draw_samples(task, state.model, max(num_samples, nn_samples),
                            jax.random.PRNGKey(0))
     log(f"Nearest training and test images of {nn_samples} prior samples...")
-    row.update(memorisation(samples[:nn_samples], train.images, test.images))
+    references = test.images[:len(test) - held_out]
+    row.update(memorisation(samples[:nn_samples], train.images, references))
+    if held_out:
+        real = test.images[len(test) - held_out:].astype(np.float32) / 127.5 - 1.0
+        null = memorisation(real, train.images, references)
+        row.update(null_nearer_train=null["nearer_train"],
+                   null_nearer_train_se=null["nearer_train_se"], null_d_train=null["d_train"],
+                   null_d_test=null["d_test"])
     if quality is not None:
         log(f"Scoring {num_samples} prior samples...")
         row.update(quality[1](samples[:num_samples]))
