@@ -1,18 +1,32 @@
-"""Figures of the KL question (experiments/vae_kl_sweeps.py): a sweep's measurements against the
-swept value, the rate-distortion plane, the encoder's std over training."""
+"""Figures of the KL question: a sweep's measurements against the swept value, the rate-distortion
+plane, the encoder's std over training (experiments/vae_kl_sweeps.py); the claims' measures
+against the training-set size, the train/test gap over training and the nearest-image distances
+(experiments/vae_kl_data_size.py)."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional, Sequence
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from jaxgen.workdir import write_atomically
 
-matplotlib.use("Agg")  # files only: no display is needed or opened
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=(6.5, 4.5), squeeze: bool = True):
+    """A figure drawn with Agg, without pyplot (no backend of the caller's is touched)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def _save(fig: Figure, path: str, dpi: int = 100) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    with write_atomically(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 # (title, [(column, legend)], y scale) of each panel of a sweep figure.
 SWEEP_PANELS = [
@@ -39,7 +53,7 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
     panels = [p for p in panels if p[1]]
     ncols = 4
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
     groups = sorted({r[group] for r in rows}) if group else [None]
     values = sorted({r[swept] for r in rows})
     for ax, (panel_title, cols, scale) in zip(axes.flat, panels):
@@ -67,17 +81,14 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with write_atomically(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
+    _save(fig, path, dpi=90)
 
 
 def plot_rate_distortion(series: dict[str, list[tuple[float, float, str]]], path: str,
                          title: str) -> None:
     """Points (rate in nats, distortion as squared error per pixel, label), one series per sweep,
     on one plane (Alemi et al. 2018); the rate axis is logarithmic."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _subplots(figsize=(6.5, 4.5))
     markers = iter("osD^v")
     for name, points in series.items():
         points = sorted(points)
@@ -93,17 +104,14 @@ def plot_rate_distortion(series: dict[str, list[tuple[float, float, str]]], path
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with write_atomically(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_sigma_curves(curves: dict[str, np.ndarray], steps_per_epoch: int, path: str,
                       title: str, window: int = 20) -> None:
     """The encoder's mean std against epochs (a running mean over ``window`` steps), one line per
     run, on a log scale."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _subplots(figsize=(6.5, 4.2))
     for label, values in curves.items():
         values = np.asarray(values, np.float64)
         w = min(window, len(values))
@@ -116,8 +124,131 @@ def plot_sigma_curves(curves: dict[str, np.ndarray], steps_per_epoch: int, path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with write_atomically(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------ against the training-set size
+# file stem -> panels (title, [(column, legend)], y scale): one figure per claim.
+DATA_SIZE_FIGURES = {
+    "claim1_latent": [
+        ("latent probes, test accuracy", [("probe_acc", "linear probe"), ("nn_acc", "1-NN")],
+         "linear"),
+        ("I(x; z) under q (test), nats", [("mi", "I(x; z)")], "linear"),
+        ("rate KL(q(z|x) || p(z)), nats", [("rate", "rate")], "log"),
+        ("encoder std (test)", [("mean_sigma", "mean sigma(x)")], "log"),
+        ("active units", [("active_units", "active units")], "linear"),
+    ],
+    "claim2_overfitting": [
+        ("squared error per pixel", [("mse_train", "train"), ("mse_test", "test")], "log"),
+        ("test - train squared error", [("mse_gap", "MSE gap")], "linear"),
+        ("test - train IWAE bound, nats", [("iwae_gap", "IWAE gap")], "linear"),
+        ("memorisation: fraction nearer a training image",
+         [("nearer_train", "prior samples"), ("null_nearer_train", "held-out real images")],
+         "linear"),
+        ("nearest-image distance, prior samples", [("d_train", "to train"),
+                                                   ("d_test", "to test")], "linear"),
+    ],
+    "claim3_samples": [
+        ("prior samples: FID (classifier space)", [("prior_fid", "FID")], "log"),
+        ("prior samples: precision", [("prior_precision", "precision")], "linear"),
+        ("prior samples: recall", [("prior_recall", "recall")], "linear"),
+        ("KL(q(z) || p(z)), nats", [("marginal_kl", "aggregate posterior to prior")], "log"),
+    ],
+}
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _point_label(row: dict) -> str:
+    return f"beta={row['beta']:g}, sigma={row['sigma']:g} (beta_eff={row['beta_eff']:g})"
+
+
+def plot_against_size(summary: Sequence[dict], panels, path: str, title: str) -> None:
+    """One panel per measure against the training-set size (log axis): a line per point
+    (beta, sigma), its mean over seeds with the seeds' std as error bars; one line style per
+    column of a panel."""
+    panels = [(t, [(k, lab) for k, lab in cols if k in summary[0]], scale)
+              for t, cols, scale in panels]
+    panels = [p for p in panels if p[1]]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    labels = list(dict.fromkeys(_point_label(s) for s in summary))
+    for ax, (panel_title, cols, scale) in zip(axes.flat, panels):
+        for j, (key, name) in enumerate(cols):
+            for i, label in enumerate(labels):
+                chosen = sorted((s for s in summary if _point_label(s) == label),
+                                key=lambda s: s["n"])
+                ax.errorbar([s["n"] for s in chosen], [s[key] for s in chosen],
+                            yerr=[s[key + "_std"] for s in chosen], color=f"C{i}",
+                            linestyle=LINE_STYLES[j % len(LINE_STYLES)], marker="o",
+                            markersize=3, capsize=2, linewidth=1,
+                            label=label if len(cols) == 1 else f"{name}, {label}")
+        if cols[0][0] == "nearer_train":  # chance is 0.5
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale(scale)
+        ax.set_xlabel("training images n")
+        ax.set_title(panel_title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=90)
+
+
+def plot_gap_over_training(histories: dict, path: str, title: str) -> None:
+    """The test - train squared error against the epoch, one panel per training-set size, a line
+    per point: the mean over seeds, the band their min to max. ``histories``: (point label, n)
+    -> [per-seed list of {"epoch", "mse_train", "mse_test"}]."""
+    sizes = sorted({n for _, n in histories})
+    labels = list(dict.fromkeys(label for label, _ in histories))
+    fig, axes = _subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    for ax, n in zip(axes.flat, sizes):
+        for i, label in enumerate(labels):
+            runs = histories.get((label, n))
+            if not runs:
+                continue
+            epochs = [h["epoch"] for h in runs[0]]
+            gaps = np.asarray([[h["mse_test"] - h["mse_train"] for h in run[:len(epochs)]]
+                               for run in runs if len(run) >= len(epochs)], np.float64)
+            ax.plot(epochs, gaps.mean(axis=0), color=f"C{i}", marker="o", markersize=3,
+                    linewidth=1, label=label)
+            ax.fill_between(epochs, gaps.min(axis=0), gaps.max(axis=0), color=f"C{i}",
+                            alpha=0.2)
+        ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"n = {n}: test - train squared error", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=90)
+
+
+def plot_nn_distances(distances: dict, path: str, title: str) -> None:
+    """Histograms of each prior sample's distance to its nearest training image minus that to its
+    nearest test image (< 0: nearer a training image), one panel per training-set size, a line
+    per point and one for held-out real images. ``distances``: (point label, n) -> arrays
+    ``d_train``, ``d_test``, ``null_train``, ``null_test``."""
+    sizes = sorted({n for _, n in distances})
+    labels = list(dict.fromkeys(label for label, _ in distances))
+    fig, axes = _subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    for ax, n in zip(axes.flat, sizes):
+        chosen = [(i, label, distances[(label, n)]) for i, label in enumerate(labels)
+                  if (label, n) in distances]
+        diffs = [d["d_train"] - d["d_test"] for _, _, d in chosen]
+        null = chosen[0][2]["null_train"] - chosen[0][2]["null_test"]
+        lo = min(np.percentile(np.concatenate(diffs + [null]), 1), -1e-3)
+        hi = max(np.percentile(np.concatenate(diffs + [null]), 99), 1e-3)
+        bins = np.linspace(lo, hi, 40)
+        for (i, label, _), diff in zip(chosen, diffs):
+            ax.hist(diff, bins=bins, histtype="step", color=f"C{i}", linewidth=1.2,
+                    label=f"{label}: {np.mean(diff < 0):.0%} < 0")
+        ax.hist(null, bins=bins, histtype="stepfilled", color="grey", alpha=0.3,
+                label=f"held-out real images: {np.mean(null < 0):.0%} < 0")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("d(nearest train) - d(nearest test)")
+        ax.set_title(f"n = {n}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=90)
