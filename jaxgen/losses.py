@@ -60,6 +60,23 @@ def wasserstein_generator_loss(fake_out: jnp.ndarray) -> jnp.ndarray:
     return -jnp.mean(fake_out)
 
 
+def hinge_discriminator_loss(real_out: jnp.ndarray, fake_out: jnp.ndarray) -> jnp.ndarray:
+    """E max(0, 1 - D(x)) + E max(0, 1 + D(G(z))) on D's raw outputs."""
+    return jnp.mean(jax.nn.relu(1.0 - real_out)) + jnp.mean(jax.nn.relu(1.0 + fake_out))
+
+
+def hinge_generator_loss(fake_out: jnp.ndarray) -> jnp.ndarray:
+    """-E D(G(z))."""
+    return -jnp.mean(fake_out)
+
+
+def relativistic_average_loss(first: jnp.ndarray, second: jnp.ndarray) -> jnp.ndarray:
+    """The relativistic average GAN's loss on logits: BCE of ``first - mean(second)`` against 1
+    plus BCE of ``second - mean(first)`` against 0. D's loss is (real, fake); G's (fake, real)."""
+    return (bce_with_logits(first - jnp.mean(second), 1.0)
+            + bce_with_logits(second - jnp.mean(first), 0.0))
+
+
 def gradient_penalty(input_grads: jnp.ndarray) -> jnp.ndarray:
     """E (||grad_x f(x)||_2 - 1)^2 from the gradients (N, ...) of f at N points, one norm per
     point (WGAN-GP at interpolates, DRAGAN at perturbed real images). The weight is the

@@ -52,6 +52,28 @@ def test_wasserstein_losses_by_hand():
     assert float(losses.wasserstein_generator_loss(fake)) == pytest.approx(0.5)
 
 
+def test_hinge_losses_by_hand():
+    real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
+    # D: mean(max(0, 1 - 2), max(0, 1 - 0.5)) + mean(max(0, 1 - 2), max(0, 1 + 0)) = 0.25 + 0.5
+    assert float(losses.hinge_discriminator_loss(real, fake)) == pytest.approx(0.75)
+    assert float(losses.hinge_generator_loss(fake)) == pytest.approx(1.0)
+
+
+def test_relativistic_average_losses_by_hand():
+    real, fake = jnp.array([2.0, 0.0]), jnp.array([-1.0, 1.0])  # means 1 and 0
+
+    def softplus(x):
+        return math.log1p(math.exp(x))
+
+    # BCE(x, 1) = softplus(-x), BCE(x, 0) = softplus(x); real - mean(fake) = (2, 0),
+    # fake - mean(real) = (-2, 0)
+    d = (softplus(-2) + softplus(0)) / 2 + (softplus(-2) + softplus(0)) / 2
+    assert float(losses.relativistic_average_loss(real, fake)) == pytest.approx(d, rel=1e-6)
+    # G's: the roles swapped, fake - mean(real) against 1 and real - mean(fake) against 0
+    g = (softplus(2) + softplus(0)) / 2 + (softplus(2) + softplus(0)) / 2
+    assert float(losses.relativistic_average_loss(fake, real)) == pytest.approx(g, rel=1e-6)
+
+
 def test_energy_losses_by_hand():
     assert float(losses.mse(jnp.ones((2, 2)), jnp.zeros((2, 2)))) == pytest.approx(1.0)
     # D(x) + max(0, margin - D(G(z))): the hinge is active below the margin, off above it
@@ -130,6 +152,49 @@ def test_wgan_critic_step_clips_every_weight_and_g_waits(tiny_images):
     assert _unchanged((model.g.params, model.g.opt_state), (new.g.params, new.g.opt_state))
     assert _all_changed(model.g.batch_stats, new.g.batch_stats)
     assert float(metrics["G_loss"]) == 0.0
+
+
+def test_ragan_g_loss_compares_with_the_real_batch_through_the_updated_d(tiny_images):
+    task = _task("RaGAN")
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
+    images, key = _images(tiny_images), jax.random.PRNGKey(1)
+    new, metrics = _one_step(_step_fn(task), model, images, step_in_epoch=0)
+
+    def d_out(d_params, batch):  # training mode: the batch's own BatchNorm statistics
+        variables = {"params": d_params, "batch_stats": model.d.batch_stats}
+        return task.discriminator.apply(variables, batch, train=True,
+                                        mutable=["batch_stats"])[0]
+
+    with jax.set_mesh(parallel.make_mesh(jax.devices()[:1])):
+        z, _, _ = task.step_inputs(images, key)
+        fake = task.generator.apply(model.g.variables(), z, train=True,
+                                    mutable=["batch_stats"])[0]
+    # D's parameters after the step are the D step's (G's step leaves them alone)
+    expected = losses.relativistic_average_loss(d_out(new.d.params, fake),
+                                                d_out(new.d.params, images))
+    before = losses.relativistic_average_loss(d_out(model.d.params, fake),
+                                              d_out(model.d.params, images))
+    assert float(metrics["G_loss"]) == pytest.approx(float(expected), rel=1e-4)
+    assert abs(float(before) - float(expected)) > 1e-3  # the old D would give another loss
+
+
+def test_g_ema_averages_g_and_samples_from_the_average(tiny_images):
+    task = _task("GAN", g_ema=0.5)
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
+    step_fn, images = _step_fn(task), _images(tiny_images)
+    expected = model.g.params  # the average starts at G's initial weights
+    assert _unchanged(model.extra["g_ema"], expected)
+    for _ in range(3):
+        model, _ = _one_step(step_fn, model, images, step_in_epoch=0)
+        expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, expected, model.g.params)
+    for a, b in zip(jax.tree.leaves(model.extra["g_ema"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not _unchanged(model.extra["g_ema"], model.g.params)
+    key = jax.random.PRNGKey(3)
+    z = task.sample_prior(key, 4)
+    averaged = task.generate(model.g.replace(params=model.extra["g_ema"]), z)
+    np.testing.assert_array_equal(task.sample_images(model, key, 4), averaged)
+    assert not np.allclose(task.sample_images(model, key, 4), task.generate(model.g, z))
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +370,8 @@ def _resume_matches(name, tiny_images, tmp_path, **settings):
 
 
 def test_wgan_resume_is_bit_identical(tiny_images, tmp_path):
-    _resume_matches("WGAN", tiny_images, tmp_path, n_critic=2)  # G steps in both epochs
+    # G steps in both epochs; the moving average of G is checkpointed and resumed too
+    _resume_matches("WGAN", tiny_images, tmp_path, n_critic=2, g_ema=0.9)
 
 
 def test_began_resume_is_bit_identical(tiny_images, tmp_path):
@@ -319,7 +385,7 @@ def test_began_resume_is_bit_identical(tiny_images, tmp_path):
 # Through the loop, restored and sampled: GAN in test_train_loop.py, WGAN (a critic with
 # n_critic) and BEGAN (an autoencoder D with state) above, a penalty in the hinge test below;
 # WGAN_GP's and EBGAN's steps on one and eight devices above.
-@pytest.mark.parametrize("name", ["LSGAN", "DRAGAN"])
+@pytest.mark.parametrize("name", ["LSGAN", "DRAGAN", "RaGAN"])
 def test_every_variant_trains_and_samples(name, tiny_images, tmp_path):
     logs = []
     _, history = _train(_task(name), tiny_images[:32], tmp_path / name, log=logs.append)
@@ -351,7 +417,7 @@ def test_a_new_objective_is_two_functions_and_one_entry(tiny_images, tmp_path):
         gp_weight: float = 1.0
 
     objective = Objective("HINGE_TEST", _hinge_d, _hinge_g, config_class=HingeConfig,
-                          penalty=Penalty(_real_points))
+                          penalty=Penalty(_real_points, lambda config: config.gp_weight))
     gan_variants.register(objective)
     try:
         task_cls = gan_variants.task_class("HINGE_TEST")

@@ -1,17 +1,15 @@
-"""The adversarial core: one train step for every GAN of pytorch-generative-model-collections.
+"""The adversarial core: what a GAN of pytorch-generative-model-collections is to the loop.
 
 A GAN is an :class:`Objective`: a pair of pure loss functions (D's, G's), optionally a gradient
-penalty, D's architecture, the optimiser, and the variant's own settings and state. One step is
-the reference's: with the same z, one Adam step of D on the D loss, then (on every
+penalty, a projection of D's parameters, the D:G schedule, D's architecture, the optimiser, and
+the variant's own settings, state and step hooks. Its train step is assembled from parts by
+``jaxgen.train.gan_step``: with the same z, one Adam step of D on the D loss, then (on every
 ``n_critic``-th step of an epoch; every step for most) one Adam step of G on the G loss through
 the updated D. Both networks run in training mode throughout, as in the reference: G's BatchNorm
 running averages move once per G forward of the reference (twice on a step that updates G), D's
 once per D forward (real batch, fake batch, penalty points, then the fake batch in the G step).
-
-What every variant shares, computed once: G's forward runs once per step and its VJP serves the
-G step (the reference's second forward sees the same parameters, z and batch statistics, so it
-gives the same images); D sees the real batch, the fake batch and any penalty points in one pass
-with per-batch BatchNorm statistics (``groups``); the transposed convolutions are sub-pixel.
+``--g-ema DECAY`` (every GAN) keeps an exponential moving average of G's weights, which samples,
+grids and evaluations then use (``jaxgen.train.gan_ema``).
 
 The vanilla GAN (:data:`VANILLA`, the default :class:`GANTask`) is ``GAN.py``: BCE, Adam 2e-4
 (0.5, 0.999), z ~ U[0,1)^62. ``jaxgen.train.gan_variants`` holds the other variants and the
@@ -31,14 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct, traverse_util
-from jax import lax
 
 from jaxgen import losses, parallel, viz
-from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, setting
+from jaxgen.config import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Check, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Discriminator, Generator
-from jaxgen.models.layers import BATCHNORM_MOMENTUM, CONV_FORMS, resolve_conv_forms
+from jaxgen.models.layers import CONV_FORMS, resolve_conv_forms
+from jaxgen.train import gan_ema
+from jaxgen.train.gan_step import StepHook, make_step
 from jaxgen.train.history import epoch_images
 from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task, TrainConfig
@@ -73,6 +72,10 @@ class GANConfig(TrainConfig):
         "transposed convolutions, gradients as NHWC convolutions; written for XLA:CPU), xla "
         "(XLA's own forms), or auto (canonical on CPU, xla on accelerators)",
         choices=("auto",) + CONV_FORMS, resumable=True, absent="auto")
+    g_ema: float = setting(
+        0.0, "decay of an exponential moving average of G's weights, kept in the checkpoint and "
+        "used for samples, grids and evaluation (e.g. 0.999; 0: none)",
+        Check(lambda v: 0 <= v < 1, "a number in [0, 1)"), metavar="DECAY", absent=0.0)
 
 
 class LossContext(NamedTuple):
@@ -84,6 +87,9 @@ class LossContext(NamedTuple):
     config: Any  # the variant's config
     labels: Any = None  # a conditional GAN's categories (B,) int32: the one-hot code G was given
     continuous: Any = None  # infoGAN's continuous codes (B, n) in [-1, 1]
+    # In the G loss of an objective with g_sees_real: D's outputs on the real batch through the
+    # D just updated (a relativistic loss compares them with D's outputs on G(z)).
+    real_out: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +115,11 @@ GLoss = Callable[[Any, LossContext], jax.Array]  # (D(G(z)), context) -> loss
 
 @dataclasses.dataclass(frozen=True)
 class Penalty:
-    """A gradient penalty ``config.gp_weight * E(||grad f(x_hat)||_2 - 1)^2`` added to D's loss,
+    """A gradient penalty ``weight(config) * E(||grad f(x_hat)||_2 - 1)^2`` added to D's loss,
     f being D's output through ``transform``, at points ``points(real, fake, key, config)``."""
 
     points: Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]
+    weight: Callable[[Any], float]
     transform: Callable[[jax.Array], jax.Array] = lambda out: out
 
 
@@ -132,12 +139,17 @@ class Objective:
     discriminator: Callable[..., nn.Module] = Discriminator
     penalty: Optional[Penalty] = None
     optimizer: Callable[[float, Any], optax.GradientTransformation] = adam
-    # Clip D's parameters to [-config.clip, config.clip] after every D step (WGAN).
-    clip_d: bool = False
-    # The variant's own state (a pytree of arrays), carried and checkpointed with the model.
-    init_extra: Optional[Callable[[Any], Any]] = None
-    # (extra, D-loss aux, G loss, config) -> (extra, metrics) after each step.
-    after_step: Optional[Callable[[Any, Any, jax.Array, Any], tuple[Any, dict]]] = None
+    # (D's parameters, config) -> D's parameters after every D step (WGAN: a clip).
+    project_d: Optional[Callable[[Any, Any], Any]] = None
+    # config -> D steps per G step: G is updated on every n-th step of an epoch.
+    n_critic: Callable[[Any], int] = lambda config: 1
+    # Whether G's loss also sees D's outputs on the real batch (LossContext.real_out).
+    g_sees_real: bool = False
+    # The variant's own state (a dict of arrays), carried and checkpointed with the model:
+    # (config, the freshly initialised GANModel) -> state.
+    init_extra: Optional[Callable[[Any, Any], dict]] = None
+    # A step hook, (state, StepOutcome, config) -> (state, metrics), after each step.
+    after_step: Optional[StepHook] = None
     extra_metrics: tuple[str, ...] = ()
     # (model, the epoch's metrics as numpy arrays, config) -> (model, log lines), at epoch end.
     after_epoch: Optional[Callable[[Any, dict, Any], tuple[Any, list]]] = None
@@ -165,8 +177,8 @@ class GANModel(struct.PyTreeNode):
 
 
 class StatefulGANModel(GANModel):
-    """A GAN whose objective carries state of its own (BEGAN's k, WGAN's last G loss, infoGAN's
-    third optimiser state)."""
+    """A GAN that carries state of its own (BEGAN's k, a critic's last G loss, infoGAN's third
+    optimiser state, the moving average of G's weights)."""
 
     extra: Any
 
@@ -211,13 +223,18 @@ class GANTask(Task):
                         else objective.optimizer(config.lr_d, config))
         if objective.info_loss is not None and self.needs_step_in_epoch:
             raise ValueError(f"{objective.name}: an information loss needs n_critic 1")
+        # After each step: the objective's hook, then the moving average of G's weights.
+        self.step_hooks: tuple[StepHook, ...] = tuple(
+            [objective.after_step] if objective.after_step else []) + tuple(
+            [gan_ema.step_hook(config.g_ema)] if config.g_ema else [])
+        self._step = make_step(self)
         self._generate_fixed = jax.jit(lambda g, rng: self.generate(g, self.fixed_noise(rng)))
         self._generate = jax.jit(self.generate)
 
     @property
     def needs_step_in_epoch(self) -> bool:
         """A critic that takes n_critic > 1 steps per G step counts the steps of an epoch."""
-        return getattr(self.config, "n_critic", 1) > 1
+        return self.objective.n_critic(self.config) > 1
 
     @property
     def needs_labels(self) -> bool:
@@ -266,7 +283,8 @@ class GANTask(Task):
         g_vars = self.generator.init(g_key, jnp.zeros((1, g_in)), train=False)
         condition = (jnp.zeros((1, codes.num_classes)) if self.objective.condition_d else None)
         d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False,
-                                         **_condition_kwargs(condition))
+                                         **({} if condition is None else
+                                            {"condition": condition}))
         g_params, d_params = g_vars["params"], d_vars["params"]
         if self.config.batchnorm_scale_init == "uniform":
             g_scale_key, d_scale_key = jax.random.split(jax.random.fold_in(key, 1))
@@ -274,12 +292,33 @@ class GANTask(Task):
             d_params = uniform_batchnorm_scales(d_params, d_scale_key)
         g = Network(g_params, g_vars["batch_stats"], self.tx_g.init(g_params))
         d = Network(d_params, d_vars.get("batch_stats", {}), self.tx_d.init(d_params))
-        extra = {} if self.objective.init_extra is None else self.objective.init_extra(self.config)
+        model = GANModel(g=g, d=d)
+        extra = ({} if self.objective.init_extra is None
+                 else self.objective.init_extra(self.config, model))
+        if self.needs_step_in_epoch:  # the last G step's loss, reported while G waits
+            extra["g_loss"] = jnp.zeros((), jnp.float32)
         if self.tx_info is not None:
-            extra = {**extra, "info_opt": self.tx_info.init((g.params, d.params))}
-        if not extra:
-            return GANModel(g=g, d=d)
-        return StatefulGANModel(g=g, d=d, extra=extra)
+            extra["info_opt"] = self.tx_info.init((g.params, d.params))
+        if self.config.g_ema:
+            extra["g_ema"] = gan_ema.init(g.params)
+        return self.model_of(g, d, extra)
+
+    @staticmethod
+    def model_of(g: Network, d: Network, extra: Optional[dict]) -> GANModel:
+        """The model pytree: a StatefulGANModel when there is state beside G and D."""
+        return StatefulGANModel(g=g, d=d, extra=extra) if extra else GANModel(g=g, d=d)
+
+    @staticmethod
+    def extra_of(model: GANModel) -> Optional[dict]:
+        return getattr(model, "extra", None)
+
+    def sampling_network(self, model: GANModel) -> Network:
+        """The G that samples: the moving average of G's weights where the run keeps one
+        (``--g-ema``), else G."""
+        extra = self.extra_of(model)
+        if extra and "g_ema" in extra:
+            return model.g.replace(params=extra["g_ema"])
+        return model.g
 
     def generate(self, g: Network, z: jax.Array) -> jax.Array:
         """G in inference mode (BatchNorm running averages) on its inputs ``z`` (with a
@@ -295,138 +334,36 @@ class GANTask(Task):
             if labels is not None:
                 raise JaxgenError(f"{self.name} is not a conditional GAN: its samples cannot be "
                                   "asked for a label.")
-            return self.generate(model.g, z)
+            return self.generate(self.sampling_network(model), z)
         labels, continuous = self.draw_codes(jax.random.fold_in(key, 1), num, labels)
-        return self.generate(model.g, self.g_input(z, labels, continuous))
+        return self.generate(self.sampling_network(model), self.g_input(z, labels, continuous))
 
     # ---------------------------------------------------------------- step
+    def step_inputs(self, images: jax.Array, key: jax.Array,
+                    labels: Optional[jax.Array] = None):
+        """What one step draws: (G's inputs, the codes (categories, continuous codes) or (None,
+        None), D's condition (CGAN's one-hot categories) or None)."""
+        z = parallel.shard_batch(self.sample_prior(key, images.shape[0]))
+        codes = self.objective.codes
+        if codes is None:
+            return z, (None, None), None
+        categories, continuous = self.draw_codes(jax.random.fold_in(key, 2), images.shape[0],
+                                                 labels)
+        categories = parallel.shard_batch(categories)
+        if continuous is not None:
+            continuous = parallel.shard_batch(continuous)
+        condition = (jax.nn.one_hot(categories, codes.num_classes)
+                     if self.objective.condition_d else None)
+        return self.g_input(z, categories, continuous), (categories, continuous), condition
+
+    def loss_context(self, real: jax.Array, fake: jax.Array, extra, codes) -> LossContext:
+        return LossContext(real, fake, extra, self.config, *codes)
+
     def train_step(self, model: GANModel, images: jax.Array, key: jax.Array,
                    step_in_epoch: Optional[jax.Array] = None,
                    labels: Optional[jax.Array] = None):
-        objective, config = self.objective, self.config
-        g, d = model.g, model.d
-        extra = getattr(model, "extra", None)
-        z = parallel.shard_batch(self.sample_prior(key, images.shape[0]))
-        G, D = self.generator, self.discriminator
-        categories = continuous = condition = None
-        if objective.codes is not None:  # a conditional GAN: its codes beside z
-            categories, continuous = self.draw_codes(jax.random.fold_in(key, 2),
-                                                     images.shape[0], labels)
-            categories = parallel.shard_batch(categories)
-            if continuous is not None:
-                continuous = parallel.shard_batch(continuous)
-            z = self.g_input(z, categories, continuous)
-            if objective.condition_d:
-                condition = jax.nn.one_hot(categories, objective.codes.num_classes)
-
-        def context(fake_images):
-            return LossContext(images, fake_images, extra, config, categories, continuous)
-
-        # G's forward, once: its VJP serves the G step.
-        def g_forward(g_params):
-            fake, mutated = G.apply(g.variables(g_params), z, train=True, mutable=["batch_stats"])
-            return fake, mutated["batch_stats"]
-
-        fake, g_vjp, g_stats_once = jax.vjp(g_forward, g.params, has_aux=True)
-
-        # D step: the real batch, the fake batch (and the penalty points) in one pass of D,
-        # each with its own BatchNorm statistics and running-average update, in that order.
-        points = None
-        if objective.penalty is not None:
-            points = objective.penalty.points(images, fake, jax.random.fold_in(key, 1), config)
-
-        def d_loss_fn(d_params):
-            def run(points):
-                batches = [images, fake] + ([] if points is None else [points])
-                outs, stats = _grouped_apply(D, d.variables(d_params), batches, condition)
-                total = 0.0 if points is None else objective.penalty.transform(outs[2]).sum()
-                return total, (outs, stats)
-
-            if points is None:
-                _, (outs, stats) = run(None)
-            else:  # the penalty's gradient at the points, differentiated again below
-                point_grads, (outs, stats) = jax.grad(run, has_aux=True)(points)
-            loss, aux = _loss_and_aux(objective.d_loss(outs[0], outs[1], context(fake)))
-            if points is not None:
-                loss = loss + config.gp_weight * losses.gradient_penalty(point_grads)
-            return loss, (stats, aux)
-
-        (d_loss, (d_stats, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-            d.params)
-        d_updates, d_opt = self.tx_d.update(d_grads, d.opt_state, d.params)
-        d_params = optax.apply_updates(d.params, d_updates)
-        if objective.clip_d:
-            d_params = jax.tree.map(lambda p: jnp.clip(p, -config.clip, config.clip), d_params)
-        d = Network(d_params, d_stats, d_opt)
-
-        # G step through the updated D: the loss's gradient at the images, pulled back through G.
-        def g_step(g, d):
-            def g_loss_fn(fake_images):
-                out, mut = D.apply(d.variables(), fake_images, train=True,
-                                   mutable=["batch_stats"], **_condition_kwargs(condition))
-                loss = objective.g_loss(out, context(fake_images))
-                return loss, mut.get("batch_stats", {})
-
-            if objective.info_loss is None:
-                (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-            else:
-                g_loss, d_stats, fake_grads, info = self._g_and_info_grads(d, fake, context,
-                                                                          condition)
-            (g_grads,) = g_vjp(fake_grads)
-            g_updates, g_opt = self.tx_g.update(g_grads, g.opt_state, g.params)
-            g_stats = jax.tree.map(lambda old, once: _repeat_ema(old, once, BATCHNORM_MOMENTUM),
-                                   g.batch_stats, g_stats_once)
-            g = Network(optax.apply_updates(g.params, g_updates), g_stats, g_opt)
-            d = d.replace(batch_stats=d_stats)
-            if objective.info_loss is not None:  # the third Adam, over G and D
-                info_loss, info_fake_grads, info_d_grads = info
-                (info_g_grads,) = g_vjp(info_fake_grads)
-                updates, info_opt = self.tx_info.update((info_g_grads, info_d_grads),
-                                                        extra["info_opt"], (g.params, d.params))
-                g = g.replace(params=optax.apply_updates(g.params, updates[0]))
-                d = d.replace(params=optax.apply_updates(d.params, updates[1]))
-                return g, d, g_loss, {"info_opt": info_opt}, {"info_loss": info_loss}
-            return g, d, g_loss, {}, {}
-
-        n_critic = getattr(config, "n_critic", 1)
-        if n_critic == 1:
-            g, d, g_loss, new_extra, more = g_step(g, d)
-        else:  # G waits: only the D step's G forward moved G's running averages
-            def no_g_step(g, d):
-                return g.replace(batch_stats=g_stats_once), d, extra["g_loss"], {}, {}
-
-            g, d, g_loss, new_extra, more = lax.cond((step_in_epoch + 1) % n_critic == 0,
-                                                     g_step, no_g_step, g, d)
-        if new_extra:
-            extra = {**extra, **new_extra}
-
-        metrics = {"D_loss": d_loss, "G_loss": g_loss, **more}
-        if objective.after_step is not None:
-            extra, more = objective.after_step(extra, d_aux, g_loss, config)
-            metrics.update(more)
-        if extra is None:
-            return GANModel(g=g, d=d), metrics
-        return StatefulGANModel(g=g, d=d, extra=extra), metrics
-
-    def _g_and_info_grads(self, d: Network, fake: jax.Array, context, condition):
-        """infoGAN's G loss and information loss from one pass of D on G(z) (training mode, as
-        the reference's single forward): G's loss, D's batch statistics, the G loss's gradient
-        at the images, and (the information loss, its gradients at the images and at D's
-        parameters)."""
-        objective, D = self.objective, self.discriminator
-
-        def both(fake_images, d_params):
-            out, mut = D.apply(d.variables(d_params), fake_images, train=True,
-                               mutable=["batch_stats"], **_condition_kwargs(condition))
-            ctx = context(fake_images)
-            losses_ = (objective.g_loss(out, ctx), objective.info_loss(out, ctx))
-            return losses_, mut.get("batch_stats", {})
-
-        (g_loss, info_loss), pullback, d_stats = jax.vjp(both, fake, d.params, has_aux=True)
-        one, zero = jnp.ones_like(g_loss), jnp.zeros_like(g_loss)
-        fake_grads, _ = pullback((one, zero))
-        info_fake_grads, info_d_grads = pullback((zero, one))
-        return g_loss, d_stats, fake_grads, (info_loss, info_fake_grads, info_d_grads)
+        """One step (``jaxgen.train.gan_step.make_step``)."""
+        return self._step(model, images, key, step_in_epoch=step_in_epoch, labels=labels)
 
     def update_after_epoch(self, model: GANModel, metrics: dict) -> tuple[GANModel, list]:
         if self.objective.after_epoch is None:
@@ -463,11 +400,12 @@ class GANTask(Task):
         return sweeps
 
     def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
-        images = self._generate_fixed(state.model.g, state.rng)
+        g = self.sampling_network(state.model)
+        images = self._generate_fixed(g, state.rng)
         ncols = 8 if self.objective.codes is None else self.objective.codes.num_classes
         sweeps = {}
         if epoch == self.config.epochs:  # infoGAN: the continuous codes' sweeps
-            sweeps = {name: self._generate(state.model.g, inputs) for name, inputs
+            sweeps = {name: self._generate(g, inputs) for name, inputs
                       in self.code_sweeps(named_key(state.rng, "sample", 2)).items()}
         if parallel.is_main_process():
             viz.save_image_grid(parallel.to_host(images),
@@ -485,40 +423,6 @@ class GANTask(Task):
 def sweep_file(name: str, code: str) -> str:
     """The picture of a continuous code's sweep: ``infoGAN_code1.png`` for "code 1"."""
     return f"{name}_{code.replace(' ', '')}.png"
-
-
-def _condition_kwargs(condition) -> dict:
-    return {} if condition is None else {"condition": condition}
-
-
-def _interleave(batches: list) -> jax.Array:
-    return jnp.stack(batches, axis=1).reshape((-1,) + batches[0].shape[1:])
-
-
-def _grouped_apply(D: nn.Module, variables: dict, batches: list, condition=None):
-    """D in training mode on equally sized ``batches`` in one pass, interleaved (image n of batch
-    k is row n * len(batches) + k), each batch with its own BatchNorm statistics: D's outputs per
-    batch, and the batch statistics after the running averages moved once per batch, in order.
-    ``condition`` (CGAN's one-hot labels) is the same for every batch."""
-    k = len(batches)
-    kwargs = {} if condition is None else {"condition": _interleave([condition] * k)}
-    out, mut = D.apply(variables, _interleave(batches), train=True, groups=k,
-                       mutable=["batch_stats"], **kwargs)
-    per_batch = [jax.tree.map(lambda o, i=i: o.reshape((-1, k) + o.shape[1:])[:, i], out)
-                 for i in range(k)]
-    return per_batch, mut.get("batch_stats", {})
-
-
-def _loss_and_aux(result) -> tuple[jax.Array, Any]:
-    return result if isinstance(result, tuple) else (result, None)
-
-
-def _repeat_ema(old, once, momentum):
-    """A running average updated twice with the same batch value, given one update.
-
-    once = m old + (1 - m) v and twice = m once + (1 - m) v, so twice = once + m (once - old).
-    """
-    return once + momentum * (once - old)
 
 
 def learning_rate(opt_state) -> np.ndarray:

@@ -44,8 +44,17 @@ The conditional three (``CGAN.py``, ``ACGAN.py``, ``infoGAN.py``) feed G z with 
   information loss's gradient, what the D and G losses left in the gradients (no ``zero_grad``
   before ``info_loss.backward()``); here it steps on the information loss's gradient alone.
 
+Beyond the reference, on its vanilla GAN's networks, optimiser and z:
+
+- HINGE (Lim & Ye 2017; Miyato et al. 2018): D's loss E max(0, 1 - D(x)) + E max(0, 1 + D(G(z)))
+  on D's raw output, G's -E D(G(z)).
+- RaGAN (Jolicoeur-Martineau 2019), the relativistic average GAN: D's loss is the BCE of
+  D(x) - E D(G(z)) against 1 and of D(G(z)) - E D(x) against 0; G's the same with the roles
+  swapped, D(x) through the D just updated (``Objective.g_sees_real``).
+
 A new variant: a config (if it has settings of its own), two loss functions and
-``register(Objective(...))``.
+``register(Objective(...))``; state of its own through ``init_extra`` and a step hook
+(``after_step``, which sees the step's :class:`~jaxgen.train.gan_step.StepOutcome`).
 """
 
 from __future__ import annotations
@@ -215,19 +224,41 @@ def _information_loss(fake_out, ctx: LossContext):
             + jnp.mean((q[:, :n] - ctx.continuous) ** 2))
 
 
+def _gp_weight(config) -> float:
+    return config.gp_weight
+
+
+def _n_critic(config) -> int:
+    return config.n_critic
+
+
+def _clip(params, config):
+    """WGAN's projection: every parameter of D clipped to [-clip, clip]."""
+    return jax.tree.map(lambda p: jnp.clip(p, -config.clip, config.clip), params)
+
+
+def _hinge_d(real_out, fake_out, ctx: LossContext):
+    return losses.hinge_discriminator_loss(real_out, fake_out)
+
+
+def _hinge_g(fake_out, ctx: LossContext):
+    return losses.hinge_generator_loss(fake_out)
+
+
+def _relativistic_d(real_out, fake_out, ctx: LossContext):
+    return losses.relativistic_average_loss(real_out, fake_out)
+
+
+def _relativistic_g(fake_out, ctx: LossContext):
+    """D's roles swapped: G wants its images to look more real than the real batch, through the
+    D just updated (``ctx.real_out``, the real batch's outputs of that D)."""
+    return losses.relativistic_average_loss(fake_out, ctx.real_out)
+
+
 # ----------------------------------------------------------------------------- state
 
 
-def _last_g_loss(config) -> dict:
-    """WGAN's G loss of the last G step, reported on the steps in between."""
-    return {"g_loss": jnp.zeros((), jnp.float32)}
-
-
-def _keep_g_loss(extra, d_aux, g_loss, config):
-    return {"g_loss": g_loss}, {}
-
-
-def _began_init(config) -> dict:
+def _began_init(config, model) -> dict:
     return {"k": jnp.zeros((), jnp.float32), "m_previous": jnp.ones((), jnp.float32)}
 
 
@@ -237,8 +268,8 @@ def began_update(k, real_loss, g_loss, config):
     return jnp.clip(k + config.k_lr * balance, 0.0, 1.0), real_loss + jnp.abs(balance)
 
 
-def _began_after_step(extra, d_aux, g_loss, config):
-    k, m = began_update(extra["k"], d_aux["real_loss"], g_loss, config)
+def _began_after_step(extra, outcome, config):
+    k, m = began_update(extra["k"], outcome.d_aux["real_loss"], outcome.g_loss, config)
     return {**extra, "k": k}, {"M": m, "k": k}
 
 
@@ -289,19 +320,23 @@ def register(objective: Objective) -> Objective:
 
 register(VANILLA)
 register(Objective("LSGAN", _least_squares_d, _least_squares_g))
-register(Objective("WGAN", _critic_d, _critic_g, config_class=WGANConfig, clip_d=True,
-                   init_extra=_last_g_loss, after_step=_keep_g_loss))
+register(Objective("WGAN", _critic_d, _critic_g, config_class=WGANConfig, project_d=_clip,
+                   n_critic=_n_critic))
 register(Objective("WGAN_GP", _critic_d, _critic_g, config_class=WGANGPConfig,
-                   penalty=Penalty(_interpolates), init_extra=_last_g_loss,
-                   after_step=_keep_g_loss))
+                   penalty=Penalty(_interpolates, _gp_weight), n_critic=_n_critic))
 register(Objective("DRAGAN", VANILLA.d_loss, VANILLA.g_loss, config_class=DRAGANConfig,
-                   penalty=Penalty(_perturbed_real, transform=jax.nn.sigmoid)))
+                   penalty=Penalty(_perturbed_real, _gp_weight, transform=jax.nn.sigmoid)))
 register(Objective("EBGAN", _energy_d, _energy_g, config_class=EBGANConfig,
                    discriminator=EnergyDiscriminator))
 register(Objective("BEGAN", _boundary_d, _boundary_g, config_class=BEGANConfig,
                    discriminator=BoundaryDiscriminator, optimizer=_injected_adam,
                    init_extra=_began_init, after_step=_began_after_step, extra_metrics=("M", "k"),
                    after_epoch=_began_after_epoch))
+
+
+# Beyond the reference: two losses on its GAN (the same D, G, Adam, batch and z).
+register(Objective("HINGE", _hinge_d, _hinge_g))
+register(Objective("RaGAN", _relativistic_d, _relativistic_g, g_sees_real=True))
 
 
 register(Objective("CGAN", VANILLA.d_loss, VANILLA.g_loss, codes=Codes(10), condition_d=True))
