@@ -3,9 +3,12 @@
     python experiments/gan_collection.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
         --epochs 5 --classifier checkpoints/classifier_fashion_mnist
 
-Each GAN of --gan-types (default: every registered one) trains with its own defaults, the same
---epochs, --seed and data, in WORKDIR/<type>/ as experiments/gan_mnist.py would (so each run
-resumes), then is scored as experiments/evaluate.py scores it (its eval.json). A shared setting
+Each GAN of --gan-types (default: every registered one, and the vanilla GAN again with a moving
+average of G's weights) trains with its own defaults, the same --epochs, --seed and data, in
+WORKDIR/<type>/ as experiments/gan_mnist.py would (so each run resumes), then is scored as
+experiments/evaluate.py scores it (its eval.json). A type with the suffix +EMA (e.g. GAN+EMA)
+trains with --g-ema at --ema-decay, in WORKDIR/<type>_ema/, and is scored on the average's
+samples. A shared setting
 given here (--lr-d, --batchnorm-scale-init, ...) applies to every GAN; one not given keeps each
 GAN's own default. A GAN whose workdir already holds this run scored as asked (its
 config.json, and an eval.json of its last epoch with the same classifier, --num-samples and
@@ -43,13 +46,25 @@ PUBLISHED_FID = {"GAN": 26.5, "LSGAN": 30.7, "WGAN": 21.5, "WGAN_GP": 24.5, "DRA
                  "BEGAN": 22.9}
 
 
+EMA = "+EMA"  # a row's suffix: the GAN trained with a moving average of G's weights
+
+
+def split_row(row: str) -> tuple[str, bool]:
+    """(the GAN type, whether it keeps a moving average of G) of a --gan-types entry."""
+    return (row[:-len(EMA)], True) if row.endswith(EMA) else (row, False)
+
+
 @dataclasses.dataclass(frozen=True)
 class CollectionOptions(Settings):
     gan_types: tuple[str, ...] = setting(
-        tuple(gan_variants.OBJECTIVES), "the GANs to train and compare, comma-separated",
+        tuple(gan_variants.OBJECTIVES) + ("GAN" + EMA,), "the GANs to train and compare, "
+        "comma-separated; TYPE+EMA: TYPE with a moving average of G's weights",
         Check(lambda v: len(v) > 0 and len(set(v)) == len(v)
-              and all(t in gan_variants.OBJECTIVES for t in v),
-              "distinct names among " + ", ".join(gan_variants.OBJECTIVES)), metavar="T,T")
+              and all(split_row(t)[0] in gan_variants.OBJECTIVES for t in v),
+              "distinct names among " + ", ".join(gan_variants.OBJECTIVES)
+              + ", each optionally with the suffix +EMA"), metavar="T,T")
+    ema_decay: float = setting(0.999, "--g-ema of the +EMA rows",
+                               Check(lambda v: 0 < v < 1, "a number in (0, 1)"), metavar="DECAY")
     classifier: str = setting("", "workdir of experiments/train_classifier.py on the same "
                               "dataset: the feature space of the scores",
                               Check(bool, "the workdir of a trained classifier"), metavar="DIR")
@@ -69,18 +84,22 @@ def main() -> None:
     given = cli.given_flags(parser)
     shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(GANConfig)
               if f.name in given}
-    configs = {name: gan_variants.OBJECTIVES[name].config_class(**shared)
-               for name in options.gan_types}
+    configs = {}
+    for row in options.gan_types:
+        name, ema = split_row(row)
+        config = gan_variants.OBJECTIVES[name].config_class(**shared)
+        configs[row] = (name, dataclasses.replace(config, g_ema=options.ema_decay) if ema
+                        else config)
     run = cli.prepare_run(args, base, "gan_collection")
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
 
     train = None
     rows, grids, floor = [], {}, {}
-    for name, config in configs.items():
-        workdir = os.path.join(run.workdir, name.lower())
+    for row, (name, config) in configs.items():
+        workdir = os.path.join(run.workdir, row.lower().replace(EMA.lower(), "_ema"))
         result = scored_run(workdir, name, config, options, classifier_epoch)
         if result is None:
-            run.log(f"--- {name} on {base.dataset}, {base.epochs} epochs: {workdir}")
+            run.log(f"--- {row} on {base.dataset}, {base.epochs} epochs: {workdir}")
             if train is None:
                 train = data.load_dataset(base.dataset, "train", run.options.data_dir)
             loop.train(gan_variants.task_class(name)(config), train.images, workdir, run.mesh,
@@ -90,13 +109,13 @@ def main() -> None:
                                   data_dir=run.options.data_dir, seed=base.seed,
                                   devices=list(run.mesh.devices.flat), log=run.log)
         else:
-            run.log(f"--- {name}: trained and scored already ({workdir})")
+            run.log(f"--- {row}: trained and scored already ({workdir})")
         with open(os.path.join(workdir, f"{name}_history.json")) as f:
             epoch_times = json.load(f)["per_epoch_time"]
-        rows.append({"gan": name, **{k: result[k] for k in METRICS + LABELLED if k in result},
+        rows.append({"gan": row, **{k: result[k] for k in METRICS + LABELLED if k in result},
                      "seconds_per_epoch": float(np.median(epoch_times)),
-                     "published_fid": PUBLISHED_FID.get(name, "")})
-        grids[name] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
+                     "published_fid": PUBLISHED_FID.get(row, "")})
+        grids[row] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
         floor.update(result["floor"])  # label accuracy's floor comes with a conditional GAN
     if parallel.is_main_process():
         write_tables(rows, floor, run.workdir, base, options, machine(run.mesh))
@@ -162,7 +181,9 @@ defaults; {options.num_samples} samples scored against {options.num_samples} tra
 the feature space of the classifier in `{options.classifier}`; the floor row scores
 {options.num_samples} real test images the same way. Median seconds per epoch on {machine}.
 `published_fid`: Lucic et al. (2018),
-Fashion-MNIST, in Inception features: only their order compares.
+Fashion-MNIST, in Inception features: only their order compares. A `+EMA` row is that GAN
+trained with a moving average of G's weights (decay {options.ema_decay:g}), scored on the
+average's samples.
 
 {chr(10).join(lines)}
 

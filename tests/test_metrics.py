@@ -277,7 +277,8 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
 
     data_dir, classifier, _ = runs
     out = tmp_path / "collection"
-    names = ("GAN", "ACGAN", "infoGAN")
+    names = ("GAN", "GAN+EMA", "infoGAN")
+    dirs = {"GAN": "gan", "GAN+EMA": "gan_ema", "infoGAN": "infogan"}
     flags = ("--gan-types", ",".join(names), "--epochs", 1, "--batch-size", 16, "--data-dir",
              data_dir, "--classifier", classifier, "--workdir", out)
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
@@ -286,13 +287,17 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     rows = list(csv.DictReader(open(out / "collection.csv")))
     assert [r["gan"] for r in rows] == list(names)
     for row, name in zip(rows, names):
-        result = json.load(open(out / name.lower() / "eval.json"))
-        assert result["model"]["task"] == name and result["num_samples"] == NUM
+        result = json.load(open(out / dirs[name] / "eval.json"))
+        task = name.replace("+EMA", "")
+        assert result["model"]["task"] == task and result["num_samples"] == NUM
         for key in metrics.METRICS:
             assert float(row[key]) == pytest.approx(result[key], rel=1e-3), key
-        times = json.load(open(out / name.lower() / f"{name}_history.json"))["per_epoch_time"]
-        assert float(row["seconds_per_epoch"]) == pytest.approx(times[0], rel=1e-3)
-        if name == "GAN":
+        history = json.load(open(out / dirs[name] / f"{task}_history.json"))
+        assert float(row["seconds_per_epoch"]) == pytest.approx(history["per_epoch_time"][0],
+                                                                rel=1e-3)
+        config = json.load(open(out / dirs[name] / "config.json"))
+        assert config["config"]["g_ema"] == (0.999 if name == "GAN+EMA" else 0.0)
+        if task == "GAN":
             assert row["label_accuracy"] == "" and "label_accuracy" not in result
         else:
             assert float(row["label_accuracy"]) == pytest.approx(result["label_accuracy"],
@@ -301,15 +306,16 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
             assert 0 <= result["floor"]["label_accuracy"] <= 1
     mapping = json.load(open(out / "infogan" / "eval.json"))["code_to_class"]
     assert len(mapping) == 10 and all(0 <= c < 10 for c in mapping)  # every code drawn
-    assert "code_to_class" not in json.load(open(out / "acgan" / "eval.json"))
+    assert "code_to_class" not in json.load(open(out / "gan_ema" / "eval.json"))
     table = open(out / "collection.md").read()
     assert "| real test images (floor) |" in table and "| infoGAN |" in table
+    assert "| GAN+EMA |" in table
     assert f"{result['floor']['fid']:.2f}" in table or f"{result['floor']['fid']:.4g}" in table
     picture = np.asarray(Image.open(out / "collection.png").convert("L"))
     assert picture.shape[1] > picture.shape[0]  # three panels side by side
     assert is_png(out / "collection.png") and picture.std() > 10
 
-    scored = {n: os.path.getmtime(out / n / "eval.json") for n in ("gan", "acgan", "infogan")}
+    scored = {n: os.path.getmtime(out / n / "eval.json") for n in ("gan", "gan_ema", "infogan")}
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
                                     capsys=capsys)
     assert code == 0, err
@@ -322,7 +328,7 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert code == 0, err
     assert "nothing to train" in log and "Epoch:" not in log
     assert json.load(open(out / "gan" / "eval.json"))["num_samples"] == NUM - 4
-    assert os.path.getmtime(out / "acgan" / "eval.json") == scored["acgan"]  # not asked
+    assert os.path.getmtime(out / "gan_ema" / "eval.json") == scored["gan_ema"]  # not asked
 
 
 # ------------------------------------------------------------------------ bad input
