@@ -68,7 +68,8 @@ def _points(text: str) -> tuple[tuple[float, float], ...]:
     try:
         return tuple(tuple(float(v) for v in p.split(":")) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected beta:sigma pairs such as 0:0.1,1:0.1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected beta:sigma pairs such as 0:0.1,1:0.1, got {text!r}") from None
 
 
 def _part(text: str) -> tuple[int, int]:
