@@ -224,8 +224,8 @@ TABLES = [
     ("the fit, training against test images", ["mse_train", "mse_test", "recon_train",
                                                 "recon_test", "recon_gap", "iwae_train",
                                                 "iwae_test", "iwae_gap"]),
-    ("prior samples", ["d_train", "d_test", "nearer_train", "prior_fid", "prior_precision",
-                       "prior_recall", "prior_classes"]),
+    ("prior samples", ["d_train", "d_test", "nearer_train", "nearer_train_se", "prior_fid",
+                       "prior_precision", "prior_recall", "prior_classes"]),
 ]
 KEYS = ("beta", "sigma", "K", "epochs")
 
