@@ -47,14 +47,13 @@ from typing import Optional
 import jax
 import kl_figures  # beside this script
 import numpy as np
+import vae_kl_sweeps
 
 from jaxgen import cli, data, parallel
 from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
-from jaxgen.metrics import Evaluator
 from jaxgen.runs import vae_claims
-from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import VAEConfig
@@ -168,7 +167,7 @@ def main() -> None:
     test = data.load_dataset(base.dataset, "test", run.options.data_dir)
     check_sizes(options, len(train), len(test), base.batch_size)
     order = np.random.RandomState(SUBSET_SEED).permutation(len(train))
-    quality = classifier_quality(options, base.dataset, run.options.data_dir)
+    quality = vae_kl_sweeps.classifier_quality(options, base.dataset, run.options.data_dir)
     workdir = ensure_writable(run.workdir)
     chosen = points if options.part is None else points[options.part[0] - 1::options.part[1]]
     run.log(f"Training-set sizes {', '.join(map(str, options.sizes))} on {base.dataset}, "
@@ -270,28 +269,6 @@ def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
             "seed": p.seed, "epochs": summary["epoch"],
             "steps": summary["epoch"] * (len(images) // config.batch_size),
             **row, "mse_gap": row["mse_test"] - row["mse_train"]}
-
-
-def classifier_quality(options: DataSizeOptions, dataset: str, data_dir: Optional[str]):
-    """(description, score) of prior samples in the classifier's feature space, or None."""
-    if options.classifier is None:
-        return None
-    evaluator = Evaluator(load_classifier(options.classifier), dataset, options.num_samples,
-                          data_dir)
-    floor = evaluator.floor
-    description = (
-        f"{options.num_samples} prior samples (decoder means) scored in the feature space of "
-        f"the classifier in `{options.classifier}` against as many training images (of the "
-        f"whole split): `prior_fid`, `prior_precision`, `prior_recall` (k-NN manifolds, k=3), "
-        f"`prior_classes`. Real test images scored the same way: fid {floor['fid']:.3f}, "
-        f"precision {floor['precision']:.3f}, recall {floor['recall']:.3f}.")
-
-    def score(samples: np.ndarray) -> dict:
-        m = evaluator.evaluate(samples)
-        return {"prior_fid": m["fid"], "prior_precision": m["precision"],
-                "prior_recall": m["recall"], "prior_classes": m["classes_covered"]}
-
-    return description, score
 
 
 # ------------------------------------------------------------------------------ results
