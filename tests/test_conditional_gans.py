@@ -18,7 +18,7 @@ from helpers import grid_tiles, host_leaves, run_in_process, script, write_idx_d
 from jaxgen import metrics, parallel
 from jaxgen.runs.restore import restore_run
 from jaxgen.train import gan_variants, loop
-from jaxgen.train.gan import LossContext
+from jaxgen.train.gan_objective import LossContext
 
 TINY = dict(epochs=1, batch_size=16, log_every=1)
 

@@ -18,7 +18,8 @@ from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_run, sample_images
 from jaxgen.train import gan_variants, loop
-from jaxgen.train.gan import GANConfig, GANTask, Objective, Penalty
+from jaxgen.train.gan import GANConfig, GANTask
+from jaxgen.train.gan_objective import Objective, Penalty
 
 TINY = dict(epochs=1, batch_size=16, log_every=1)
 

@@ -64,7 +64,7 @@ def discriminator_update(objective, D: nn.Module, tx: optax.GradientTransformati
                          real: jax.Array, fake: jax.Array, points: Optional[jax.Array],
                          condition, context: Callable, config):
     """One optimiser step of D: (D, D loss, the loss's aux). ``points`` are the penalty's (None
-    without one); ``context(fake)`` is the losses' :class:`~jaxgen.train.gan.LossContext`."""
+    without one); ``context(fake)`` is the losses' :class:`~jaxgen.train.gan_objective.LossContext`."""
     penalty = objective.penalty
 
     def loss_fn(params):

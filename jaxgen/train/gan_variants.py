@@ -27,7 +27,7 @@ batch 64 and z ~ U[0,1)^62:
   mean M with the previous epoch's, as its own bookkeeping (``M['cur']`` a list) intends.
 
 The conditional three (``CGAN.py``, ``ACGAN.py``, ``infoGAN.py``) feed G z with its codes
-(:class:`~jaxgen.train.gan.Codes`) and train on the real batch's labels:
+(:class:`~jaxgen.train.gan_objective.Codes`) and train on the real batch's labels:
 
 - CGAN (Mirza & Osindero 2014): G sees z with the one-hot label, D the image with the label as
   10 constant planes; the vanilla GAN's BCE.
@@ -71,16 +71,14 @@ from jaxgen import losses, parallel
 from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.models.gan import BoundaryDiscriminator, Discriminator, EnergyDiscriminator
-from jaxgen.train.gan import (
+from jaxgen.train.gan import GANTask, learning_rate, with_learning_rate
+from jaxgen.train.gan_objective import (
     VANILLA,
     Codes,
     GANConfig,
-    GANTask,
     LossContext,
     Objective,
     Penalty,
-    learning_rate,
-    with_learning_rate,
 )
 
 # ----------------------------------------------------------------------------- settings
