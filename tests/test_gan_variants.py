@@ -141,6 +141,15 @@ def _all_changed(a, b) -> bool:
     return all(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def test_a_critic_keeps_the_last_g_loss_whatever_n_critic():
+    """A critic's state (the last G step's loss) is there with n_critic 1 too, as in runs saved
+    before the step was assembled from parts, so theirs restore; a GAN without one has none."""
+    for name, n in (("WGAN", 1), ("WGAN", 5), ("WGAN_GP", 1)):
+        model = jax.eval_shape(_task(name, n_critic=n).init, jax.random.PRNGKey(0))
+        assert set(model.extra) == {"g_loss"}, (name, n)
+    assert not hasattr(jax.eval_shape(_task("GAN").init, jax.random.PRNGKey(0)), "extra")
+
+
 def test_wgan_critic_step_clips_every_weight_and_g_waits(tiny_images):
     task = _task("WGAN", lr_d=0.05)  # a large step, so that the clip has work to do
     model = jax.jit(task.init)(jax.random.PRNGKey(0))

@@ -104,7 +104,8 @@ class GANTask(Task):
     @property
     def needs_step_in_epoch(self) -> bool:
         """A critic that takes n_critic > 1 steps per G step counts the steps of an epoch."""
-        return self.objective.n_critic(self.config) > 1
+        n_critic = self.objective.n_critic
+        return n_critic is not None and n_critic(self.config) > 1
 
     @property
     def needs_labels(self) -> bool:
@@ -165,7 +166,7 @@ class GANTask(Task):
         model = GANModel(g=g, d=d)
         extra = ({} if self.objective.init_extra is None
                  else self.objective.init_extra(self.config, model))
-        if self.needs_step_in_epoch:  # the last G step's loss, reported while G waits
+        if self.objective.n_critic is not None:  # the last G step's loss, shown while G waits
             extra["g_loss"] = jnp.zeros((), jnp.float32)
         if self.tx_info is not None:
             extra["info_opt"] = self.tx_info.init((g.params, d.params))

@@ -123,8 +123,9 @@ class Objective:
     optimizer: Callable[[float, Any], optax.GradientTransformation] = adam
     # (D's parameters, config) -> D's parameters after every D step (WGAN: a clip).
     project_d: Optional[Callable[[Any, Any], Any]] = None
-    # config -> D steps per G step: G is updated on every n-th step of an epoch.
-    n_critic: Callable[[Any], int] = lambda config: 1
+    # config -> D steps per G step: G is updated on every n-th step of an epoch. A GAN that
+    # declares one (a critic) carries the last G step's loss in its state, reported while G waits.
+    n_critic: Optional[Callable[[Any], int]] = None
     # Whether G's loss also sees D's outputs on the real batch (LossContext.real_out).
     g_sees_real: bool = False
     # The variant's own state (a dict of arrays), carried and checkpointed with the model:

@@ -64,7 +64,8 @@ def discriminator_update(objective, D: nn.Module, tx: optax.GradientTransformati
                          real: jax.Array, fake: jax.Array, points: Optional[jax.Array],
                          condition, context: Callable, config):
     """One optimiser step of D: (D, D loss, the loss's aux). ``points`` are the penalty's (None
-    without one); ``context(fake)`` is the losses' :class:`~jaxgen.train.gan_objective.LossContext`."""
+    without one); ``context(fake)`` is the losses'
+    :class:`~jaxgen.train.gan_objective.LossContext`."""
     penalty = objective.penalty
 
     def loss_fn(params):
@@ -146,7 +147,7 @@ def make_step(task) -> Callable:
     ``step(model, images, key, step_in_epoch=None, labels=None) -> (model, metrics)``."""
     objective, config = task.objective, task.config
     G, D = task.generator, task.discriminator
-    n_critic = objective.n_critic(config)
+    n_critic = 1 if objective.n_critic is None else objective.n_critic(config)
     hooks = task.step_hooks
 
     def step(model, images, key, step_in_epoch=None, labels=None):
@@ -170,6 +171,7 @@ def make_step(task) -> Callable:
             g, d, g_loss, extra, metrics = lax.cond(
                 (step_in_epoch + 1) % n_critic == 0,
                 lambda g, d, extra: update_g(g, d, extra=extra), wait, model.g, d, extra)
+        if objective.n_critic is not None:  # a critic's state: the last G step's loss
             extra = {**extra, "g_loss": g_loss}
         metrics = {"D_loss": d_loss, "G_loss": g_loss, **metrics}
         for hook in hooks:
