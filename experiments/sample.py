@@ -130,7 +130,7 @@ def _code_sweeps(workdir: str, seed: int, devices) -> dict:
         raise JaxgenError(f"--kind codes needs an infoGAN run (a GAN with continuous codes); "
                           f"--workdir {workdir} holds a {task.name} run (use --kind prior).")
     generate = jax.jit(task.generate)
-    return {name: parallel.to_host(generate(state.model.g, inputs))
+    return {name: parallel.to_host(generate(task.sampling_network(state.model), inputs))
             for name, inputs in sweeps.items()}
 
 
