@@ -73,12 +73,12 @@ class CollectionOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, GANConfig)
+    parser = cli.training_parser(__doc__, GANConfig, exclude=("g_ema",))  # the +EMA rows
     CollectionOptions.add_flags(parser, "the comparison")
     args = parser.parse_args()
     options = CollectionOptions.from_flags(args)
     options.validate()
-    base = GANConfig.from_flags(args)
+    base = GANConfig.from_flags(args, g_ema=0.0)
     # A shared setting the command gives applies to every GAN; the others keep each GAN's own
     # default (EBGAN's BatchNorm scales start U[0, 1), the others' at 1).
     given = cli.given_flags(parser)
