@@ -5,8 +5,11 @@
 It is a step hook (``jaxgen.train.gan_step``) and one entry of the model's state, ``g_ema``, so
 it is checkpointed and resumed with the run; :meth:`~jaxgen.train.gan.GANTask.sampling_network`
 gives it to the samples, the per-epoch grids and the evaluation. G's BatchNorm running averages
-are the live G's (the average has weights only). Yazici et al. (2019) and Karras et al. (2018)
-sample from such an average; 0.999 is their usual decay at this batch size.
+are the live G's (the average has weights only, and is not bias-corrected: after s steps a
+share decay^s of it is still G's initial weights). It moves on every step, so with a critic
+(n_critic > 1) it also moves on the steps where G waits: per G update its decay is
+decay^n_critic. Yazici et al. (2019) and Karras et al. (2018) sample from such an average;
+0.999 is their usual decay at this batch size.
 """
 
 from __future__ import annotations
