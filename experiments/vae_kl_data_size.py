@@ -17,9 +17,9 @@ Every --gap-every epochs a run measures its squared error and reconstruction ter
 and test images (the train/test gap over training). After training, the measurements of
 ``jaxgen.runs.vae_claims`` (probes, I(x; z), rate, train/test gaps, memorisation, prior-sample
 quality). The memorisation test compares each prior sample's nearest training image with its
-nearest test image among as many of each (min(n, 10000 - held out)); the last --nn-samples test
-images are held out of those references and scored the same way: the null, which real images
-never trained on give.
+nearest test image among as many of each (min(n, 10000 - held out)); --nn-samples test images,
+drawn by a fixed permutation, are held out of those references and scored the same way: the
+null, which real images never trained on give.
 
 Writes into --workdir:
   runs/n<n>_beta<b>_sigma<s>_seed<k>/   each run (checkpoints, grids, claims.json,
@@ -44,7 +44,6 @@ import os
 import sys
 from typing import Optional
 
-import jax
 import kl_figures  # beside this script
 import numpy as np
 import vae_kl_sweeps
@@ -54,7 +53,6 @@ from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.runs import vae_claims
-from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
@@ -189,12 +187,17 @@ def check_sizes(options: DataSizeOptions, num_train: int, num_test: int, batch: 
     if largest > num_train:
         raise JaxgenError(f"--sizes asks for {largest} training images but the training split "
                           f"has {num_train}; pass sizes up to {num_train}.")
+    uneven = [n for n in options.sizes if num_train % n]
+    if uneven:
+        raise JaxgenError(f"--sizes must divide the training split's {num_train} images, so "
+                          f"that every run trains as many steps; {uneven[0]} does not.")
     if options.nn_samples >= num_test:
         raise JaxgenError(f"--nn-samples {options.nn_samples} leaves no test images for the "
                           f"memorisation references (the test split has {num_test}); pass "
                           f"fewer than {num_test}.")
-    if min(options.sizes) * (num_train // min(options.sizes)) < batch:
-        raise JaxgenError(f"--batch-size {batch} is larger than an epoch; pass a smaller one.")
+    if batch > num_train:
+        raise JaxgenError(f"--batch-size {batch} is larger than an epoch of {num_train} images; "
+                          "pass a smaller one.")
 
 
 def config_of(base: VAEConfig, p: Point) -> VAEConfig:
@@ -208,7 +211,7 @@ def subset(train: Dataset, order: np.ndarray, n: int) -> Dataset:
 
 
 def repeated(images: np.ndarray, epoch_images: int) -> np.ndarray:
-    """``images`` repeated to (about) ``epoch_images``: n * (epoch_images // n) images."""
+    """``images`` repeated to ``epoch_images`` (a multiple of their number)."""
     return np.tile(images, (max(1, epoch_images // len(images)), 1, 1, 1))
 
 
@@ -254,17 +257,6 @@ def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
                              summary, test_eval.iwae_k, n_eval, nn_samples=options.nn_samples,
                              num_samples=options.num_samples, quality=quality, log=log,
                              held_out=options.nn_samples)
-    distances = os.path.join(directory, "nn_distances.npz")
-    if not os.path.exists(distances) and parallel.is_main_process():
-        samples = draw_samples(task, state.model, options.nn_samples, jax.random.PRNGKey(0))
-        references = test.images[:len(test) - options.nn_samples]
-        real = test.images[len(test) - options.nn_samples:].astype(np.float32) / 127.5 - 1.0
-        d_train, d_test = vae_claims.nearest_image_distances(samples, train.images, references)
-        null_train, null_test = vae_claims.nearest_image_distances(real, train.images,
-                                                                   references)
-        with write_atomically(distances, "wb") as f:
-            np.savez(f, d_train=d_train, d_test=d_test, null_train=null_train,
-                     null_test=null_test)
     return {"n": p.n, "beta": p.beta, "sigma": p.sigma, "beta_eff": p.beta_eff,
             "seed": p.seed, "epochs": summary["epoch"],
             "steps": summary["epoch"] * (len(images) // config.batch_size),
@@ -357,7 +349,7 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
         with open(os.path.join(directory, "gap_history.json")) as f:
             histories.setdefault((p.label, p.n), []).append(json.load(f))
         if p.seed == base.seed:
-            with np.load(os.path.join(directory, "nn_distances.npz")) as d:
+            with np.load(os.path.join(directory, vae_claims.DISTANCES_FILE)) as d:
                 distances[(p.label, p.n)] = {k: d[k] for k in d.files}
     kl_figures.plot_gap_over_training(histories, os.path.join(workdir,
                                                               "gap_over_training.png"), title)

@@ -82,6 +82,7 @@ def test_training_sets_are_nested_prefixes_of_one_permutation(experiments_on_pat
     (("--sizes", "1,10"), "--sizes"),
     (("--part", "3/2"), "--part"),
     (("--sizes", "100"), "--sizes"),  # more than the 64 training images
+    (("--sizes", "24"), "--sizes"),  # 64 is not a multiple: fewer steps than the others
     (("--sizes", "16", "--nn-samples", "40"), "--nn-samples"),  # no test images left as references
     (("--likelihood", "bernoulli"), "--likelihood"),
 ])

@@ -39,6 +39,7 @@ from jaxgen.train.vae import VAETask
 from jaxgen.workdir import write_atomically
 
 CLAIMS_FILE = "claims.json"
+DISTANCES_FILE = "nn_distances.npz"  # with held-out images: every nearest-image distance
 QualityFn = Callable[[np.ndarray], dict]
 
 # What each column of a claims table means (nats are per image).
@@ -91,10 +92,22 @@ def memorisation(samples: np.ndarray, train_images: np.ndarray,
     (``nearest_image_distances``), and ``nearer_train``, the fraction nearer a training image,
     with its binomial standard error ``nearer_train_se``."""
     d_train, d_test = nearest_image_distances(samples, train_images, test_images)
+    return {**summarise_distances(d_train, d_test),
+            "nn_references": min(len(train_images), len(test_images))}
+
+
+def summarise_distances(d_train: np.ndarray, d_test: np.ndarray) -> dict:
     p = float(np.mean(d_train < d_test))
     return {"d_train": float(d_train.mean()), "d_test": float(d_test.mean()),
-            "nearer_train": p, "nearer_train_se": math.sqrt(p * (1 - p) / len(samples)),
-            "nn_references": min(len(train_images), len(test_images))}
+            "nearer_train": p, "nearer_train_se": math.sqrt(p * (1 - p) / len(d_train))}
+
+
+def held_out_split(num_test: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, reference) indices of the test split: ``held_out`` images drawn by a fixed
+    permutation (seed 0), so that both parts are alike whatever the split's order (MNIST's test
+    split is ordered by writer group); each part in the split's order."""
+    order = np.random.RandomState(0).permutation(num_test)
+    return np.sort(order[:held_out]), np.sort(order[held_out:])
 
 
 def memorisation_baseline(train: Dataset, test: Dataset, n: int = 1000) -> dict:
@@ -136,15 +149,17 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
     """Every column of ``COLUMNS`` (and the quality scores) for a trained run, read from
     ``claims.json`` in ``workdir`` when it was written for the same epoch and options.
 
-    ``held_out`` > 0 keeps the last ``held_out`` test images out of the memorisation test's
-    references and scores them as the samples are scored: ``null_nearer_train`` (with
+    ``held_out`` > 0 keeps ``held_out`` test images (``held_out_split``) out of the memorisation
+    test's references and scores them as the samples are scored: ``null_nearer_train`` (with
     ``null_nearer_train_se``) is then what real images never trained on score against the same
-    references, the test's null (0.5 up to noise)."""
+    references, the test's null (0.5 up to noise). Every distance, the samples' and the null's,
+    is then also written to ``nn_distances.npz`` beside ``claims.json``."""
     key = {"epoch": epoch, "iwae_k": iwae_k, "eval_images": eval_images,
            "nn_samples": nn_samples, "num_samples": num_samples,
            "quality": quality[0] if quality else None}
     if held_out:
         key["held_out"] = held_out
+        key["held_out_split"] = "permutation, seed 0"
     path = os.path.join(workdir, CLAIMS_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -168,14 +183,22 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
     samples = draw_samples(task, state.model, max(num_samples, nn_samples),
                            jax.random.PRNGKey(0))
     log(f"Nearest training and test images of {nn_samples} prior samples...")
-    references = test.images[:len(test) - held_out]
-    row.update(memorisation(samples[:nn_samples], train.images, references))
+    held, kept = held_out_split(len(test), held_out)
+    references = test.images[kept]
+    d_train, d_test = nearest_image_distances(samples[:nn_samples], train.images, references)
+    row.update(summarise_distances(d_train, d_test),
+               nn_references=min(len(train), len(references)))
     if held_out:
-        real = test.images[len(test) - held_out:].astype(np.float32) / 127.5 - 1.0
-        null = memorisation(real, train.images, references)
+        real = test.images[held].astype(np.float32) / 127.5 - 1.0
+        null_train, null_test = nearest_image_distances(real, train.images, references)
+        null = summarise_distances(null_train, null_test)
         row.update(null_nearer_train=null["nearer_train"],
                    null_nearer_train_se=null["nearer_train_se"], null_d_train=null["d_train"],
                    null_d_test=null["d_test"])
+        if parallel.is_main_process():
+            with write_atomically(os.path.join(workdir, DISTANCES_FILE), "wb") as f:
+                np.savez(f, d_train=d_train, d_test=d_test, null_train=null_train,
+                         null_test=null_test)
     if quality is not None:
         log(f"Scoring {num_samples} prior samples...")
         row.update(quality[1](samples[:num_samples]))
