@@ -189,16 +189,22 @@ def test_ragan_g_loss_compares_with_the_real_batch_through_the_updated_d(tiny_im
 
 
 def test_g_ema_averages_g_and_samples_from_the_average(tiny_images):
-    task = _task("GAN", g_ema=0.5)
+    """After t steps the average is sum_s d^(t-s) g_s / sum_s d^(t-s) over G's weights after
+    each step s (none of the weight on G's initialisation), and samples come from it."""
+    decay = 0.5
+    task = _task("GAN", g_ema=decay)
     model = jax.jit(task.init)(jax.random.PRNGKey(0))
     step_fn, images = _step_fn(task), _images(tiny_images)
-    expected = model.g.params  # the average starts at G's initial weights
-    assert _unchanged(model.extra["g_ema"], expected)
+    trajectory = []
     for _ in range(3):
         model, _ = _one_step(step_fn, model, images, step_in_epoch=0)
-        expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, expected, model.g.params)
+        trajectory.append(model.g.params)
+    weights = np.array([decay ** (len(trajectory) - 1 - s) for s in range(len(trajectory))])
+    expected = jax.tree.map(lambda *ps: sum(w * np.asarray(p) for w, p in zip(weights, ps))
+                            / weights.sum(), *trajectory)
     for a, b in zip(jax.tree.leaves(model.extra["g_ema"]), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(model.extra["g_ema_updates"]) == 3
     assert not _unchanged(model.extra["g_ema"], model.g.params)
     key = jax.random.PRNGKey(3)
     z = task.sample_prior(key, 4)

@@ -171,7 +171,7 @@ class GANTask(Task):
         if self.tx_info is not None:
             extra["info_opt"] = self.tx_info.init((g.params, d.params))
         if self.config.g_ema:
-            extra["g_ema"] = gan_ema.init(g.params)
+            extra.update(gan_ema.init(g.params))
         return self.model_of(g, d, extra)
 
     @staticmethod
