@@ -29,7 +29,7 @@ from jaxgen.models.gan import Generator
 from jaxgen.models.layers import resolve_conv_forms
 from jaxgen.train import gan_ema
 from jaxgen.train.gan_objective import DTYPES, VANILLA, GANConfig, LossContext, Objective
-from jaxgen.train.gan_step import StepHook, make_step
+from jaxgen.train.gan_step import StepHook, condition_kwargs, make_step
 from jaxgen.train.history import epoch_images
 from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task
@@ -154,8 +154,7 @@ class GANTask(Task):
         g_vars = self.generator.init(g_key, jnp.zeros((1, g_in)), train=False)
         condition = (jnp.zeros((1, codes.num_classes)) if self.objective.condition_d else None)
         d_vars = self.discriminator.init(d_key, jnp.zeros((1, 28, 28, 1)), train=False,
-                                         **({} if condition is None else
-                                            {"condition": condition}))
+                                         **condition_kwargs(condition))
         g_params, d_params = g_vars["params"], d_vars["params"]
         if self.config.batchnorm_scale_init == "uniform":
             g_scale_key, d_scale_key = jax.random.split(jax.random.fold_in(key, 1))

@@ -99,7 +99,7 @@ def _d_on_fake(objective, D: nn.Module, d, params, fake_images, real, condition,
         outs, stats = grouped_apply(D, d.variables(params), [fake_images, real], condition)
         return outs[0], context(fake_images)._replace(real_out=outs[1]), stats
     out, mutated = D.apply(d.variables(params), fake_images, train=True,
-                           mutable=["batch_stats"], **_condition_kwargs(condition))
+                           mutable=["batch_stats"], **condition_kwargs(condition))
     return out, context(fake_images), mutated.get("batch_stats", {})
 
 
@@ -183,7 +183,8 @@ def make_step(task) -> Callable:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _condition_kwargs(condition) -> dict:
+def condition_kwargs(condition) -> dict:
+    """D's keyword for a conditional GAN's one-hot categories (none without them)."""
     return {} if condition is None else {"condition": condition}
 
 
