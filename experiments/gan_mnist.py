@@ -1,6 +1,7 @@
 """Train a GAN of pytorch-generative-model-collections on MNIST: the vanilla GAN.py by default,
 or another with --gan-type (LSGAN, WGAN, WGAN_GP, DRAGAN, EBGAN, BEGAN; the conditional CGAN,
-ACGAN and infoGAN).
+ACGAN and infoGAN; beyond the reference, HINGE and RaGAN). --g-ema DECAY, for any of them, samples
+from a moving average of G's weights.
 
     python experiments/gan_mnist.py                      # MNIST through TFDS, 50 epochs
     python experiments/gan_mnist.py --gan-type WGAN_GP --dataset fashion_mnist --data-dir DIR
