@@ -14,10 +14,10 @@ import pytest
 
 from jaxgen import cli, parallel
 from jaxgen.metrics import probes
-from jaxgen.runs import vae_claims
 from jaxgen.train.vae import VAEConfig, VAETask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY = os.path.join(REPO, "experiments", "kl")  # the KL study's scripts and measurements
 TINY = VAEConfig(batch_size=8, latent_dim=3, hidden=(16,), likelihood="gaussian")
 
 
@@ -120,7 +120,7 @@ def test_rate_is_mutual_information_plus_marginal_kl_bound():
     rng = np.random.RandomState(1)
     mu, log_var = rng.randn(300, 2), rng.uniform(-2, 0, (300, 2))
     mi = probes.aggregate_posterior_mutual_information(mu, log_var, samples=4)["mi"]
-    assert 0 < mi <= vae_claims.rate_of(mu, log_var)
+    assert 0 < mi <= _script("claims").rate_of(mu, log_var)
 
 
 def test_nearest_distances_and_memorisation():
@@ -133,37 +133,36 @@ def test_nearest_distances_and_memorisation():
     rng = np.random.RandomState(0)
     train = rng.randint(0, 256, (20, 28, 28, 1)).astype(np.uint8)
     test = rng.randint(0, 256, (10, 28, 28, 1)).astype(np.uint8)
-    memo = vae_claims.memorisation(train[:5].astype(np.float32) / 127.5 - 1, train, test)
+    memo = _script("claims").memorisation(train[:5].astype(np.float32) / 127.5 - 1, train, test)
     assert memo["nearer_train"] == 1.0 and memo["d_train"] == pytest.approx(0, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- bad input
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments",
-                                                                     name + ".py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(STUDY, name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("script, flags, named", [
-    ("vae_kl_sweeps", ["--sigma", "0"], "--sigma"),
-    ("vae_kl_sweeps", ["--sigma=-0.1"], "--sigma"),
-    ("vae_kl_sweeps", ["--mc-samples", "0"], "--mc-samples"),
-    ("vae_kl_sweeps", ["--betas", "0,1,1"], "--betas"),
-    ("vae_kl_sweeps", ["--betas=-1,0"], "--betas"),
-    ("vae_kl_sweeps", ["--sigmas", "0.1,0.1"], "--sigmas"),
-    ("vae_kl_sweeps", ["--sigmas=0.1,-1"], "--sigmas"),
-    ("vae_kl_sweeps", ["--sigmas", "0,1"], "--sigmas"),
-    ("vae_kl_sweeps", ["--mc-samples-sweep", "1,1"], "--mc-samples-sweep"),
-    ("vae_kl_ablation", ["--likelihood", "gaussian", "--sigma", "0"], "--sigma"),
-    ("vae_kl_ablation", ["--mc-samples", "0"], "--mc-samples"),
-    ("vae_kl_ablation", ["--betas", "1,1"], "--betas"),
-    ("vae_kl_ablation", ["--betas=0,-2"], "--betas"),
+    ("sweeps", ["--sigma", "0"], "--sigma"),
+    ("sweeps", ["--sigma=-0.1"], "--sigma"),
+    ("sweeps", ["--mc-samples", "0"], "--mc-samples"),
+    ("sweeps", ["--betas", "0,1,1"], "--betas"),
+    ("sweeps", ["--betas=-1,0"], "--betas"),
+    ("sweeps", ["--sigmas", "0.1,0.1"], "--sigmas"),
+    ("sweeps", ["--sigmas=0.1,-1"], "--sigmas"),
+    ("sweeps", ["--sigmas", "0,1"], "--sigmas"),
+    ("sweeps", ["--mc-samples-sweep", "1,1"], "--mc-samples-sweep"),
+    ("ablation", ["--likelihood", "gaussian", "--sigma", "0"], "--sigma"),
+    ("ablation", ["--mc-samples", "0"], "--mc-samples"),
+    ("ablation", ["--betas", "1,1"], "--betas"),
+    ("ablation", ["--betas=0,-2"], "--betas"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(script, flags, named, monkeypatch, capsys,
                                                 tmp_path):
-    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))  # as `python experiments/..`
+    monkeypatch.syspath_prepend(STUDY)  # as `python experiments/kl/..`
     module = _script(script)
     monkeypatch.setattr(sys, "argv", [script + ".py", "--workdir", str(tmp_path / "w"),
                                       "--data-dir", str(tmp_path / "none"), *flags])

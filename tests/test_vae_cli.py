@@ -14,6 +14,7 @@ from helpers import (
     is_png,
     run_in_process,
     run_script,
+    script,
     synthetic_images,
     write_idx_dataset,
 )
@@ -102,7 +103,7 @@ def ablation_run(tmp_path_factory):
     data_dir = write_idx_dataset(str(directory / "idx"))
     workdir = directory / "ablation"
     return workdir, run_script(
-        "vae_kl_ablation.py", "--data-dir", data_dir, "--epochs", 1, "--latent-dim", 3,
+        "kl/ablation.py", "--data-dir", data_dir, "--epochs", 1, "--latent-dim", 3,
         "--eval-images", 16, "--num-samples", 60, "--workdir", workdir, *TINY_FLAGS)
 
 
@@ -138,8 +139,9 @@ def test_bad_input_is_one_clear_error_and_creates_nothing(flags, message, tmp_pa
     assert not workdir.exists()
 
 
-def test_ablation_refuses_a_negative_beta(tmp_path, capsys):
-    code, _, err = run_in_process("vae_kl_ablation.py", "--betas", "1,-0.5", "--workdir",
+def test_ablation_refuses_a_negative_beta(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(script("kl"))  # as `python experiments/kl/..`
+    code, _, err = run_in_process("kl/ablation.py", "--betas", "1,-0.5", "--workdir",
                                   tmp_path / "a", capsys=capsys)
     assert code == 2 and "--betas must be distinct finite numbers >= 0" in err
     assert not (tmp_path / "a").exists()

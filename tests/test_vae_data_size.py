@@ -1,4 +1,4 @@
-"""experiments/vae_kl_data_size.py: the KL question's claims against the training-set size."""
+"""experiments/kl/data_size.py: the KL question's claims against the training-set size."""
 
 import csv
 import json
@@ -14,7 +14,8 @@ TINY = ("--batch-size", 16, "--hidden", 16, "--latent-dim", 3, "--iwae-k", 4, "-
 
 @pytest.fixture
 def experiments_on_path(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))  # as `python experiments/..`
+    # as `python experiments/kl/..`: the study's scripts import each other
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments", "kl"))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def study(tmp_path_factory):
 
 def test_every_run_trains_as_many_steps_and_is_measured(study, experiments_on_path, capsys):
     data_dir, workdir, args = study
-    code, out, err = run_in_process("vae_kl_data_size.py", *args, capsys=capsys)
+    code, out, err = run_in_process("kl/data_size.py", *args, capsys=capsys)
     assert code == 0, err[-3000:]
     rows = list(csv.DictReader(open(workdir / "data_size_runs.csv")))
     assert {(int(r["n"]), float(r["beta"]), float(r["sigma"]), int(r["seed"])) for r in rows} \
@@ -55,14 +56,14 @@ def test_every_run_trains_as_many_steps_and_is_measured(study, experiments_on_pa
         assert is_png(workdir / f"{name}.png"), name
 
     # The same command again trains and measures nothing: every run is complete.
-    code, out, err = run_in_process("vae_kl_data_size.py", *args, capsys=capsys)
+    code, out, err = run_in_process("kl/data_size.py", *args, capsys=capsys)
     assert code == 0, err[-3000:]
     assert "Avg one epoch time" not in out and "Evaluating on" not in out
     assert out.count("Claims measurements of epoch 2 read from") == 4
 
 
 def test_training_sets_are_nested_prefixes_of_one_permutation(experiments_on_path):
-    import vae_kl_data_size as study
+    import data_size as study
 
     from jaxgen.data import Dataset
 
@@ -90,7 +91,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(flags, named, study,
                                                          experiments_on_path, tmp_path, capsys):
     data_dir, _, _ = study
     workdir = tmp_path / "w"
-    code, _, err = run_in_process("vae_kl_data_size.py", "--data-dir", data_dir, "--workdir",
+    code, _, err = run_in_process("kl/data_size.py", "--data-dir", data_dir, "--workdir",
                                   workdir, "--batch-size", 16, *flags,
                                   capsys=capsys)
     lines = err.strip().splitlines()

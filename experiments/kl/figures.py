@@ -1,7 +1,7 @@
 """Figures of the KL question: a sweep's measurements against the swept value, the rate-distortion
-plane, the encoder's std over training (experiments/vae_kl_sweeps.py); the claims' measures
+plane, the encoder's std over training (sweeps.py); the claims' measures
 against the training-set size, the train/test gap over training and the nearest-image distances
-(experiments/vae_kl_data_size.py)."""
+(data_size.py)."""
 
 from __future__ import annotations
 

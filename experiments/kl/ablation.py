@@ -1,7 +1,7 @@
 """What does training a VAE without the KL term do? Trains beta = 1 and beta = 0 with the same seed,
 architecture and budget, evaluates both on the test set, and writes the comparison.
 
-    python experiments/vae_kl_ablation.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
+    python experiments/kl/ablation.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
         --epochs 30 --workdir checkpoints/vae_kl_ablation
 
 Writes into --workdir:
@@ -13,7 +13,7 @@ Writes into --workdir:
   latent_grid.png             the decoder over a grid of [-2, 2]^2 of latent space, per beta
   prior_samples.png           samples from the N(0, I) prior, per beta
   reconstructions.png         test images (odd rows) and reconstructions (even rows), per beta
-  claims.csv, claims.md       with --claims: the measurements of jaxgen.runs.vae_claims (probes
+  claims.csv, claims.md       with --claims: the measurements of claims.py (probes
                               of the latent, I(x; z), train/test gaps, memorisation)
 
 Every run resumes; rerunning the same command only does what is missing.
@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+import claims  # beside this script
 import jax
 import numpy as np
 
@@ -33,7 +34,7 @@ from jaxgen.config import DISTINCT_NON_NEGATIVE, POSITIVE_INT, Check, Settings, 
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import Evaluator, frechet_distance_of_features
-from jaxgen.runs import latents, vae_claims
+from jaxgen.runs import latents
 from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
@@ -59,7 +60,7 @@ class AblationOptions(Settings):
               "it, the Frechet distance in pixel space", metavar="DIR")
     claims: bool = setting(False, "also measure what tests the textbook's claims (probes of "
                            "the latent, I(x; z), train/test gaps, memorisation; "
-                           "jaxgen.runs.vae_claims), as experiments/vae_kl_sweeps.py does")
+                           "claims.py), as sweeps.py does")
     nn_samples: int = setting(1000, "with --claims: prior samples whose nearest training and "
                               "test images are found", POSITIVE_INT, metavar="N")
 
@@ -92,7 +93,7 @@ def main() -> None:
                     eval_images=test_eval.eval_images,
                     picture_latent_dim=options.picture_latent_dim,
                     num_samples=options.num_samples, quality=quality, log=run.log,
-                    claims=options.claims, nn_samples=options.nn_samples)
+                    measure_claims=options.claims, nn_samples=options.nn_samples)
 
 
 # Columns of ablation.csv, with what each means (written under the table in ablation.md).
@@ -115,13 +116,13 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
                     workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
                     picture_latent_dim: int = 2, num_samples: int = 10000,
                     quality: Optional[tuple[str, QualityFn]] = None,
-                    log: Callable[[str], None] = print, claims: bool = False,
+                    log: Callable[[str], None] = print, measure_claims: bool = False,
                     nn_samples: int = 1000) -> list[dict]:
     """Trains and evaluates one VAE per config; returns the table's rows.
 
     ``quality`` is (description, fn): fn maps ``num_samples`` prior samples in [-1, 1] to a dict
     of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``).
-    ``claims`` adds the columns of ``jaxgen.runs.vae_claims`` (written to ``claims.md``)."""
+    ``measure_claims`` adds the columns of ``claims.py`` (written to ``claims.md``)."""
     if eval_images == 0:
         raise JaxgenError("the ablation compares test-set figures: --eval-images must not be 0.")
     workdir = ensure_writable(workdir)
@@ -138,9 +139,9 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
             samples = draw_samples(task, state.model, num_samples, jax.random.PRNGKey(0))
             row.update(quality[1](samples))
         rows.append(row)
-        if claims:
+        if measure_claims:
             n = summary["num_images"]
-            claim_rows.append({"beta": config.beta, **vae_claims.measure(
+            claim_rows.append({"beta": config.beta, **claims.measure(
                 task, state, train, test, run_dir, mesh, summary["epoch"], summary, iwae_k, n,
                 nn_samples=nn_samples, num_samples=num_samples, log=log)})
         main_runs[label] = (task, state)
@@ -154,7 +155,7 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         write_table(rows, workdir, configs[0], quality[0] if quality else None,
                     eval_images or len(test), iwae_k)
         draw_figures(main_runs, picture_runs, test, workdir)
-        if claims:
+        if measure_claims:
             write_claims(claim_rows, workdir)
         log(format_table(rows))
         log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
@@ -272,7 +273,7 @@ def write_claims(rows: list[dict], workdir: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
     table = format_table([{k: r[k] for k in CLAIM_COLUMNS} for r in rows])
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in vae_claims.COLUMNS.items()
+    notes = "\n".join(f"- `{k}`: {v}" for k, v in claims.COLUMNS.items()
                       if k in CLAIM_COLUMNS)
     with write_atomically(os.path.join(workdir, "claims.md")) as f:
         f.write(f"# The claims' measurements\n\nCommand: `python {' '.join(sys.argv)}`\n\n"

@@ -1,9 +1,9 @@
 """The KL question for a VAE with a fixed-variance Gaussian decoder and K samples of z: sweeps of
 beta, of the decoder's sigma and of K, each point measured for the textbook's claims
-(``jaxgen.runs.vae_claims``: probes of the latent, I(x; z), train/test gaps, memorisation,
+(``claims.py``: probes of the latent, I(x; z), train/test gaps, memorisation,
 sample quality, the encoder's std over training).
 
-    python experiments/vae_kl_sweeps.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
+    python experiments/kl/sweeps.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
         --epochs 10 --classifier checkpoints/classifier_fashion_mnist \\
         --workdir checkpoints/vae_gaussian
 
@@ -32,8 +32,9 @@ import os
 import sys
 from typing import Optional
 
+import claims  # beside this script
+import figures
 import jax
-import kl_figures  # beside this script
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
@@ -48,7 +49,7 @@ from jaxgen.config import (
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import Evaluator, probes
-from jaxgen.runs import latents, vae_claims
+from jaxgen.runs import latents
 from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
@@ -112,7 +113,7 @@ def main() -> None:
     test_eval.validate()
     if base.likelihood != "gaussian":
         raise JaxgenError("--likelihood must be gaussian for the sweeps (the sigma sweep varies "
-                          "its std); the Bernoulli model is vae_kl_ablation.py's.")
+                          "its std); the Bernoulli model is ablation.py's.")
     if test_eval.eval_images == 0:
         raise JaxgenError("the sweeps compare test-set figures: --eval-images must not be 0.")
     sweeps = sweep_points(base, options)
@@ -186,7 +187,7 @@ def train_and_measure(config: VAEConfig, train: Dataset, test: Dataset, workdir:
     task, state, summary = vae_eval.train_and_evaluate(
         config, train.images, test.images, directory, mesh, iwae_k=iwae_k, eval_images=n_eval,
         log=log)
-    row = vae_claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
+    row = claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
                              summary, iwae_k, n_eval, nn_samples=options.nn_samples,
                              num_samples=options.num_samples, quality=quality, log=log)
     return {"beta": config.beta, "sigma": config.sigma, "K": config.mc_samples,
@@ -261,7 +262,7 @@ def describe_setup(config: VAEConfig, n_eval: int, iwae_k: int) -> str:
             f"rate on the whole test set; probes fitted on the whole training set.")
 
 
-COLUMN_NOTES = {**vae_claims.COLUMNS,
+COLUMN_NOTES = {**claims.COLUMNS,
                 "mi_max": "log N, the most the I(x; z) estimate can say (N test images)"}
 
 SWEEP_TITLES = {"beta": "beta sweep", "sigma": "sigma sweep", "mc-samples": "K sweep"}
@@ -283,7 +284,7 @@ def write_sweep(name: str, rows: list[dict], workdir: str, config: VAEConfig, n_
                 f"Setup: {describe_setup(config, n_eval, iwae_k)}\n\n{markdown_tables(rows)}"
                 f"\n\n{notes}\n")
     swept, group = SWEPT[name]
-    kl_figures.plot_sweep(rows, swept, stem + ".png", f"{SWEEP_TITLES[name]}: "
+    figures.plot_sweep(rows, swept, stem + ".png", f"{SWEEP_TITLES[name]}: "
                           f"{config.dataset}, Gaussian decoder, {config.epochs} epochs",
                           group=group)
 
@@ -298,7 +299,7 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
     for name, configs in sweeps.items():
         text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables([measured[c] for c in configs])}")
     notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
-    real = vae_claims.memorisation_baseline(train, test, options.nn_samples)
+    real = claims.memorisation_baseline(train, test, options.nn_samples)
     notes += (f"\n- the memorisation columns for {options.nn_samples} real images (the last "
               f"training images, not among the references): d_train {real['d_train']:.3f}, "
               f"d_test {real['d_test']:.3f}, nearer_train {real['nearer_train']:.3f}")
@@ -314,16 +315,16 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
         series[label.format(s=base.sigma, b=options.sigma_sweep_beta)] = [
             (measured[c]["rate"], measured[c]["mse_test"], f"{measured[c][key]:g}")
             for c in sweeps[name]]
-    kl_figures.plot_rate_distortion(series, os.path.join(workdir, "rate_distortion.png"),
+    figures.plot_rate_distortion(series, os.path.join(workdir, "rate_distortion.png"),
                                     f"{base.dataset}, Gaussian decoder, K={base.mc_samples}, "
                                     f"{base.epochs} epochs (Alemi et al. 2018)")
     steps_per_epoch = len(train) // base.batch_size
-    curves = {f"beta={c.beta:g}": vae_claims.sigma_history(run_dir(workdir, c))
+    curves = {f"beta={c.beta:g}": claims.sigma_history(run_dir(workdir, c))
               for c in sweeps["beta"]}
     curves.update({f"beta={c.beta:g}, K={c.mc_samples} ({c.epochs} epochs)":
-                   vae_claims.sigma_history(run_dir(workdir, c, base.epochs))
+                   claims.sigma_history(run_dir(workdir, c, base.epochs))
                    for c in sweeps["mc-samples"] if c.mc_samples != base.mc_samples})
-    kl_figures.plot_sigma_curves(curves, steps_per_epoch,
+    figures.plot_sigma_curves(curves, steps_per_epoch,
                                  os.path.join(workdir, "encoder_sigma.png"),
                                  f"encoder std over training, sigma={base.sigma:g}")
     draw_pictures(base, options.picture_betas, workdir, train, test, mesh)

@@ -1,7 +1,7 @@
 """The KL question where overfitting can happen: the textbook's claims measured against the size of
 the training set, for beta = 0 (reconstruction only), beta = 1 and a strong KL, over several seeds.
 
-    python experiments/vae_kl_data_size.py --dataset fashion_mnist \\
+    python experiments/kl/data_size.py --dataset fashion_mnist \\
         --data-dir /path/to/idx-files --classifier experiments/results/classifier_fashion_mnist \\
         --workdir checkpoints/vae_kl_data_size
 
@@ -15,7 +15,7 @@ the default 1:0.5 is the sigma sweep's strong-KL point, beta_eff = 0.5). Seeds a
 
 Every --gap-every epochs a run measures its squared error and reconstruction term on training
 and test images (the train/test gap over training). After training, the measurements of
-``jaxgen.runs.vae_claims`` (probes, I(x; z), rate, train/test gaps, memorisation, prior-sample
+``claims.py`` (probes, I(x; z), rate, train/test gaps, memorisation, prior-sample
 quality). The memorisation test compares each prior sample's nearest training image with its
 nearest test image among as many of each (min(n, 10000 - held out)); --nn-samples test images,
 drawn by a fixed permutation, are held out of those references and scored the same way: the
@@ -44,15 +44,15 @@ import os
 import sys
 from typing import Optional
 
-import kl_figures  # beside this script
+import claims  # beside this script
+import figures
 import numpy as np
-import vae_kl_sweeps
+import sweeps
 
 from jaxgen import cli, data, parallel
 from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
-from jaxgen.runs import vae_claims
 from jaxgen.train import vae_eval
 from jaxgen.train.vae import VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
@@ -165,7 +165,7 @@ def main() -> None:
     test = data.load_dataset(base.dataset, "test", run.options.data_dir)
     check_sizes(options, len(train), len(test), base.batch_size)
     order = np.random.RandomState(SUBSET_SEED).permutation(len(train))
-    quality = vae_kl_sweeps.classifier_quality(options, base.dataset, run.options.data_dir)
+    quality = sweeps.classifier_quality(options, base.dataset, run.options.data_dir)
     workdir = ensure_writable(run.workdir)
     chosen = points if options.part is None else points[options.part[0] - 1::options.part[1]]
     run.log(f"Training-set sizes {', '.join(map(str, options.sizes))} on {base.dataset}, "
@@ -243,7 +243,7 @@ def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
                       epoch_images: int, workdir: str, mesh, options: DataSizeOptions,
                       test_eval: TestEvalOptions, quality, log) -> dict:
     """Trains (or resumes) one run on ``train`` repeated to ``epoch_images`` an epoch, then
-    measures it (``vae_claims.measure``, read back when already measured); its table row."""
+    measures it (``claims.measure``, read back when already measured); its table row."""
     config = config_of(base, p)
     directory = os.path.join(workdir, "runs", p.name)
     n_eval = min(test_eval.eval_images or len(test), p.n, len(test))
@@ -253,7 +253,7 @@ def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
     task, state, summary = vae_eval.train_and_evaluate(
         config, images, test.images, directory, mesh, iwae_k=test_eval.iwae_k,
         eval_images=n_eval, epoch_hooks=(hook,), log=log)
-    row = vae_claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
+    row = claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
                              summary, test_eval.iwae_k, n_eval, nn_samples=options.nn_samples,
                              num_samples=options.num_samples, quality=quality, log=log,
                              held_out=options.nn_samples)
@@ -318,7 +318,7 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows)
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in vae_claims.COLUMNS.items())
+    notes = "\n".join(f"- `{k}`: {v}" for k, v in claims.COLUMNS.items())
     notes += ("\n- `mse_gap`: mse_test - mse_train\n- `null_nearer_train`: `nearer_train` of "
               f"{options.nn_samples} real test images held out of the references (never "
               "trained on): the test's null")
@@ -339,8 +339,8 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
                 f"{notes}\n")
     title = (f"{base.dataset}, Gaussian decoder, {base.epochs} epochs of the split; "
              "mean ± std over seeds")
-    for name, panels in kl_figures.DATA_SIZE_FIGURES.items():
-        kl_figures.plot_against_size(summary, panels, os.path.join(workdir, name + ".png"),
+    for name, panels in figures.DATA_SIZE_FIGURES.items():
+        figures.plot_against_size(summary, panels, os.path.join(workdir, name + ".png"),
                                      title)
     histories, distances = {}, {}
     for row in rows:
@@ -349,11 +349,11 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
         with open(os.path.join(directory, "gap_history.json")) as f:
             histories.setdefault((p.label, p.n), []).append(json.load(f))
         if p.seed == base.seed:
-            with np.load(os.path.join(directory, vae_claims.DISTANCES_FILE)) as d:
+            with np.load(os.path.join(directory, claims.DISTANCES_FILE)) as d:
                 distances[(p.label, p.n)] = {k: d[k] for k in d.files}
-    kl_figures.plot_gap_over_training(histories, os.path.join(workdir,
+    figures.plot_gap_over_training(histories, os.path.join(workdir,
                                                               "gap_over_training.png"), title)
-    kl_figures.plot_nn_distances(distances, os.path.join(workdir, "nn_distances.png"),
+    figures.plot_nn_distances(distances, os.path.join(workdir, "nn_distances.png"),
                                  f"{base.dataset}: nearest-image distances of "
                                  f"{options.nn_samples} prior samples, seed {base.seed}")
 
