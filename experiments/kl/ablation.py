@@ -19,26 +19,23 @@ Writes into --workdir:
 Every run resumes; rerunning the same command only does what is missing.
 """
 
-import csv
 import dataclasses
 import os
-import sys
 from typing import Callable, Optional, Sequence
 
 import claims  # beside this script
 import jax
 import numpy as np
+import report
 
-from jaxgen import cli, data, parallel, viz
-from jaxgen.config import DISTINCT_NON_NEGATIVE, POSITIVE_INT, Check, Settings, setting
+from jaxgen import cli, parallel
+from jaxgen.config import DISTINCT_NON_NEGATIVE, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
-from jaxgen.metrics import Evaluator, frechet_distance_of_features
-from jaxgen.runs import latents
-from jaxgen.runs.evaluate import load_classifier
+from jaxgen.metrics import frechet_distance_of_features
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import vae_eval
-from jaxgen.train.vae import PRESETS, VAEConfig, fixed_targets, interleave_rows
+from jaxgen.train.vae import PRESETS, VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
 from jaxgen.workdir import ensure_writable, write_atomically
 
@@ -52,17 +49,16 @@ class AblationOptions(Settings):
     picture_latent_dim: int = setting(
         2, "latent size of the companion runs drawn as latent scatter and grid (0 skips them)",
         Check(lambda v: v in (0, 2), "2 (draw the latent space) or 0 (skip)"), metavar="D")
-    num_samples: int = setting(10000, "prior samples for the quality figures",
-                               Check(lambda v: v >= 2, "at least 2"), metavar="N")
-    classifier: Optional[str] = setting(
-        None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
-              "are scored in its feature space (FID, IS, coverage, precision, recall); without "
-              "it, the Frechet distance in pixel space", metavar="DIR")
+    num_samples: int = report.num_samples_setting("prior samples for the quality figures")
+    classifier: Optional[str] = report.classifier_setting(
+        "workdir of experiments/train_classifier.py on the same dataset: prior samples are "
+        "scored in its feature space (FID, IS, coverage, precision, recall); without it, the "
+        "Frechet distance in pixel space")
     claims: bool = setting(False, "also measure what tests the textbook's claims (probes of "
                            "the latent, I(x; z), train/test gaps, memorisation; "
                            "claims.py), as sweeps.py does")
-    nn_samples: int = setting(1000, "with --claims: prior samples whose nearest training and "
-                              "test images are found", POSITIVE_INT, metavar="N")
+    nn_samples: int = report.nn_samples_setting("with --claims: prior samples whose nearest "
+                                                "training and test images are found")
 
 
 def main() -> None:
@@ -74,17 +70,11 @@ def main() -> None:
     base = VAEConfig.from_flags(args, beta=1.0)
     options = AblationOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
-    options.validate()
-    test_eval.validate()
+    report.validate(options, test_eval)
     configs = [dataclasses.replace(base, beta=b) for b in options.betas]
-    for config in configs:
-        config.validate()
-    run = cli.prepare_run(args, base, "vae_kl_ablation")
-
-    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
-    test = data.load_dataset(base.dataset, "test", run.options.data_dir)
-    quality = (classifier_quality(options.classifier, base.dataset, options.num_samples,
-                                  run.options.data_dir)
+    run, train, test = report.start(args, base, configs, "vae_kl_ablation")
+    quality = (report.classifier_quality(options.classifier, base.dataset, options.num_samples,
+                                         run.options.data_dir, QUALITY, QUALITY_NOTE)
                if options.classifier else pixel_quality(train, options.num_samples))
     run.log(f"KL ablation on {base.dataset}: betas "
             f"{', '.join(f'{b:g}' for b in options.betas)}, {base.epochs} epochs each, "
@@ -109,13 +99,21 @@ COLUMNS = {
     "active_units": "latent dimensions with Var_x E_q[z_u] > 0.01 (Burda et al.'s criterion)",
 }
 EVAL_KEYS = ("recon", "kl", "neg_elbo", "iwae_nll", "mean_sigma", "mu_std", "active_units")
-QualityFn = Callable[[np.ndarray], dict]
+# The classifier's columns of prior samples (with --classifier), and what they are.
+QUALITY = ("prior_fid", "prior_is", "prior_classes", "prior_precision", "prior_recall")
+QUALITY_NOTE = (
+    "{num_samples} prior samples scored in the feature space of the classifier in `{classifier}` "
+    "(test accuracy {accuracy:.4f}) against {num_samples} training images: `prior_fid` (Frechet "
+    "distance, lower is better), `prior_is` (Inception-Score-style, up to 10), `prior_classes` "
+    "(classes hit), `prior_precision`, `prior_recall` (k-NN manifolds, k=3). The real-data "
+    "floor, {num_samples} test images scored the same way: fid {fid:.3f}, is {inception:.2f}, "
+    "classes {classes}, precision {precision:.3f}, recall {recall:.3f}.")
 
 
 def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
                     workdir: str, mesh, iwae_k: int = 5000, eval_images: Optional[int] = None,
                     picture_latent_dim: int = 2, num_samples: int = 10000,
-                    quality: Optional[tuple[str, QualityFn]] = None,
+                    quality: Optional[tuple[str, claims.QualityFn]] = None,
                     log: Callable[[str], None] = print, measure_claims: bool = False,
                     nn_samples: int = 1000) -> list[dict]:
     """Trains and evaluates one VAE per config; returns the table's rows.
@@ -162,31 +160,7 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
     return rows
 
 
-def classifier_quality(classifier_dir: str, dataset: str, num_samples: int,
-                       data_dir: Optional[str] = None) -> tuple[str, QualityFn]:
-    """Prior samples scored with ``jaxgen.metrics`` in a classifier's feature space."""
-    evaluator = Evaluator(load_classifier(classifier_dir), dataset, num_samples, data_dir)
-    floor = evaluator.floor
-    description = (
-        f"{num_samples} prior samples scored in the feature space of the classifier in "
-        f"`{classifier_dir}` (test accuracy {evaluator.test_accuracy:.4f}) against "
-        f"{num_samples} training images: `prior_fid` (Frechet distance, lower is better), "
-        "`prior_is` (Inception-Score-style, up to 10), `prior_classes` (classes hit), "
-        "`prior_precision`, `prior_recall` (k-NN manifolds, k=3). The real-data floor, "
-        f"{num_samples} test images scored the same way: fid {floor['fid']:.3f}, "
-        f"is {floor['inception_score']:.2f}, classes {floor['classes_covered']}, precision "
-        f"{floor['precision']:.3f}, recall {floor['recall']:.3f}.")
-
-    def score(samples: np.ndarray) -> dict:
-        m = evaluator.evaluate(samples)
-        return {"prior_fid": m["fid"], "prior_is": m["inception_score"],
-                "prior_classes": m["classes_covered"], "prior_precision": m["precision"],
-                "prior_recall": m["recall"]}
-
-    return description, score
-
-
-def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, QualityFn]:
+def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, claims.QualityFn]:
     """The simpler figure when no classifier is given: the Frechet distance between Gaussians
     fitted to prior samples and to training images, in pixel space average-pooled to 7x7 (49
     dimensions, so that a few hundred samples give a well-conditioned covariance)."""
@@ -215,38 +189,26 @@ def _pooled(images: np.ndarray) -> np.ndarray:
 
 def format_table(rows: list[dict]) -> str:
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:g}" if k == "beta" else _fmt(row[k])
-                                       for k in keys) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+    return report.markdown_table(keys, ([f"{row[k]:g}" if k == "beta" else
+                                         report.fmt(row[k], digits=4) for k in keys]
+                                        for row in rows))
 
 
 def write_table(rows: list[dict], workdir: str, config: VAEConfig,
                 quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
-    with write_atomically(os.path.join(workdir, "ablation.csv"), newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    report.write_csv(os.path.join(workdir, "ablation.csv"), rows)
     setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
              f"{config.seed}; {config.architecture} {','.join(map(str, config.hidden))} "
              f"{config.activation}, latent {config.latent_dim}, {config.likelihood} likelihood"
              + (f" (sigma {config.sigma})" if config.likelihood == "gaussian" else "")
              + f", K={config.mc_samples}, Adam lr {config.lr}. Test figures on {num_images} "
              f"test images, iwae_nll with k={iwae_k}.")
-    columns = "\n".join(f"- `{k}`: {v}" for k, v in COLUMNS.items())
+    columns = report.column_notes(COLUMNS)
     if quality_description:
         columns += f"\n- prior-sample quality: {quality_description}"
     text = f"""# KL ablation
 
-Command: `python {' '.join(sys.argv)}`
+{report.command()}
 
 Setup: {setup}
 
@@ -268,45 +230,23 @@ CLAIM_COLUMNS = ("beta", "rate", "mi", "mi_max", "probe_acc", "nn_acc", "mse_tra
 
 def write_claims(rows: list[dict], workdir: str) -> None:
     """``claims.csv`` (every measured column) and ``claims.md`` (the claims' columns)."""
-    with write_atomically(os.path.join(workdir, "claims.csv"), newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    report.write_csv(os.path.join(workdir, "claims.csv"), rows)
     table = format_table([{k: r[k] for k in CLAIM_COLUMNS} for r in rows])
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in claims.COLUMNS.items()
-                      if k in CLAIM_COLUMNS)
+    notes = report.column_notes(claims.COLUMNS, only=CLAIM_COLUMNS)
     with write_atomically(os.path.join(workdir, "claims.md")) as f:
-        f.write(f"# The claims' measurements\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
-                f"{table}\n\n{notes}\n")
+        f.write(f"# The claims' measurements\n\n{report.command()}\n\n{table}\n\n{notes}\n")
 
 
 def draw_figures(main_runs: dict, picture_runs: dict, test: Dataset, workdir: str) -> None:
-    viz.save_image_panels(
-        {label: draw_samples(task, state.model, 64, jax.random.PRNGKey(0))
-         for label, (task, state) in main_runs.items()},
-        os.path.join(workdir, "prior_samples.png"), ncols=8,
-        title="samples from the prior N(0, I)")
-    originals = test.images[:32]
-    panels = {}
-    for label, (task, state) in main_runs.items():
-        shown = fixed_targets(task, originals) * 2 - 1
-        recon = latents.reconstructions(task, state.model.params, originals)
-        panels[label] = interleave_rows(shown, recon, ncols=8)
-    viz.save_image_panels(panels, os.path.join(workdir, "reconstructions.png"), ncols=8,
-                          title="test images (odd rows) and reconstructions (even rows)")
-    if not picture_runs:
-        return
-    scatter = {label: (latents.encode_means(task, state.model.params, test.images), test.labels)
-               for label, (task, state) in picture_runs.items()}
-    viz.plot_latent_scatter(scatter, test.class_names,
-                            os.path.join(workdir, "latent_scatter.png"),
-                            title="posterior means of the test images (2-D latent)")
-    points = viz.latent_grid_points(15, 2.0)
-    viz.save_image_panels(
-        {label: latents.decode_means(task, state.model.params, points)
-         for label, (task, state) in picture_runs.items()},
-        os.path.join(workdir, "latent_grid.png"), ncols=15,
-        title="decoder means over z in [-2, 2]^2 (where the prior's samples fall)")
+    report.draw_prior_samples(main_runs, os.path.join(workdir, "prior_samples.png"),
+                              "samples from the prior N(0, I)")
+    report.draw_reconstructions(main_runs, test.images[:32],
+                                os.path.join(workdir, "reconstructions.png"),
+                                "test images (odd rows) and reconstructions (even rows)")
+    if picture_runs:
+        report.draw_latent_space(
+            picture_runs, test, workdir, "posterior means of the test images (2-D latent)",
+            "decoder means over z in [-2, 2]^2 (where the prior's samples fall)")
 
 
 if __name__ == "__main__":

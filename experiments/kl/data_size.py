@@ -37,19 +37,17 @@ run, then the tables and figures.
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional
 
 import claims  # beside this script
 import figures
 import numpy as np
-import sweeps
+import report
 
-from jaxgen import cli, data, parallel
+from jaxgen import cli, parallel
 from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
@@ -103,14 +101,11 @@ class DataSizeOptions(Settings):
                              "training", POSITIVE_INT, metavar="E")
     gap_images: int = setting(1000, "training (at most n) and test images of those "
                               "measurements", POSITIVE_INT, metavar="N")
-    nn_samples: int = setting(1000, "prior samples whose nearest training and test images are "
-                              "found, and real test images held out as the null", POSITIVE_INT,
-                              metavar="N")
-    num_samples: int = setting(10000, "prior samples for the quality scores",
-                               Check(lambda v: v >= 2, "at least 2"), metavar="N")
-    classifier: Optional[str] = setting(
-        None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
-              "are scored in its feature space (FID, precision, recall, classes)", metavar="DIR")
+    nn_samples: int = report.nn_samples_setting("prior samples whose nearest training and test "
+                                                "images are found, and real test images held "
+                                                "out as the null")
+    num_samples: int = report.num_samples_setting()
+    classifier: Optional[str] = report.classifier_setting()
     part: Optional[tuple[int, int]] = setting(
         None, "train and measure every K-th run from the I-th only, and write no table",
         VALID_PART, metavar="I/K", parse=_part)
@@ -147,25 +142,17 @@ def main() -> None:
     base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma)
     options = DataSizeOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
-    options.validate()
-    test_eval.validate()
-    if base.likelihood != "gaussian":
-        raise JaxgenError("--likelihood must be gaussian for this study (its points set the "
-                          "decoder's std).")
-    if test_eval.eval_images == 0:
-        raise JaxgenError("the study compares training and test figures: --eval-images must "
-                          "not be 0.")
+    report.validate(options, test_eval, base,
+                    gaussian="for this study (its points set the decoder's std)",
+                    compares="the study compares training and test figures")
     points = [Point(n, beta, sigma, base.seed + r) for r in range(options.seeds)
               for n in options.sizes for beta, sigma in options.points]
-    for p in points:
-        config_of(base, p).validate()
-    run = cli.prepare_run(args, base, "vae_kl_data_size")
-
-    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
-    test = data.load_dataset(base.dataset, "test", run.options.data_dir)
+    run, train, test = report.start(args, base, (config_of(base, p) for p in points),
+                                    "vae_kl_data_size")
     check_sizes(options, len(train), len(test), base.batch_size)
     order = np.random.RandomState(SUBSET_SEED).permutation(len(train))
-    quality = sweeps.classifier_quality(options, base.dataset, run.options.data_dir)
+    quality = report.classifier_quality(options.classifier, base.dataset, options.num_samples,
+                                        run.options.data_dir)
     workdir = ensure_writable(run.workdir)
     chosen = points if options.part is None else points[options.part[0] - 1::options.part[1]]
     run.log(f"Training-set sizes {', '.join(map(str, options.sizes))} on {base.dataset}, "
@@ -295,30 +282,20 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
-
-
 def markdown_table(summary: list[dict]) -> str:
-    head = ["beta", "sigma", "n", "runs"] + [h for _, h in TABLE]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary:
-        cells = [f"{s['beta']:g}", f"{s['sigma']:g}", str(s["n"]), str(s["runs"])]
-        cells += [f"{_fmt(s[k])} ± {_fmt(s[k + '_std'])}" if k in s else "-" for k, _ in TABLE]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Mean ± std over seeds of ``TABLE``'s columns, a row per point and n."""
+    return report.markdown_table(
+        ["beta", "sigma", "n", "runs"] + [h for _, h in TABLE],
+        ([f"{s['beta']:g}", f"{s['sigma']:g}", str(s["n"]), str(s["runs"])]
+         + [f"{report.fmt(s[k])} ± {report.fmt(s[k + '_std'])}" if k in s else "-"
+            for k, _ in TABLE] for s in summary))
 
 
 def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: DataSizeOptions,
                   test_eval: TestEvalOptions, quality) -> None:
-    with write_atomically(os.path.join(workdir, "data_size_runs.csv"), newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    report.write_csv(os.path.join(workdir, "data_size_runs.csv"), rows)
     summary = summarise(rows)
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in claims.COLUMNS.items())
+    notes = report.column_notes(claims.COLUMNS)
     notes += ("\n- `mse_gap`: mse_test - mse_train\n- `null_nearer_train`: `nearer_train` of "
               f"{options.nn_samples} real test images held out of the references (never "
               "trained on): the test's null")
@@ -334,9 +311,8 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
              f"{test_eval.iwae_k}); probes fitted on the n training images; I(x; z) on the whole "
              "test set. Each cell: mean ± std over seeds.")
     with write_atomically(os.path.join(workdir, "data_size.md")) as f:
-        f.write(f"# The KL question against the training-set size\n\nCommand: `python "
-                f"{' '.join(sys.argv)}`\n\nSetup: {setup}\n\n{markdown_table(summary)}\n\n"
-                f"{notes}\n")
+        f.write(f"# The KL question against the training-set size\n\n{report.command()}\n\n"
+                f"Setup: {setup}\n\n{markdown_table(summary)}\n\n{notes}\n")
     title = (f"{base.dataset}, Gaussian decoder, {base.epochs} epochs of the split; "
              "mean ± std over seeds")
     for name, panels in figures.DATA_SIZE_FIGURES.items():

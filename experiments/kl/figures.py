@@ -28,6 +28,56 @@ def _save(fig: Figure, path: str, dpi: int = 100) -> None:
     with write_atomically(path, "wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
 
+
+def _panel_grid(panels, row: dict, ncols: int, width: float, height: float):
+    """The panels (title, [(column, legend)], y scale) with the columns ``row`` has, those
+    left without any dropped, and a figure of up to ``ncols`` columns of axes for them."""
+    panels = [(t, [(k, lab) for k, lab in cols if k in row], scale) for t, cols, scale in panels]
+    panels = [p for p in panels if p[1]]
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return panels, fig, axes
+
+
+def _per_size(data: dict, title: str):
+    """For ``data`` keyed by (point label, n): the sizes, the labels and a row of axes, one
+    per size, titled ``title`` with n."""
+    sizes = sorted({n for _, n in data})
+    labels = list(dict.fromkeys(label for label, _ in data))
+    fig, axes = _subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    for ax, n in zip(axes.flat, sizes):
+        ax.set_title(title.format(n=n), fontsize=9)
+    return sizes, labels, fig, axes
+
+
+def _finish(fig: Figure, axes, used: int, title: str, path: str) -> None:
+    """Blanks the axes after the first ``used``, titles the figure and saves it."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=90)
+
+
+def _finish_plane(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: str) -> None:
+    """One panel's log y scale, labels, title, grid and legend; saves the figure."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _chance_line(ax, cols) -> bool:
+    """The 0.5 line of the memorisation panel (chance: no memorisation); whether drawn."""
+    if cols[0][0] != "nearer_train":
+        return False
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    return True
+
+
 # (title, [(column, legend)], y scale) of each panel of a sweep figure.
 SWEEP_PANELS = [
     ("rate and I(x; z), nats", [("rate", "rate (KL to prior)"), ("mi", "I(x; z), test"),
@@ -41,19 +91,14 @@ SWEEP_PANELS = [
                                            ("prior_recall", "recall")], "linear"),
     ("memorisation", [("nearer_train", "fraction nearer a training image")], "linear"),
 ]
-GROUP_STYLES = ("-", "--", ":", "-.")
+LINE_STYLES = ("-", "--", ":", "-.")  # a line's style by its group or column
 
 
 def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                group: Optional[str] = None) -> None:
     """One panel per measurement against the swept column (evenly spaced, labelled by value);
     with ``group``, one line style per value of that column (e.g. beta in the K sweep)."""
-    panels = [(t, [(k, lab) for k, lab in cols if k in rows[0]], scale)
-              for t, cols, scale in SWEEP_PANELS]
-    panels = [p for p in panels if p[1]]
-    ncols = 4
-    nrows = -(-len(panels) // ncols)
-    fig, axes = _subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    panels, fig, axes = _panel_grid(SWEEP_PANELS, rows[0], 4, 3.6, 3.2)
     groups = sorted({r[group] for r in rows}) if group else [None]
     values = sorted({r[swept] for r in rows})
     for ax, (panel_title, cols, scale) in zip(axes.flat, panels):
@@ -66,10 +111,9 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                                 key=lambda r: r[swept])
                 name = label if g is None or key == "mi_max" else f"{label}, {group}={g:g}"
                 ax.plot([values.index(r[swept]) for r in chosen], [r[key] for r in chosen],
-                        ":" if key == "mi_max" else GROUP_STYLES[j % len(GROUP_STYLES)],
+                        ":" if key == "mi_max" else LINE_STYLES[j % len(LINE_STYLES)],
                         color=colour, marker="o", markersize=3, label=name, linewidth=1)
-        if cols[0][0] == "nearer_train":  # chance is 0.5: a scale that shows noise as noise
-            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        if _chance_line(ax, cols):  # a scale that shows noise as noise
             ax.set_ylim(0.25, 0.75)
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels([f"{v:g}" for v in values])
@@ -78,10 +122,7 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
         ax.set_title(panel_title, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi=90)
+    _finish(fig, axes, len(panels), title, path)
 
 
 def plot_rate_distortion(series: dict[str, list[tuple[float, float, str]]], path: str,
@@ -98,13 +139,8 @@ def plot_rate_distortion(series: dict[str, list[tuple[float, float, str]]], path
             ax.annotate(label, (rate, distortion), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rate R = E KL(q(z|x) || N(0, I)), nats per image (test)")
-    ax.set_ylabel("distortion D = squared error per pixel (test)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish_plane(fig, ax, "rate R = E KL(q(z|x) || N(0, I)), nats per image (test)",
+                  "distortion D = squared error per pixel (test)", title, path)
 
 
 def plot_sigma_curves(curves: dict[str, np.ndarray], steps_per_epoch: int, path: str,
@@ -118,13 +154,8 @@ def plot_sigma_curves(curves: dict[str, np.ndarray], steps_per_epoch: int, path:
         smooth = np.convolve(values, np.ones(w) / w, mode="valid")
         xs = (np.arange(len(smooth)) + w) / steps_per_epoch
         ax.plot(xs, smooth, label=label, linewidth=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("encoder std sigma(x), mean over batch and dimensions")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish_plane(fig, ax, "epoch", "encoder std sigma(x), mean over batch and dimensions", title,
+                  path)
 
 
 # ------------------------------------------------------------------ against the training-set size
@@ -155,7 +186,6 @@ DATA_SIZE_FIGURES = {
         ("KL(q(z) || p(z)), nats", [("marginal_kl", "aggregate posterior to prior")], "log"),
     ],
 }
-LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def _point_label(row: dict) -> str:
@@ -166,12 +196,7 @@ def plot_against_size(summary: Sequence[dict], panels, path: str, title: str) ->
     """One panel per measure against the training-set size (log axis): a line per point
     (beta, sigma), its mean over seeds with the seeds' std as error bars; one line style per
     column of a panel."""
-    panels = [(t, [(k, lab) for k, lab in cols if k in summary[0]], scale)
-              for t, cols, scale in panels]
-    panels = [p for p in panels if p[1]]
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig, axes = _subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    panels, fig, axes = _panel_grid(panels, summary[0], 3, 4.6, 3.6)
     labels = list(dict.fromkeys(_point_label(s) for s in summary))
     for ax, (panel_title, cols, scale) in zip(axes.flat, panels):
         for j, (key, name) in enumerate(cols):
@@ -183,27 +208,21 @@ def plot_against_size(summary: Sequence[dict], panels, path: str, title: str) ->
                             linestyle=LINE_STYLES[j % len(LINE_STYLES)], marker="o",
                             markersize=3, capsize=2, linewidth=1,
                             label=label if len(cols) == 1 else f"{name}, {label}")
-        if cols[0][0] == "nearer_train":  # chance is 0.5
-            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        _chance_line(ax, cols)
         ax.set_xscale("log")
         ax.set_yscale(scale)
         ax.set_xlabel("training images n")
         ax.set_title(panel_title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi=90)
+    _finish(fig, axes, len(panels), title, path)
 
 
 def plot_gap_over_training(histories: dict, path: str, title: str) -> None:
     """The test - train squared error against the epoch, one panel per training-set size, a line
     per point: the mean over seeds, the band their min to max. ``histories``: (point label, n)
     -> [per-seed list of {"epoch", "mse_train", "mse_test"}]."""
-    sizes = sorted({n for _, n in histories})
-    labels = list(dict.fromkeys(label for label, _ in histories))
-    fig, axes = _subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    sizes, labels, fig, axes = _per_size(histories, "n = {n}: test - train squared error")
     for ax, n in zip(axes.flat, sizes):
         for i, label in enumerate(labels):
             runs = histories.get((label, n))
@@ -218,11 +237,9 @@ def plot_gap_over_training(histories: dict, path: str, title: str) -> None:
                             alpha=0.2)
         ax.axhline(0, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
-        ax.set_title(f"n = {n}: test - train squared error", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi=90)
+    _finish(fig, axes, len(sizes), title, path)
 
 
 def plot_nn_distances(distances: dict, path: str, title: str) -> None:
@@ -230,9 +247,7 @@ def plot_nn_distances(distances: dict, path: str, title: str) -> None:
     nearest test image (< 0: nearer a training image), one panel per training-set size, a line
     per point and one for held-out real images. ``distances``: (point label, n) -> arrays
     ``d_train``, ``d_test``, ``null_train``, ``null_test``."""
-    sizes = sorted({n for _, n in distances})
-    labels = list(dict.fromkeys(label for label, _ in distances))
-    fig, axes = _subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    sizes, labels, fig, axes = _per_size(distances, "n = {n}")
     for ax, n in zip(axes.flat, sizes):
         chosen = [(i, label, distances[(label, n)]) for i, label in enumerate(labels)
                   if (label, n) in distances]
@@ -248,7 +263,5 @@ def plot_nn_distances(distances: dict, path: str, title: str) -> None:
                 label=f"held-out real images: {np.mean(null < 0):.0%} < 0")
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlabel("d(nearest train) - d(nearest test)")
-        ax.set_title(f"n = {n}", fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi=90)
+    _finish(fig, axes, len(sizes), title, path)

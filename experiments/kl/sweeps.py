@@ -26,18 +26,16 @@ once); --sweep all (the default) then reads them back and writes everything. Eve
 rerunning the same command only does what is missing.
 """
 
-import csv
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 import claims  # beside this script
 import figures
-import jax
 import numpy as np
+import report
 
-from jaxgen import cli, data, parallel, viz
+from jaxgen import cli, parallel, viz
 from jaxgen.config import (
                            DISTINCT_NON_NEGATIVE,
                            NON_NEGATIVE,
@@ -47,13 +45,9 @@ from jaxgen.config import (
                            setting,
 )
 from jaxgen.data import Dataset
-from jaxgen.errors import JaxgenError
-from jaxgen.metrics import Evaluator, probes
-from jaxgen.runs import latents
-from jaxgen.runs.evaluate import load_classifier
-from jaxgen.runs.restore import draw_samples
+from jaxgen.metrics import probes
 from jaxgen.train import vae_eval
-from jaxgen.train.vae import VAEConfig, fixed_targets, interleave_rows
+from jaxgen.train.vae import VAEConfig, interleave_rows
 from jaxgen.train.vae_eval import TestEvalOptions
 from jaxgen.workdir import ensure_writable, write_atomically
 
@@ -89,13 +83,10 @@ class SweepOptions(Settings):
                                                DISTINCT_NON_NEGATIVE, metavar="B,B")
     sweep: str = setting("all", "the sweep to train and measure (all: every sweep, then every "
                          "table and figure)", choices=SWEEPS)
-    nn_samples: int = setting(1000, "prior samples whose nearest training and test images are "
-                              "found (memorisation)", POSITIVE_INT, metavar="N")
-    num_samples: int = setting(10000, "prior samples for the quality scores",
-                               Check(lambda v: v >= 2, "at least 2"), metavar="N")
-    classifier: Optional[str] = setting(
-        None, "workdir of experiments/train_classifier.py on the same dataset: prior samples "
-              "are scored in its feature space (FID, precision, recall, classes)", metavar="DIR")
+    nn_samples: int = report.nn_samples_setting("prior samples whose nearest training and test "
+                                                "images are found (memorisation)")
+    num_samples: int = report.num_samples_setting()
+    classifier: Optional[str] = report.classifier_setting()
 
 
 def main() -> None:
@@ -109,22 +100,16 @@ def main() -> None:
     base = VAEConfig.from_flags(args, beta=1.0)
     options = SweepOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
-    options.validate()
-    test_eval.validate()
-    if base.likelihood != "gaussian":
-        raise JaxgenError("--likelihood must be gaussian for the sweeps (the sigma sweep varies "
-                          "its std); the Bernoulli model is ablation.py's.")
-    if test_eval.eval_images == 0:
-        raise JaxgenError("the sweeps compare test-set figures: --eval-images must not be 0.")
+    report.validate(options, test_eval, base,
+                    gaussian="for the sweeps (the sigma sweep varies its std); the Bernoulli "
+                             "model is ablation.py's",
+                    compares="the sweeps compare test-set figures")
     sweeps = sweep_points(base, options)
-    for config in {c for points in sweeps.values() for c in points}:
-        config.validate()
-    run = cli.prepare_run(args, base, "vae_gaussian")
-
-    train = data.load_dataset(base.dataset, "train", run.options.data_dir)
-    test = data.load_dataset(base.dataset, "test", run.options.data_dir)
+    run, train, test = report.start(args, base, {c for points in sweeps.values() for c in points},
+                                    "vae_gaussian")
     n_eval = len(test) if test_eval.eval_images is None else min(test_eval.eval_images, len(test))
-    quality = classifier_quality(options, base.dataset, run.options.data_dir)
+    quality = report.classifier_quality(options.classifier, base.dataset, options.num_samples,
+                                        run.options.data_dir)
     chosen = SWEEPS[1:] if options.sweep == "all" else (options.sweep,)
     run.log(f"Sweeps {', '.join(chosen)} on {base.dataset}, {base.epochs} epochs each, "
             f"{run.describe()}")
@@ -194,30 +179,6 @@ def train_and_measure(config: VAEConfig, train: Dataset, test: Dataset, workdir:
             "epochs": config.epochs, "beta_eff": config.beta * 2 * config.sigma ** 2, **row}
 
 
-def classifier_quality(options: SweepOptions, dataset: str, data_dir: Optional[str]):
-    """(description, score) of prior samples in the classifier's feature space, or None."""
-    if options.classifier is None:
-        return None
-    evaluator = Evaluator(load_classifier(options.classifier), dataset, options.num_samples,
-                          data_dir)
-    floor = evaluator.floor
-    description = (
-        f"{options.num_samples} prior samples (decoder means) scored in the feature space of "
-        f"the classifier in `{options.classifier}` (test accuracy "
-        f"{evaluator.test_accuracy:.4f}) against as many training images: `prior_fid`, "
-        "`prior_precision`, `prior_recall` (k-NN manifolds, k=3), `prior_classes` (classes "
-        f"hit). Real test images scored the same way: fid {floor['fid']:.3f}, precision "
-        f"{floor['precision']:.3f}, recall {floor['recall']:.3f}, classes "
-        f"{floor['classes_covered']}.")
-
-    def score(samples: np.ndarray) -> dict:
-        m = evaluator.evaluate(samples)
-        return {"prior_fid": m["fid"], "prior_precision": m["precision"],
-                "prior_recall": m["recall"], "prior_classes": m["classes_covered"]}
-
-    return description, score
-
-
 # ------------------------------------------------------------------------------ tables
 TABLES = [
     ("the latent", ["rate", "mi", "mi_max", "marginal_kl", "probe_acc", "nn_acc",
@@ -231,25 +192,15 @@ TABLES = [
 KEYS = ("beta", "sigma", "K", "epochs")
 
 
-def _fmt(value) -> str:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    if value == 0:
-        return "0"
-    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
-
-
 def markdown_tables(rows: list[dict]) -> str:
     parts = []
     for title, columns in TABLES:
         columns = [c for c in columns if c in rows[0]]
-        head = list(KEYS) + columns
-        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in rows:
-            lines.append("| " + " | ".join(f"{row[k]:g}" for k in KEYS) + " | "
-                         + " | ".join(_fmt(row[c]) for c in columns) + " |")
-        parts.append("\n".join(lines))
+        table = report.markdown_table(
+            list(KEYS) + columns,
+            ([f"{row[k]:g}" for k in KEYS] + [report.fmt(row[c]) for c in columns]
+             for row in rows))
+        parts.append(f"**{title}**\n\n{table}")
     return "\n\n".join(parts)
 
 
@@ -272,15 +223,12 @@ SWEPT = {"beta": ("beta", None), "sigma": ("sigma", None), "mc-samples": ("K", "
 def write_sweep(name: str, rows: list[dict], workdir: str, config: VAEConfig, n_eval: int,
                 iwae_k: int, quality) -> None:
     stem = os.path.join(workdir, name.replace("-", "_") + "_sweep")
-    with write_atomically(stem + ".csv", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
+    report.write_csv(stem + ".csv", rows)
+    notes = report.column_notes(COLUMN_NOTES)
     if quality:
         notes += f"\n- prior-sample quality: {quality[0]}"
     with write_atomically(stem + ".md") as f:
-        f.write(f"# {SWEEP_TITLES[name]}\n\nCommand: `python {' '.join(sys.argv)}`\n\n"
+        f.write(f"# {SWEEP_TITLES[name]}\n\n{report.command()}\n\n"
                 f"Setup: {describe_setup(config, n_eval, iwae_k)}\n\n{markdown_tables(rows)}"
                 f"\n\n{notes}\n")
     swept, group = SWEPT[name]
@@ -294,11 +242,11 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
                   iwae_k: int, quality) -> None:
     """Every table in sweeps.md; the rate-distortion plane, the encoder std curves and the
     pictures of the runs at --picture-betas."""
-    text = [f"# The KL question with a Gaussian decoder\n\nCommand: `python {' '.join(sys.argv)}`"
+    text = [f"# The KL question with a Gaussian decoder\n\n{report.command()}"
             f"\n\nSetup: {describe_setup(base, n_eval, iwae_k)}"]
     for name, configs in sweeps.items():
         text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables([measured[c] for c in configs])}")
-    notes = "\n".join(f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items())
+    notes = report.column_notes(COLUMN_NOTES)
     real = claims.memorisation_baseline(train, test, options.nn_samples)
     notes += (f"\n- the memorisation columns for {options.nn_samples} real images (the last "
               f"training images, not among the references): d_train {real['d_train']:.3f}, "
@@ -345,19 +293,11 @@ def draw_pictures(base: VAEConfig, betas, workdir: str, train: Dataset, test: Da
     small = {f"beta={b:g}": _restore(dataclasses.replace(base, beta=b, latent_dim=2), workdir,
                                      train, test, mesh) for b in betas}
     title = f"sigma={base.sigma:g}, K={base.mc_samples}"
-    samples = {label: draw_samples(task, state.model, 64, jax.random.PRNGKey(0))
-               for label, (task, state) in runs.items()}
-    viz.save_image_panels(samples, os.path.join(workdir, "prior_samples.png"), ncols=8,
-                          title=f"decoder means at z ~ N(0, I), {title}")
-    originals = test.images[:32]
-    viz.save_image_panels(
-        {label: interleave_rows(fixed_targets(task, originals) * 2 - 1,
-                                latents.reconstructions(task, state.model.params, originals),
-                                ncols=8)
-         for label, (task, state) in runs.items()},
-        os.path.join(workdir, "reconstructions.png"), ncols=8,
-        title=f"test images (odd rows) and decoder means at the posterior means (even rows), "
-              f"{title}")
+    samples = report.draw_prior_samples(runs, os.path.join(workdir, "prior_samples.png"),
+                                        f"decoder means at z ~ N(0, I), {title}")
+    report.draw_reconstructions(
+        runs, test.images[:32], os.path.join(workdir, "reconstructions.png"),
+        f"test images (odd rows) and decoder means at the posterior means (even rows), {title}")
     pairs = {}
     for label, images in samples.items():
         shown = images[:16]
@@ -368,18 +308,9 @@ def draw_pictures(base: VAEConfig, betas, workdir: str, train: Dataset, test: Da
     viz.save_image_panels(pairs, os.path.join(workdir, "nearest_images.png"), ncols=8,
                           title="prior samples (odd rows) and their nearest training images "
                                 "(even rows)")
-    viz.plot_latent_scatter(
-        {label: (latents.encode_means(task, state.model.params, test.images), test.labels)
-         for label, (task, state) in small.items()}, test.class_names,
-        os.path.join(workdir, "latent_scatter.png"),
-        title=f"posterior means of the test images, 2-D latent, {title}")
-    points = viz.latent_grid_points(15, 2.0)
-    viz.save_image_panels(
-        {label: latents.decode_means(task, state.model.params, points)
-         for label, (task, state) in small.items()},
-        os.path.join(workdir, "latent_grid.png"), ncols=15,
-        title=f"decoder means over z in [-2, 2]^2 (where prior samples fall), 2-D latent, "
-              f"{title}")
+    report.draw_latent_space(
+        small, test, workdir, f"posterior means of the test images, 2-D latent, {title}",
+        f"decoder means over z in [-2, 2]^2 (where prior samples fall), 2-D latent, {title}")
 
 
 if __name__ == "__main__":
