@@ -54,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.abspath(__file__)
 CLASSIFIER = os.path.join(ROOT, "experiments", "results", "classifier_fashion_mnist")
+WHEELS = os.path.join(".device-data", "wheels")  # pip download tensorboardX --no-deps -d ...
 GANS = ("GAN", "LSGAN", "WGAN", "WGAN_GP", "DRAGAN", "EBGAN", "BEGAN", "CGAN", "ACGAN", "infoGAN")
 PARTS = ("environment", "seed_run", "epochs", "resume", "tests", "fid", "precision", "variants",
          "profile", "deterministic")
@@ -152,7 +153,10 @@ def results(lines: list) -> list:
 def base_env(args) -> dict:
     env = {k: v for k, v in os.environ.items()}
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # Pure-Python wheels carried to an image that lacks them (tensorboardX, say) are imported
+    # from the wheel files themselves: nothing is installed.
+    wheels = sorted(glob.glob(os.path.join(ROOT, WHEELS, "*-py3-none-any.whl")))
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *wheels, env.get("PYTHONPATH", "")])
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(args.out, "work", "xla-cache")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.accelerator == "cpu":
@@ -461,7 +465,7 @@ def worker_environment(args) -> None:
     import jax
 
     versions = {}
-    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorboardX",
                  "jax-cuda13-plugin", "jax-cuda12-plugin"):
         try:
             versions[name.replace("-", "_")] = md.version(name)
@@ -490,7 +494,7 @@ def time_task_epoch(task, mesh, num_images: int, label: str) -> dict:
     sys.path.insert(0, HERE)
     import gan_step
 
-    from jaxgen.train import loop
+    from jaxgen.train import program
     from jaxgen.train.task import resolve_steps_per_call
 
     steps = num_images // task.config.batch_size
@@ -500,7 +504,7 @@ def time_task_epoch(task, mesh, num_images: int, label: str) -> dict:
         calls, compile_s, memory = {}, 0.0, {}
         for n in sorted({per_call, steps % per_call} - {0}):
             t = time.perf_counter()
-            calls[n] = loop.build_train_step(task, mesh, steps, n).lower(
+            calls[n] = program.build_train_step(task, mesh, steps, n).lower(
                 state, data, perm).compile()
             compile_s += time.perf_counter() - t
             analysis = calls[n].memory_analysis()

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxgen import parallel
 from jaxgen.models.layers import CONV_FORMS
-from jaxgen.train import gan_variants, loop
+from jaxgen.train import gan_variants, program
 from jaxgen.train.state import init_state
 from jaxgen.train.task import resolve_steps_per_call
 
@@ -74,7 +74,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_f
     steps_per_epoch = 16
     with jax.set_mesh(mesh):
         state, data, perm = _start(task, steps_per_epoch, mesh)
-        step_fn = loop.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
+        step_fn = program.build_train_step(task, mesh, steps_per_epoch, steps_per_call,
                                         compiler_options={} if xla_defaults else None)
         t = time.perf_counter()
         step = step_fn.lower(state, data, perm).compile()
@@ -114,7 +114,7 @@ def _start(task, steps_per_epoch: int, mesh):
     if task.needs_labels:
         labels = np.random.RandomState(1).randint(0, 10, n).astype(np.int32)
         data = (data, parallel.put_replicated(labels, mesh))
-    perm = loop.build_permutation(mesh, n)(state.rng, jnp.int32(1))
+    perm = program.build_permutation(mesh, n)(state.rng, jnp.int32(1))
     return state, data, perm
 
 
@@ -134,7 +134,7 @@ def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN"
         compile_s = 0.0
         for n in sorted({per_call, steps_per_epoch % per_call} - {0}):
             t = time.perf_counter()
-            calls[n] = loop.build_train_step(task, mesh, steps_per_epoch, n).lower(
+            calls[n] = program.build_train_step(task, mesh, steps_per_epoch, n).lower(
                 state, data, perm).compile()
             compile_s += time.perf_counter() - t
         state, _ = calls[per_call](state, data, perm)  # warm-up

@@ -54,16 +54,24 @@ def image_grid(images: np.ndarray, ncols: Optional[int] = None, pad: int = 2) ->
     return grid
 
 
-def save_image_grid(images: np.ndarray, path: str, ncols: Optional[int] = None,
-                    scale: int = 2) -> None:
-    """Writes a PNG grid; ``scale`` enlarges pixels (nearest neighbour) for viewing."""
+def grid_pixels(images: np.ndarray, ncols: Optional[int] = None, scale: int = 2) -> np.ndarray:
+    """The uint8 (H, W, C) picture of an image grid, its pixels ``scale`` times enlarged
+    (nearest neighbour) for viewing."""
     grid = image_grid(images, ncols)
-    mode = "L" if grid.shape[-1] == 1 else "RGB"
-    picture = Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode)
-    if scale != 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1) if scale != 1 else grid
+
+
+def save_pixels(pixels: np.ndarray, path: str) -> None:
+    """Writes uint8 (H, W, C) ``pixels`` (C = 1: grey, 3: RGB) as a PNG file."""
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     with write_atomically(path, "wb") as f:
         picture.save(f, format="PNG")
+
+
+def save_image_grid(images: np.ndarray, path: str, ncols: Optional[int] = None,
+                    scale: int = 2) -> None:
+    """Writes a PNG grid of (N, H, W, C) ``images``; ``scale`` enlarges pixels for viewing."""
+    save_pixels(grid_pixels(images, ncols, scale), path)
 
 
 def save_gif(frame_paths: Sequence[str], path: str, seconds_per_frame: float = 0.4) -> None:

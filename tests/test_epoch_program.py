@@ -12,7 +12,7 @@ from jax import lax
 
 from jaxgen import parallel
 from jaxgen.models.layers import canonical_conv
-from jaxgen.train import loop
+from jaxgen.train import loop, program
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.state import init_state
 from jaxgen.train.task import TrainConfig, resolve_steps_per_call
@@ -117,8 +117,8 @@ def epoch_program(tiny_images):
     with jax.set_mesh(mesh):
         state = jax.jit(lambda: init_state(task, 0), out_shardings=parallel.replicated(mesh))()
         data = parallel.put_replicated(tiny_images, mesh)
-        perm = loop.build_permutation(mesh, len(tiny_images))(state.rng, jnp.int32(1))
-        compiled = loop.build_train_step(task, mesh, 4, 2).lower(state, data, perm).compile()
+        perm = program.build_permutation(mesh, len(tiny_images))(state.rng, jnp.int32(1))
+        compiled = program.build_train_step(task, mesh, 4, 2).lower(state, data, perm).compile()
     return mesh, compiled, state, data, perm
 
 
@@ -148,13 +148,13 @@ def test_the_epoch_program_moves_nothing_to_or_from_the_host(epoch_program):
 def test_by_default_the_loop_runs_one_program_per_epoch_and_logs_every_step(
         tiny_images, tmp_path, monkeypatch):
     built = []
-    real = loop.build_train_step
+    real = program.build_train_step
 
     def recording(task, mesh, steps_per_epoch, steps_per_call=1, **kwargs):
         built.append(steps_per_call)
         return real(task, mesh, steps_per_epoch, steps_per_call, **kwargs)
 
-    monkeypatch.setattr(loop, "build_train_step", recording)
+    monkeypatch.setattr(program, "build_train_step", recording)
     logs = []
     task = GANTask(GANConfig(epochs=1, batch_size=16, log_every=1))  # 64 images: 4 steps
     loop.train(task, tiny_images, str(tmp_path), parallel.make_mesh(jax.devices()[:1]),

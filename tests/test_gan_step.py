@@ -20,7 +20,7 @@ from helpers import (
 )
 
 from jaxgen import parallel
-from jaxgen.train import loop
+from jaxgen.train import loop, program
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.state import init_state
 
@@ -149,8 +149,8 @@ def _gradient_step(tiny_images, mesh, compiler_options):
     with jax.set_mesh(mesh):
         state = jax.jit(lambda: init_state(task, 0))()
         data = parallel.put_replicated(tiny_images[:16], mesh)
-        perm = loop.build_permutation(mesh, 16)(state.rng, jnp.int32(1))
-        step = loop.build_train_step(task, mesh, 1, compiler_options=compiler_options)
+        perm = program.build_permutation(mesh, 16)(state.rng, jnp.int32(1))
+        step = program.build_train_step(task, mesh, 1, compiler_options=compiler_options)
         compiled = step.lower(state, data, perm).compile()
         return compiled, parallel.to_host(compiled(state, data, perm))
 

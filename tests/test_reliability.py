@@ -20,7 +20,7 @@ from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_newest
 from jaxgen.train import loop
-from jaxgen.train.task import Task, TrainConfig
+from jaxgen.train.task import Picture, Task, TrainConfig
 from jaxgen.workdir import WorkdirLock, checkpoint_dir
 
 
@@ -41,17 +41,26 @@ class _Counter(Task):
         count = model["count"] + 1
         return {"count": count}, {"count": count}
 
-    def epoch_end(self, state, epoch, workdir):
-        open(os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"), "w").close()
-
-    def train_end(self, workdir, history):
-        open(os.path.join(workdir, f"{self.name}_generate_animation.gif"), "w").close()
+    def pictures(self, model, rng):
+        return {"": Picture(jnp.zeros((4, 28, 28, 1)) + model["count"] / 100)}
 
 
 def _train(workdir, images, epochs=2, log=None):
     config = TrainConfig(epochs=epochs, batch_size=16, log_every=1)
     return loop.train(_Counter(config), images, str(workdir),
                       parallel.make_mesh(jax.devices()[:1]), log=log or (lambda _: None))
+
+
+def test_a_task_that_writes_its_own_pictures_is_told_what_replaced_it(tiny_images, tmp_path):
+    class Old(_Counter):
+        def epoch_end(self, state, epoch, workdir):
+            pass
+
+    with pytest.raises(JaxgenError, match="defines epoch_end/train_end, which the loop no longer "
+                                          "calls: return its pictures from pictures"):
+        loop.train(Old(TrainConfig(epochs=1, batch_size=16)), tiny_images, str(tmp_path / "w"),
+                   parallel.make_mesh(jax.devices()[:1]))
+    assert not (tmp_path / "w").exists()
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -50,7 +50,7 @@ def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images,
     then the resume: the same curves as the uninterrupted run's."""
     workdir, _ = uninterrupted
     _train(tmp_path / "run", tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
-    stale = tensorboard.EventWriter(str(tmp_path / "run" / "tensorboard"))
+    stale = tensorboard.EventFile(str(tmp_path / "run" / "tensorboard"))
     stale.scalars(6, {"D_loss": 123.0, "G_loss": 456.0})
     stale.close()
     _train(tmp_path / "run", tiny_images)
@@ -62,16 +62,30 @@ def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images,
     assert [s for s, _ in resumed["GAN"]] == [4, 8]
 
 
+def test_the_scalars_epoch_hooks_return_are_shown_and_survive_a_resume(tiny_images, tmp_path):
+    def hook(task, state, epoch, workdir):
+        return {"probe/epoch": 10.0 * epoch, "probe/step": float(state.step)}
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    one_epoch = GANConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    loop.train(GANTask(one_epoch), tiny_images, str(tmp_path), mesh, log=lambda _: None,
+               epoch_hooks=[hook])
+    loop.train(GANTask(CONFIG), tiny_images, str(tmp_path), mesh, log=lambda _: None,
+               epoch_hooks=[hook])  # resumed: epoch 1's scalars come from the checkpoint
+    events = _events(tmp_path)
+    assert events["probe/epoch"] == [(4, 10.0), (8, 20.0)]
+    assert events["probe/step"] == [(4, 4.0), (8, 8.0)]
+
+
 def test_a_file_named_like_a_grid_that_is_no_picture_does_not_stop_the_run(tiny_images,
                                                                           tmp_path):
+    """A resumed run shows the pictures of earlier epochs from their files: one that does not
+    read as a picture is left out."""
     (tmp_path / "GAN_notes_epoch001.png").write_text("not a picture")
     _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    _train(tmp_path, tiny_images)  # resumed: epoch 1's pictures read back
     events = _events(tmp_path)
-    assert "GAN_notes" not in events and [s for s, _ in events["GAN"]] == [4]
-
-
-def test_crc32c_matches_the_standard_check_value():
-    assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check
+    assert "GAN_notes" not in events and [s for s, _ in events["GAN"]] == [4, 8]
 
 
 # ----------------------------------------------------------------------------- --profile-steps
@@ -123,12 +137,13 @@ def test_a_full_disk_under_tensorboard_is_one_error_not_a_shorter_curve(tmp_path
     data loss)."""
     from jaxgen.errors import JaxgenError
 
-    board = tensorboard.Board(str(tmp_path), "GAN", steps_per_epoch=4, log_every=2)
-    board.rebuild({"D_loss": [1.0, 0.9, 0.8, 0.7]}, [1.5])
-    Image.new("L", (8, 8)).save(tmp_path / "GAN_epoch002.png")
-    board._writer._file = _FullDisk()
-    for write in (lambda: board.step(2, 2, {"D_loss": 0.5}), lambda: board.epoch_end(2, 1.5),
-                  lambda: board._writer.flush()):
+    board = tensorboard.Board(str(tmp_path), steps_per_epoch=4, log_every=2)
+    board.rebuild({"D_loss": [1.0, 0.9, 0.8, 0.7]}, [1.5], [{}], lambda epoch: {})
+    grid = np.zeros((8, 8, 1), np.uint8)
+    board._file._writer._py_recordio_writer._writer = _FullDisk()
+    for write in (lambda: board.step(2, 2, {"D_loss": 0.5}),
+                  lambda: board.epoch_end(2, 1.5, {"GAN": grid}, {}),
+                  lambda: board._file.flush(), lambda: board.close()):
         with pytest.raises(JaxgenError, match=r"cannot write .*events\.out\.tfevents\..*: no "
                                               r"space left on the device; the run's checkpoints"):
             write()

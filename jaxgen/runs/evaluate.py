@@ -24,12 +24,11 @@ from jaxgen.metrics.evaluator import (
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.runs.registry import task_class
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_newest
-from jaxgen.tensorboard import EVAL_HISTORY
 from jaxgen.train.classifier import ClassifierTask
 from jaxgen.workdir import write_atomically
 
 EVAL_FILE = "eval.json"
-HISTORY_FILE = EVAL_HISTORY  # one row per evaluation; TensorBoard's scores come from it
+HISTORY_FILE = "eval_history.jsonl"  # one row per evaluation during training
 
 
 def classifier_meta(classifier_dir: str) -> tuple[int, dict]:
@@ -134,9 +133,11 @@ class EvaluateEvery:
         self.data_dir, self.seed, self.k = data_dir, seed, k
         self._evaluator: Optional[Evaluator] = None
 
-    def __call__(self, task, state, epoch: int, workdir: str) -> None:
+    def __call__(self, task, state, epoch: int, workdir: str) -> Optional[dict]:
+        """Evaluates after every ``every``-th epoch and the last; returns the scores as
+        TensorBoard shows them (``eval/fid``, ..., ``eval_floor/fid``, ...)."""
         if epoch % self.every and epoch != task.config.epochs:
-            return
+            return None
         mesh = state.step.sharding.mesh
         if self._evaluator is None:
             extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
@@ -152,6 +153,8 @@ class EvaluateEvery:
                   f"precision {row['precision']:.3f}, recall {row['recall']:.3f}"
                   + (f", label accuracy {row['label_accuracy']:.3f}"
                      if "label_accuracy" in row else ""), flush=True)
+        return {**{f"eval/{k}": v for k, v in scores.items() if _is_number(v)},
+                **{f"eval_floor/{k}": v for k, v in floor.items() if _is_number(v)}}
 
     def _write(self, task, workdir: str, row: dict) -> None:
         path = os.path.join(workdir, HISTORY_FILE)
@@ -169,3 +172,7 @@ class EvaluateEvery:
                         ylabel=f"FID ({self.num_samples} samples)",
                         title=f"{task.name} on {task.config.dataset}",
                         x=[r["epoch"] for r in rows])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -14,7 +14,6 @@ transcription of the reference's.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from jaxgen import parallel, viz
+from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Generator
@@ -30,9 +29,7 @@ from jaxgen.models.layers import resolve_conv_forms
 from jaxgen.train import gan_ema
 from jaxgen.train.gan_objective import DTYPES, VANILLA, GANConfig, LossContext, Objective
 from jaxgen.train.gan_step import StepHook, condition_kwargs, make_step
-from jaxgen.train.history import epoch_images
-from jaxgen.train.state import TrainState
-from jaxgen.train.task import Task
+from jaxgen.train.task import Picture, Task
 
 SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
 
@@ -269,30 +266,16 @@ class GANTask(Task):
             sweeps[f"code {k + 1}"] = self.g_input(z, categories, continuous)
         return sweeps
 
-    def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
-        g = self.sampling_network(state.model)
-        images = self._generate_fixed(g, state.rng)
+    def pictures(self, model: GANModel, rng: jax.Array) -> dict[str, Picture]:
+        """The fixed-noise samples (infoGAN's: one column per category)."""
         ncols = 8 if self.objective.codes is None else self.objective.codes.num_classes
-        sweeps = {}
-        if epoch == self.config.epochs:  # infoGAN: the continuous codes' sweeps
-            sweeps = {name: self._generate(g, inputs) for name, inputs
-                      in self.code_sweeps(named_key(state.rng, "sample", 2)).items()}
-        if parallel.is_main_process():
-            viz.save_image_grid(parallel.to_host(images),
-                                os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"),
-                                ncols=ncols)
-            for name, swept in sweeps.items():
-                viz.save_image_grid(parallel.to_host(swept),
-                                    os.path.join(workdir, sweep_file(self.name, name)), ncols=10)
+        return {"": Picture(self._generate_fixed(self.sampling_network(model), rng), ncols)}
 
-    def train_end(self, workdir: str, history: dict) -> None:
-        viz.save_gif(epoch_images(workdir, self.name),
-                     os.path.join(workdir, f"{self.name}_generate_animation.gif"))
-
-
-def sweep_file(name: str, code: str) -> str:
-    """The picture of a continuous code's sweep: ``infoGAN_code1.png`` for "code 1"."""
-    return f"{name}_{code.replace(' ', '')}.png"
+    def final_pictures(self, model: GANModel, rng: jax.Array) -> dict[str, Picture]:
+        """infoGAN: each continuous code's sweep (``infoGAN_code1.png``, ...)."""
+        g = self.sampling_network(model)
+        return {name.replace(" ", ""): Picture(self._generate(g, inputs), ncols=10)
+                for name, inputs in self.code_sweeps(named_key(rng, "sample", 2)).items()}
 
 
 def learning_rate(opt_state) -> np.ndarray:

@@ -11,8 +11,8 @@ step, so a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import json
 import os
 import sys
 import time
@@ -21,7 +21,6 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -29,13 +28,13 @@ from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.data import IMAGE_SHAPE
 from jaxgen.errors import JaxgenError
-from jaxgen.keys import named_key
 from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
-from jaxgen.tensorboard import Board
-from jaxgen.train.history import History, write_epoch_outputs, write_history
+from jaxgen.train import program
+from jaxgen.train.history import History
+from jaxgen.train.outputs import RunOutputs
 from jaxgen.train.state import TrainState, abstract_state, init_state
 from jaxgen.train.task import Task, resolve_steps_per_call
-from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable, write_atomically
+from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
 
 def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
@@ -99,7 +98,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-EpochHook = Callable[[Task, TrainState, int, str], None]
+# hook(task, state, epoch, workdir) -> scalars to show in TensorBoard after the epoch, or None
+EpochHook = Callable[[Task, TrainState, int, str], Optional[dict]]
 
 
 def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
@@ -110,11 +110,16 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
     the newest checkpoint in ``workdir`` if there is one. Returns the final state and history.
 
     ``labels`` (N,) are required by tasks with ``needs_labels``. Each of ``epoch_hooks`` is called
-    as ``hook(task, state, epoch, workdir)`` on every process after the task's own epoch_end
-    (e.g. an evaluation every few epochs, see ``jaxgen.metrics``). ``profile_steps`` (first,
+    as ``hook(task, state, epoch, workdir)`` on every process after the epoch's pictures, before
+    its checkpoint (e.g. an evaluation every few epochs, ``jaxgen.runs.evaluate``); the scalars
+    it returns, if any, are kept in the history and shown in TensorBoard. ``profile_steps`` (first,
     last), global 1-based steps, writes a ``jax.profiler`` trace of those steps (of the calls
     holding them, with ``steps_per_call`` > 1) into ``WORKDIR/tensorboard/plugins/profile/``."""
     config = task.config
+    if hasattr(task, "epoch_end") or hasattr(task, "train_end"):
+        raise JaxgenError(f"{type(task).__name__} defines epoch_end/train_end, which the loop no "
+                          "longer calls: return its pictures from pictures(model, rng) and "
+                          "final_pictures(model, rng) instead (docs/library.md).")
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise JaxgenError(f"{task.name} trains on {config.dataset}'s images, uint8 of shape "
@@ -172,8 +177,8 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
            steps_per_epoch: int, profile_steps) -> tuple[TrainState, History]:
     """``train`` in a checked, writable and locked workdir."""
     config = task.config
-    main = parallel.is_main_process()
     ckpts = Checkpoints(checkpoint_dir(workdir), max_to_keep=config.keep_checkpoints)
+    outputs = RunOutputs(task, workdir, steps_per_epoch, parallel.is_main_process())
 
     with jax.set_mesh(mesh):
         restored = ckpts.restore_latest(_restore_target(task, workdir, mesh, len(images)),
@@ -201,20 +206,13 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                     f"will not run again; pass steps after {trained}. Nothing was changed.")
             history = History.from_dict(meta["history"], task.metric_names)
             log(f"Resuming from the checkpoint of epoch {start_epoch} in {ckpts.directory}.")
-        if main:
-            with write_atomically(os.path.join(workdir, "config.json")) as f:
-                json.dump({"task": task.name, "config": config.to_dict()}, f, indent=2)
-        # TensorBoard's event files, written anew from the checkpoint's history.
-        board = Board(workdir, task.name, steps_per_epoch, config.log_every) if main else None
-        if board:
-            board.rebuild(history.metrics, history.per_epoch_time)
+        outputs.start(history)  # config.json; TensorBoard's files anew from the history
         if start_epoch >= config.epochs:
             log(f"{workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
                 "nothing to train. Its end-of-run outputs are written anew from the history.")
-            if main:  # a run killed after its last checkpoint may lack them
-                write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
-                task.train_end(workdir, history.to_dict())
-                board.close()
+            # a run killed after its last checkpoint may lack them
+            outputs.run_end(history, _host(task.final_pictures(state.model, state.rng)))
+            outputs.close()
             ckpts.close()
             return state, history
 
@@ -225,13 +223,13 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
 
         def run_steps(n: int):
             if n not in compiled:
-                compiled[n] = build_train_step(task, mesh, steps_per_epoch, n)
+                compiled[n] = program.build_train_step(task, mesh, steps_per_epoch, n)
             return compiled[n]
 
-        permutation_fn = build_permutation(mesh, len(images))
+        permutation_fn = program.build_permutation(mesh, len(images))
         session_start = time.time()
         total_before = history.total_time
-        bar_enabled = main and sys.stderr.isatty()
+        bar_enabled = outputs.main and sys.stderr.isatty()
         profile = _Profile(profile_steps, os.path.join(workdir, TENSORBOARD), log)
         per_call = min(resolve_steps_per_call(config, steps_per_epoch), steps_per_epoch)
         if per_call > config.log_every:
@@ -259,8 +257,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                         _check_finite(last, epoch, i, ckpts)
                         write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
                               + _format_metrics(last))
-                        if board:
-                            board.step(epoch, i, last)
+                        outputs.step(epoch, i, last)
                 done += n
             if bar:
                 bar.close()
@@ -275,26 +272,24 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             state = state.replace(model=model)
             for line in lines:
                 log(line)
-            task.epoch_end(state, epoch, workdir)
+            shown = outputs.epoch_pictures(epoch, _host(task.pictures(state.model, state.rng)))
+            scalars = {}
             for hook in epoch_hooks:
-                hook(task, state, epoch, workdir)
+                scalars.update(hook(task, state, epoch, workdir) or {})
+            history.epoch_scalars.append(scalars)
             _check_finite_state(state, epoch, ckpts)
             # The next step donates (reuses) the state's buffers: the save reads them first.
             _save(ckpts, epoch, state, {"task": task.name, "epoch": epoch,
                                         "num_images": len(images), "config": config.to_dict(),
                                         "history": history.to_dict()})
-            if main:
-                write_epoch_outputs(task.name, _title(task), workdir, history, config.log_every)
-                board.epoch_end(epoch, history.per_epoch_time[-1])
+            outputs.epoch_end(epoch, history, shown)
 
         history.total_time = total_before + (time.time() - session_start)
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
             f"epochs time: {history.total_time:.2f}")
         log("Training finish!... save training results")
-        if main:
-            write_history(task.name, _title(task), workdir, history)
-            task.train_end(workdir, history.to_dict())
-            board.close()
+        outputs.run_end(history, _host(task.final_pictures(state.model, state.rng)))
+        outputs.close()
         ckpts.wait()
         ckpts.close()
     return state, history
@@ -330,67 +325,12 @@ def _is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def _title(task: Task) -> str:
-    return f"{task.name} on {task.config.dataset}"
+def _host(pictures: dict) -> dict:
+    """Pictures with their images on the host (a collective: every process calls it)."""
+    return {what: dataclasses.replace(p, images=parallel.to_host(p.images))
+            for what, p in pictures.items()}
 
 
 def _last_saved(ckpts: Checkpoints) -> Optional[int]:
     ckpts.wait()
     return (ckpts.epochs() or [None])[-1]
-
-
-def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1,
-                     compiler_options: Optional[dict] = None):
-    """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
-    jitted program, sharded over ``mesh``; each metric comes back with one value per step.
-    ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``.
-    ``compiler_options`` default to ``parallel.compiler_options(mesh)``; ``{}`` compiles with
-    XLA's defaults."""
-    batch_size = task.config.batch_size
-    repl = parallel.replicated(mesh)
-
-    def step(state: TrainState, data, perm: jax.Array):
-        i = state.step % steps_per_epoch
-        idx = lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-
-        def gather(x):
-            return parallel.shard_batch(jnp.take(x, idx, axis=0))
-
-        key = named_key(state.rng, "noise", state.step)
-        kwargs = {"step_in_epoch": i} if task.needs_step_in_epoch else {}
-        if task.needs_labels:
-            images, labels = data
-            kwargs["labels"] = gather(labels)
-        else:
-            images = data
-        images = gather(images).astype(jnp.float32) / 127.5 - 1.0  # [0, 255] -> [-1, 1]
-        model, metrics = task.train_step(state.model, images, key, **kwargs)
-        return state.replace(step=state.step + 1, model=model), metrics
-
-    def steps(state: TrainState, data, perm: jax.Array):
-        if steps_per_call == 1:
-            state, metrics = step(state, data, perm)
-            return state, jax.tree.map(lambda m: m[None], metrics)
-        return lax.scan(lambda s, _: step(s, data, perm), state, length=steps_per_call)
-
-    precision = task.config.precision
-
-    def run(state: TrainState, data, perm: jax.Array):
-        if precision == "default":
-            return steps(state, data, perm)
-        with jax.default_matmul_precision(precision):  # read when the step is traced
-            return steps(state, data, perm)
-
-    if compiler_options is None:
-        compiler_options = parallel.compiler_options(mesh)
-    return jax.jit(run, in_shardings=(repl, repl, repl), out_shardings=(repl, repl),
-                   donate_argnums=0, compiler_options=compiler_options or None)
-
-
-def build_permutation(mesh: Mesh, num_images: int):
-    """``permutation(rng, epoch)``: the epoch's shuffle of the dataset, from the run's key."""
-
-    def permutation(rng: jax.Array, epoch: jax.Array) -> jax.Array:
-        return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
-
-    return jax.jit(permutation, out_shardings=parallel.replicated(mesh))

@@ -1,8 +1,9 @@
 """What a model is to the training core: a :class:`Task` and its :class:`TrainConfig`.
 
 A model plugs in as a Task: how to initialise its pytree, one pure train step on a batch of
-images, and what to draw after each epoch. Its config extends TrainConfig with the model's own
-settings, each declared once (``jaxgen.config.setting``).
+images, and the pictures to draw after each epoch (as arrays: the loop writes every file).
+Its config extends TrainConfig with the model's own settings, each declared once
+(``jaxgen.config.setting``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def resolve_steps_per_call(config: TrainConfig, steps_per_epoch: int) -> int:
     return steps_per_epoch
 
 
+@dataclasses.dataclass(frozen=True)
+class Picture:
+    """Images a task draws, shown as one grid of ``ncols`` columns."""
+
+    images: Any  # (N, H, W, C) in [-1, 1]
+    ncols: int = 8
+
+
 class Task(abc.ABC):
     """A model as the training core sees it."""
 
@@ -77,6 +86,8 @@ class Task(abc.ABC):
     needs_step_in_epoch: bool = False
     # A conditional generative model's number of categories: sample_images then takes labels.
     conditional_classes: int = 0
+    # The metrics drawn in panels of their own (``<TASK>_curves.png``), with their units.
+    metric_units: dict[str, str] = {}
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> Any:
@@ -107,8 +118,17 @@ class Task(abc.ABC):
         on every process. Most tasks change nothing."""
         return model, []
 
-    def epoch_end(self, state, epoch: int, workdir: str) -> None:
-        """Pictures after ``epoch`` (1-based). Runs on every process; process 0 writes files."""
+    def pictures(self, model: Any, rng: jax.Array) -> dict[str, Picture]:
+        """What to draw after every epoch, ``{what: Picture}`` ("" for the samples, say
+        "reconstruction" for others), from the model and the run's key ``rng`` (fixed noise
+        comes from it). Pure; runs on every process, and the loop writes the files
+        (``<TASK>[_what]_epochNNN.png``) and TensorBoard's images on the main one."""
+        return {}
 
-    def train_end(self, workdir: str, history: dict) -> None:
-        """Pictures after the last epoch (process 0 only)."""
+    def final_pictures(self, model: Any, rng: jax.Array) -> dict[str, Picture]:
+        """What to draw once after the last epoch (``<TASK>_<what>.png``), as ``pictures``."""
+        return {}
+
+    def title(self) -> str:
+        """The title of the run's curves."""
+        return f"{self.name} on {self.config.dataset}"

@@ -14,7 +14,6 @@ intensity), afresh every step, as for "dynamically binarised MNIST") or Gaussian
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import jax
@@ -23,14 +22,12 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxgen import losses, parallel, viz
+from jaxgen import losses, parallel
 from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, POSITIVE_INTS, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.vae import ACTIVATIONS, ARCHITECTURES, IMAGE_SHAPE, VAE
-from jaxgen.train.history import epoch_images
-from jaxgen.train.state import TrainState
-from jaxgen.train.task import Task, TrainConfig
+from jaxgen.train.task import Picture, Task, TrainConfig
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 LR_SCHEDULES = ("constant", "burda")
@@ -89,6 +86,7 @@ class VAETask(Task):
     name = "VAE"
     config_class = VAEConfig
     metric_names = ("loss", "recon", "kl", "sigma")  # nats per image; sigma: mean encoder std
+    metric_units = {"loss": "nats", "recon": "nats", "kl": "nats", "sigma": "mean std"}
 
     def __init__(self, config: VAEConfig, steps_per_epoch: Optional[int] = None,
                  display_images: Optional[np.ndarray] = None):
@@ -185,36 +183,26 @@ class VAETask(Task):
         samples = self.sample_images(VAEModel(params, None), named_key(rng, "sample"), SAMPLE_GRID)
         if self.display is None:
             return samples, None
-        return samples, self.reconstruct(params, self.display)
+        return samples, interleave_rows(self.display * 2 - 1,
+                                        self.reconstruct(params, self.display), ncols=8)
 
-    def epoch_end(self, state: TrainState, epoch: int, workdir: str) -> None:
-        samples, recons = parallel.to_host(self._pictures(state.model.params, state.rng))
-        if not parallel.is_main_process():
-            return
-        viz.save_image_grid(samples, os.path.join(workdir, f"{self.name}_epoch{epoch:03d}.png"),
-                            ncols=8)
-        if recons is not None:
-            viz.save_image_grid(
-                interleave_rows(np.asarray(self.display) * 2 - 1, recons, ncols=8),
-                os.path.join(workdir, f"{self.name}_reconstruction_epoch{epoch:03d}.png"),
-                ncols=8)
+    def pictures(self, model: VAEModel, rng: jax.Array) -> dict[str, Picture]:
+        """Prior samples; with display images, each row of them above its reconstructions."""
+        samples, shown = self._pictures(model.params, rng)
+        if shown is None:
+            return {"": Picture(samples)}
+        return {"": Picture(samples), "reconstruction": Picture(shown)}
 
-    def train_end(self, workdir: str, history: dict) -> None:
-        viz.save_gif(epoch_images(workdir, self.name),
-                     os.path.join(workdir, f"{self.name}_generate_animation.gif"))
-        viz.plot_panels({k: history[k] for k in self.metric_names},
-                        os.path.join(workdir, f"{self.name}_curves.png"),
-                        ylabels={"loss": "nats", "recon": "nats", "kl": "nats",
-                                 "sigma": "mean std"},
-                        title=f"VAE (beta={self.config.beta}) on {self.config.dataset}")
+    def title(self) -> str:
+        return f"VAE (beta={self.config.beta}) on {self.config.dataset}"
 
 
-def interleave_rows(originals: np.ndarray, others: np.ndarray, ncols: int) -> np.ndarray:
+def interleave_rows(originals: jax.Array, others: jax.Array, ncols: int) -> jax.Array:
     """Rows of ``ncols`` originals, each followed by the matching row of ``others``."""
     rows = []
     for start in range(0, len(originals), ncols):
         rows.extend([originals[start:start + ncols], others[start:start + ncols]])
-    return np.concatenate(rows)
+    return jnp.concatenate(rows)
 
 
 def fixed_targets(task: VAETask, images: np.ndarray, seed: int = 0) -> np.ndarray:
