@@ -10,34 +10,29 @@ Inception-Score-style score, class coverage, k-NN precision and recall. The floo
 scores for N real test images. Writes WORKDIR/eval.json and prints a table.
 """
 
-import argparse
+import dataclasses
 import os
 
 from jaxgen import cli, metrics, parallel
 from jaxgen.cli import DrawOptions
+from jaxgen.config import POSITIVE_INT, setting
 from jaxgen.runs.evaluate import EVAL_FILE, evaluate_run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, metavar="DIR",
-                        help="a generative model's training workdir; eval.json is written here")
-    parser.add_argument("--classifier", required=True, metavar="DIR",
-                        help="workdir of experiments/train_classifier.py on the model's dataset")
-    parser.add_argument("--num-samples", type=int, default=10000, metavar="N",
-                        help="samples, real training images and real test images (%(default)s)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="directory with the four IDX files; default: tensorflow-datasets")
-    parser.add_argument("--k", type=int, default=3,
-                        help="neighbours for the precision/recall manifolds (%(default)s)")
-    DrawOptions.add_flags(parser)
-    args = parser.parse_args()
-    DrawOptions.from_flags(args).validate()
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions(DrawOptions):
+    classifier: str = setting(None, "workdir of experiments/train_classifier.py on the model's "
+                                    "dataset", metavar="DIR", required=True)
+    num_samples: int = setting(10000, "samples, real training images and real test images",
+                               POSITIVE_INT, metavar="N")
+    k: int = setting(3, "neighbours for the precision/recall manifolds", POSITIVE_INT)
 
+
+def main() -> None:
+    args = cli.parse_options(EvaluateOptions, __doc__)
     result = evaluate_run(args.workdir, args.classifier, args.num_samples,
-                                  data_dir=args.data_dir, seed=args.seed, k=args.k,
-                                  devices=parallel.select_devices(args.accelerator))
+                          data_dir=args.data_dir, seed=args.seed, k=args.k,
+                          devices=parallel.select_devices(args.accelerator))
     if parallel.is_main_process():
         model, clf = result["model"], result["classifier"]
         print(f"{model['task']} (epoch {model['checkpoint_epoch']}) on {model['dataset']}, "

@@ -19,14 +19,16 @@ per categorical code, with one z drawn from --seed; a .npy holds (codes, 100, 28
 means of two test images, in 10 steps. Test images come from --data-dir, or TFDS.
 """
 
-import argparse
+import dataclasses
 import os
+from typing import Optional
 
 import jax
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
 from jaxgen.cli import DrawOptions
+from jaxgen.config import POSITIVE_INT, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs import latents, restore
 from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
@@ -36,29 +38,20 @@ KINDS = ("prior", "reconstructions", "interpolations", "codes")
 INTERPOLATION_STEPS = 10
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, metavar="DIR", help="a training run's workdir")
-    parser.add_argument("--kind", default="prior", choices=KINDS,
-                        help="what to draw (default: %(default)s)")
-    parser.add_argument("--num", type=int, default=None,
-                        help="samples (default 64), test images (32) or lines (8)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
-    parser.add_argument("--label", type=int, default=None, metavar="C",
-                        help="a conditional GAN's class to draw (--kind prior; default: "
-                             "uniform classes)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="IDX files for the test images of --kind reconstructions and "
-                             "interpolations (default: TFDS)")
-    DrawOptions.add_flags(parser)
-    args = parser.parse_args()
-    DrawOptions.from_flags(args).validate()
+@dataclasses.dataclass(frozen=True)
+class SampleOptions(DrawOptions):
+    kind: str = setting("prior", "what to draw", choices=KINDS)
+    num: Optional[int] = setting(None, "samples (default 64), test images (32) or lines (8)",
+                                 POSITIVE_INT)
+    out: str = setting(None, "output .png or .npy", metavar="FILE", required=True)
+    label: Optional[int] = setting(None, "a conditional GAN's class to draw (--kind prior; "
+                                         "default: uniform classes)", metavar="C")
 
+
+def main() -> None:
+    args = cli.parse_options(SampleOptions, __doc__)
     num = args.num if args.num is not None else {"prior": 64, "reconstructions": 32,
                                                  "interpolations": 8, "codes": 100}[args.kind]
-    if num < 1:
-        raise JaxgenError(f"--num must be a positive integer, got {num}.")
     if os.path.isdir(args.out):
         raise JaxgenError(f"--out {args.out} is a directory; pass a file name such as "
                           f"{os.path.join(args.out, 'samples.png')}.")

@@ -92,12 +92,26 @@ class RunOptions(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class DrawOptions(Settings):
-    """What the scripts that draw from a finished run take beside their own flags (sample.py,
-    evaluate.py)."""
+    """What the scripts that draw from a finished run share (sample.py, evaluate.py); each
+    declares its own options in a subclass and parses them with :func:`parse_options`."""
 
+    workdir: str = setting(None, "a training run's workdir; its newest readable checkpoint is "
+                                 "used", metavar="DIR", required=True)
+    data_dir: Optional[str] = inherited(RunOptions, "data_dir", None)
     seed: int = setting(0, "key of the draws: latent codes (and evaluate.py's real subsets)",
                         SEED)
     accelerator: str = inherited(RunOptions, "accelerator", "auto")
+
+
+def parse_options(options_class: type, doc: str, argv=None) -> Settings:
+    """A script's declared options (a :class:`~jaxgen.config.Settings` subclass) from the
+    command line, checked; its docstring ``doc`` is the ``--help`` text."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    options_class.add_flags(parser)
+    options = options_class.from_flags(parser.parse_args(argv))
+    options.validate()
+    return options
 
 
 @dataclasses.dataclass(frozen=True)

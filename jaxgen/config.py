@@ -62,14 +62,16 @@ _NOTHING = object()
 def setting(default: Any, help: str, check: Optional[Check] = None, *,
             choices: Optional[Sequence[str]] = None, resumable: bool = False,
             metavar: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None,
-            absent: Any = _NOTHING) -> Any:
+            absent: Any = _NOTHING, required: bool = False) -> Any:
     """A dataclass field that is also a flag: ``help`` for ``--help``; ``check`` (or
     ``choices``) for the validation; ``resumable``: a resumed run may change it; ``parse``: the
     flag's own text-to-value function, where the field's type does not say it; ``absent``, for a
     setting added after runs were saved: the value those runs had, read where a saved config
-    lacks the setting (so they restore and resume as what they were)."""
+    lacks the setting (so they restore and resume as what they were); ``required``: a flag the
+    command line must give (a script's option, such as a workdir to read)."""
     metadata = {"help": help, "check": check, "choices": tuple(choices) if choices else None,
-                "resumable": resumable, "metavar": metavar, "parse": parse}
+                "resumable": resumable, "metavar": metavar, "parse": parse,
+                "required": required}
     if absent is not _NOTHING:
         metadata["absent"] = absent
     return dataclasses.field(default=default, metadata=metadata)
@@ -181,6 +183,8 @@ class Settings:
                                          f" (default: {shown})")
             kwargs = dict(default=default, metavar=f.metadata["metavar"],
                           help=text.replace("%", "%%"))
+            if f.metadata.get("required"):
+                kwargs["required"] = True
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
                 kwargs.pop("metavar")
