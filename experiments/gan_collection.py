@@ -102,9 +102,8 @@ def main() -> None:
             run.log(f"--- {row} on {base.dataset}, {base.epochs} epochs: {workdir}")
             if train is None:
                 train = data.load_dataset(base.dataset, "train", run.options.data_dir)
-            loop.train(gan_variants.task_class(name)(config), train.images, workdir, run.mesh,
-                       log=run.log, labels=train.labels,
-                       profile_steps=run.options.profile_range)
+            loop.train(gan_variants.task_class(name)(config), train, workdir, run.mesh,
+                       log=run.log, profile_steps=run.options.profile_range)
             result = evaluate_run(workdir, options.classifier, options.num_samples,
                                   data_dir=run.options.data_dir, seed=base.seed,
                                   devices=list(run.mesh.devices.flat), log=run.log)

@@ -39,8 +39,8 @@ def main() -> None:
     train = data.load_dataset(config.dataset, "train", run.options.data_dir)
     run.log(f"{gan_type} on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
-    loop.train(task_class(config), train.images, run.workdir, run.mesh, labels=train.labels,
-               epoch_hooks=hooks, profile_steps=run.options.profile_range)
+    loop.train(task_class(config), train, run.workdir, run.mesh, epoch_hooks=hooks,
+               profile_steps=run.options.profile_range)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def main() -> None:
     run.log(f"Classifier on {config.dataset}: {len(train)} training images, batch "
             f"{config.batch_size}, {run.describe()}")
     task = ClassifierTask(config)
-    state, _ = loop.train(task, train.images, run.workdir, run.mesh, labels=train.labels,
+    state, _ = loop.train(task, train, run.workdir, run.mesh,
                           profile_steps=run.options.profile_range)
     report = write_report(task, state.model, test.images, test.labels, run.workdir,
                           num_train=len(train), epoch=config.epochs, mesh=run.mesh)

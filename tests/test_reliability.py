@@ -12,10 +12,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from helpers import failing_writes, free_port, run_in_process
 
-from jaxgen import parallel, rendezvous
+from jaxgen import data, parallel, rendezvous
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_newest
@@ -61,6 +62,21 @@ def test_a_task_that_writes_its_own_pictures_is_told_what_replaced_it(tiny_image
         loop.train(Old(TrainConfig(epochs=1, batch_size=16)), tiny_images, str(tmp_path / "w"),
                    parallel.make_mesh(jax.devices()[:1]))
     assert not (tmp_path / "w").exists()
+
+
+def test_images_of_another_dataset_than_the_config_names_are_refused(tiny_images, tmp_path):
+    fashion = data.Dataset("fashion_mnist", "train", tiny_images,
+                           np.zeros(len(tiny_images), np.int32), data.dataset_info(
+                               "fashion_mnist").class_names)
+    with pytest.raises(JaxgenError, match="the images are fashion_mnist's train split, but the "
+                                          "task's config says dataset='mnist'"):
+        loop.train(_Counter(TrainConfig(epochs=1, batch_size=16)), fashion, str(tmp_path / "w"),
+                   parallel.make_mesh(jax.devices()[:1]))
+    assert not (tmp_path / "w").exists()
+    state, _ = loop.train(_Counter(TrainConfig(dataset="fashion_mnist", epochs=1, batch_size=16)),
+                          fashion, str(tmp_path / "w"), parallel.make_mesh(jax.devices()[:1]),
+                          log=lambda _: None)
+    assert float(state.model["count"]) == len(tiny_images) // 16
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -16,7 +16,7 @@ import errno
 import os
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
-from jaxgen.data import IMAGE_SHAPE
+from jaxgen.data import IMAGE_SHAPE, Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
 from jaxgen.train import program
@@ -102,14 +102,16 @@ def _progress(total: int, enabled: bool):
 EpochHook = Callable[[Task, TrainState, int, str], Optional[dict]]
 
 
-def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
+def train(task: Task, images: Union[Dataset, np.ndarray], workdir: str, mesh: Mesh,
           log: Callable[[str], None] = print, labels: Optional[np.ndarray] = None,
           epoch_hooks: Sequence[EpochHook] = (),
           profile_steps: Optional[tuple[int, int]] = None) -> tuple[TrainState, History]:
-    """Trains ``task`` on uint8 ``images`` (N, H, W, C) until ``task.config.epochs``; resumes from
-    the newest checkpoint in ``workdir`` if there is one. Returns the final state and history.
+    """Trains ``task`` on ``images`` until ``task.config.epochs``; resumes from the newest
+    checkpoint in ``workdir`` if there is one. Returns the final state and history.
 
-    ``labels`` (N,) are required by tasks with ``needs_labels``. Each of ``epoch_hooks`` is called
+    ``images``: a split of ``data.load_dataset`` (its name must be ``task.config.dataset``'s;
+    its labels are used by tasks with ``needs_labels``), or uint8 images (N, H, W, C) with
+    ``labels`` (N,) where the task needs them. Each of ``epoch_hooks`` is called
     as ``hook(task, state, epoch, workdir)`` on every process after the epoch's pictures, before
     its checkpoint (e.g. an evaluation every few epochs, ``jaxgen.runs.evaluate``); the scalars
     it returns, if any, are kept in the history and shown in TensorBoard. ``profile_steps`` (first,
@@ -120,6 +122,13 @@ def train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh,
         raise JaxgenError(f"{type(task).__name__} defines epoch_end/train_end, which the loop no "
                           "longer calls: return its pictures from pictures(model, rng) and "
                           "final_pictures(model, rng) instead (docs/library.md).")
+    if isinstance(images, Dataset):
+        if images.name != config.dataset:
+            raise JaxgenError(f"the images are {images.name}'s {images.split} split, but the "
+                              f"task's config says dataset={config.dataset!r}: load "
+                              f"{config.dataset} or set dataset={images.name!r} in the config.")
+        labels = images.labels if labels is None else labels
+        images = images.images
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise JaxgenError(f"{task.name} trains on {config.dataset}'s images, uint8 of shape "
