@@ -19,9 +19,9 @@ from helpers import (
     write_idx_dataset,
 )
 
+from jaxgen.keys import named_key
 from jaxgen.runs.restore import restore_run
 from jaxgen.train import vae
-from jaxgen.train.loop import named_key
 
 TINY_FLAGS = ("--batch-size", 16, "--hidden", 16, "--iwae-k", 4, "--log-every", 2)
 
