@@ -17,7 +17,7 @@ from helpers import host_leaves
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_run, sample_images
-from jaxgen.train import gan_variants, loop
+from jaxgen.train import began, gan_variants, loop
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.gan_objective import Objective, Penalty
 
@@ -240,11 +240,9 @@ def _assert_same_update(one, eight, lr):
 
     D's loss is computed before any update; G's is read through D after D's step, where an
     element whose gradient is rounding-small moves by +lr on one side and -lr on the other.
-    EBGAN's G loss, 1 device against 8 on four step keys, measured 6e-5 to 6.4e-4 apart
-    (relative) from that alone, hence its looser bound. Such elements are few in a kernel
-    (measured at most 0.13% of one, for EBGAN and WGAN_GP); a wrong gradient would move about
-    half of them apart. (Biases before a BatchNorm have no gradient: their steps are all
-    rounding.)"""
+    EBGAN's G loss moves most from that alone, hence its looser bound. Such elements are few in
+    a kernel; a wrong gradient would move about half of them apart (docs/testing.md has the
+    figures). (Biases before a BatchNorm have no gradient: their steps are all rounding.)"""
     (a, m1), (b, m8) = one, eight
     for k in m1:
         rel = 2e-3 if k == "G_loss" else 1e-4
@@ -333,25 +331,25 @@ def test_a_run_saved_before_the_batchnorm_setting_reads_as_ones():
 
 
 def test_began_k_follows_the_balance_and_stays_in_0_1():
-    config = gan_variants.BEGANConfig()
-    k, m = gan_variants.began_update(jnp.float32(0.5), 0.3, 0.1, config)
+    config = began.BEGANConfig()
+    k, m = began.began_update(jnp.float32(0.5), 0.3, 0.1, config)
     assert float(k) == pytest.approx(0.5 + 0.001 * (0.3 - 0.1))
     assert float(m) == pytest.approx(0.3 + abs(0.3 - 0.1))
-    assert float(gan_variants.began_update(jnp.float32(0.0), 0.1, 5.0, config)[0]) == 0.0
-    assert float(gan_variants.began_update(jnp.float32(1.0), 5.0, 0.1, config)[0]) == 1.0
+    assert float(began.began_update(jnp.float32(0.0), 0.1, 5.0, config)[0]) == 0.0
+    assert float(began.began_update(jnp.float32(1.0), 5.0, 0.1, config)[0]) == 1.0
 
 
 def test_began_halves_the_learning_rates_when_the_epochs_mean_m_rose():
     task = _task("BEGAN", lr_floor=6e-5)
     model = jax.jit(task.init)(jax.random.PRNGKey(0))  # the reference M starts at 1
     rose, lines = task.update_after_epoch(model, {"M": np.array([0.5, 2.0])})  # mean 1.25 > 1
-    assert [float(gan_variants.learning_rate(n.opt_state)) for n in (rose.g, rose.d)] == \
+    assert [float(began.learning_rate(n.opt_state)) for n in (rose.g, rose.d)] == \
         pytest.approx([1e-4, 1e-4]) and "lr: 0.0002 --> 0.0001" in lines[0]
     assert float(rose.extra["m_previous"]) == 1.0  # as the reference: kept when M rose
     floored, _ = task.update_after_epoch(rose, {"M": np.array([3.0])})
-    assert float(gan_variants.learning_rate(floored.g.opt_state)) == pytest.approx(6e-5)
+    assert float(began.learning_rate(floored.g.opt_state)) == pytest.approx(6e-5)
     fell, lines = task.update_after_epoch(model, {"M": np.array([0.5, 0.7])})
-    assert float(gan_variants.learning_rate(fell.g.opt_state)) == pytest.approx(2e-4)
+    assert float(began.learning_rate(fell.g.opt_state)) == pytest.approx(2e-4)
     assert float(fell.extra["m_previous"]) == pytest.approx(0.6)
 
 

@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct, traverse_util
 
 from jaxgen import parallel
@@ -276,12 +275,3 @@ class GANTask(Task):
         g = self.sampling_network(model)
         return {name.replace(" ", ""): Picture(self._generate(g, inputs), ncols=10)
                 for name, inputs in self.code_sweeps(named_key(rng, "sample", 2)).items()}
-
-
-def learning_rate(opt_state) -> np.ndarray:
-    """The learning rate held in an ``optax.inject_hyperparams`` state."""
-    return opt_state.hyperparams["learning_rate"]
-
-
-def with_learning_rate(opt_state, lr):
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})

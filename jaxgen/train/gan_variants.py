@@ -19,12 +19,8 @@ batch 64 and z ~ U[0,1)^62:
   the whole batch; this is the paper's, row by row (``jaxgen.losses.pulling_away_term``).
   BatchNorm scales start U[0, 1), as PyTorch 0.4 drew them for the reference's published runs
   (``batchnorm_scale_init``; ones for the others, as PyTorch draws them since 1.0).
-- BEGAN (Berthelot et al. 2017): an autoencoder D without BatchNorm and L1 reconstruction loss
-  L; D loss L(x) - k L(G(z)), G loss L(G(z)); k += 0.001 (gamma L(x) - L(G(z))) clipped to
-  [0, 1] after each step, k from 0, gamma 1; the convergence measure M = L(x) + |gamma L(x) -
-  L(G(z))| logged with k; both learning rates (2e-4) halved, down to 2e-5, at the end of an
-  epoch whose M rose. The reference compares the last iteration's M; this compares the epoch's
-  mean M with the previous epoch's, as its own bookkeeping (``M['cur']`` a list) intends.
+- BEGAN (Berthelot et al. 2017): an autoencoder D, k's proportional control and learning rates
+  halved when M rose (``jaxgen.train.began``).
 
 The conditional three (``CGAN.py``, ``ACGAN.py``, ``infoGAN.py``) feed G z with its codes
 (:class:`~jaxgen.train.gan_objective.Codes`) and train on the real batch's labels:
@@ -64,14 +60,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from jaxgen import losses, parallel
 from jaxgen.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, inherited, setting
 from jaxgen.errors import JaxgenError
-from jaxgen.models.gan import BoundaryDiscriminator, Discriminator, EnergyDiscriminator
-from jaxgen.train.gan import GANTask, learning_rate, with_learning_rate
+from jaxgen.models.gan import Discriminator, EnergyDiscriminator
+from jaxgen.train.began import BEGAN
+from jaxgen.train.gan import GANTask
 from jaxgen.train.gan_objective import (
     VANILLA,
     Codes,
@@ -119,15 +114,6 @@ class EBGANConfig(GANConfig):
     margin: float = setting(1.0, "D's hinge: fake images' energy is pushed up to the margin",
                             POSITIVE)
     pt_weight: float = setting(0.1, "weight of the pulling-away term in G's loss", NON_NEGATIVE)
-
-
-@dataclasses.dataclass(frozen=True)
-class BEGANConfig(GANConfig):
-    gamma: float = setting(1.0, "diversity ratio: the equilibrium E L(G(z)) = gamma E L(x)",
-                           POSITIVE)
-    k_lr: float = setting(0.001, "lambda_k, the step of the equilibrium weight k", POSITIVE)
-    lr_floor: float = setting(2e-5, "the learning rates are halved at the end of an epoch whose "
-                              "mean M rose, down to this floor", POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,16 +167,6 @@ def _energy_g(fake_out, ctx: LossContext):
     recon, codes = fake_out
     return (losses.mse(recon, jax.lax.stop_gradient(ctx.fake))
             + ctx.config.pt_weight * losses.pulling_away_term(codes))
-
-
-def _boundary_d(real_out, fake_out, ctx: LossContext):
-    real_loss = losses.l1_reconstruction(real_out, ctx.real)
-    fake_loss = losses.l1_reconstruction(fake_out, ctx.fake)
-    return real_loss - ctx.extra["k"] * fake_loss, {"real_loss": real_loss}
-
-
-def _boundary_g(fake_out, ctx: LossContext):
-    return losses.l1_reconstruction(fake_out, ctx.fake)  # through D and through the target
 
 
 def _auxiliary_classifier_d(real_out, fake_out, ctx: LossContext):
@@ -253,56 +229,6 @@ def _relativistic_g(fake_out, ctx: LossContext):
     return losses.relativistic_average_loss(fake_out, ctx.real_out)
 
 
-# ----------------------------------------------------------------------------- state
-
-
-def _began_init(config, model) -> dict:
-    return {"k": jnp.zeros((), jnp.float32), "m_previous": jnp.ones((), jnp.float32)}
-
-
-def began_update(k, real_loss, g_loss, config):
-    """BEGAN's proportional control of k, and the convergence measure M."""
-    balance = config.gamma * real_loss - g_loss
-    return jnp.clip(k + config.k_lr * balance, 0.0, 1.0), real_loss + jnp.abs(balance)
-
-
-def _began_after_step(extra, outcome, config):
-    k, m = began_update(extra["k"], outcome.d_aux["real_loss"], outcome.g_loss, config)
-    return {**extra, "k": k}, {"M": m, "k": k}
-
-
-def _injected_adam(lr: float, config) -> optax.GradientTransformation:
-    """Adam whose learning rate lives in its state, so BEGAN can halve it (and resume it)."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=config.beta1,
-                                                b2=config.beta2)
-
-
-def _began_after_epoch(model, metrics: dict, config):
-    """Halve both learning rates (not below ``lr_floor``) when this epoch's mean M is above the
-    previous reference M; otherwise this epoch's M becomes the reference."""
-    previous = float(parallel.to_host(model.extra["m_previous"]))
-    current = float(np.mean(metrics["M"]))
-    if previous < current:
-        old = float(parallel.to_host(learning_rate(model.g.opt_state)))
-
-        def halve(net):
-            lr = learning_rate(net.opt_state)
-            halved = jnp.maximum(lr / 2.0, config.lr_floor).astype(lr.dtype)
-            return net.replace(opt_state=with_learning_rate(net.opt_state, _like(halved, lr)))
-
-        model = model.replace(g=halve(model.g), d=halve(model.d))
-        new = float(parallel.to_host(learning_rate(model.g.opt_state)))
-        return model, [f"M_pre: {previous:.8f}, M_cur: {current:.8f}, lr: {old:.3g} --> {new:.3g}"]
-    m_previous = _like(jnp.asarray(current, jnp.float32), model.extra["m_previous"])
-    return (model.replace(extra={**model.extra, "m_previous": m_previous}),
-            [f"M_pre: {previous:.8f}, M_cur: {current:.8f}"])
-
-
-def _like(value: jax.Array, old: jax.Array) -> jax.Array:
-    """``value`` placed as ``old`` is (replicated over the training mesh)."""
-    return jax.device_put(value, old.sharding)
-
-
 # ----------------------------------------------------------------------------- registry
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -326,10 +252,7 @@ register(Objective("DRAGAN", VANILLA.d_loss, VANILLA.g_loss, config_class=DRAGAN
                    penalty=Penalty(_perturbed_real, _gp_weight, transform=jax.nn.sigmoid)))
 register(Objective("EBGAN", _energy_d, _energy_g, config_class=EBGANConfig,
                    discriminator=EnergyDiscriminator))
-register(Objective("BEGAN", _boundary_d, _boundary_g, config_class=BEGANConfig,
-                   discriminator=BoundaryDiscriminator, optimizer=_injected_adam,
-                   init_extra=_began_init, after_step=_began_after_step, extra_metrics=("M", "k"),
-                   after_epoch=_began_after_epoch))
+register(BEGAN)
 
 
 # Beyond the reference: two losses on its GAN (the same D, G, Adam, batch and z).
