@@ -164,18 +164,16 @@ BIASES_BEFORE_BATCHNORM = {
     "d": {"['Conv_1']['bias']", "['Dense_0']['bias']"},
 }
 
-# Tolerances of assert_gan_models_close, about ten times the largest difference measured
-# between the models one GAN step gives from the same state under changes that only change
-# rounding: 1 vs 8 devices, jaxgen's XLA:CPU options vs XLA's defaults vs no YNNPACK at all,
-# the plain transcription of the reference's step (2-core AMD EPYC with AVX2, jax 0.10.2).
-# Adam turns rounding noise in near-zero gradients into +-lr steps, so a few elements of a
-# parameter flip their step: at most 1 of 64 (1.6%) measured; a missing or wrong update
-# moves all of them (100% measured with either network's update left out).
+# Tolerances of assert_gan_models_close. Computations that differ only in rounding (1 vs 8
+# devices, XLA:CPU's options, the plain transcription of the reference's step) stay about ten
+# times within them; a missing or wrong update of either network exceeds them many times over
+# (docs/testing.md gives the differences measured). Adam turns rounding noise in near-zero
+# gradients into +-lr steps, so a few elements of a parameter may flip their step; a wrong
+# update moves nearly all of them.
 MAX_SHARE_MOVED_APART = 0.2
-# Those flips move the generator's tanh outputs (in [-1, 1]) by up to 3.1e-3 (measured);
-# leaving out the generator's update moves them by 7.8e-2.
+# The generator's tanh outputs, in [-1, 1].
 G_OUTPUT_ATOL = 3e-2
-# The discriminator's logits: up to 2.0e-5 apart (measured); 1.9 without its update.
+# The discriminator's logits.
 D_OUTPUT_ATOL = 2e-4
 
 
@@ -184,11 +182,10 @@ def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
     that should be the same maths: compared as far as rounding lets them be.
 
     Every parameter moved by at most lr in each (Adam's first step is lr * g / (|g| + eps)),
-    so they are at most 2 lr apart (the running statistics measured at most a tenth of that);
-    all but a few elements moved the same way; and what the networks compute in training mode
-    (BatchNorm on the batch, blind to the biases before it) agrees. Only one step: GAN training
-    amplifies rounding differences from step to step (after 8 steps the same changes move the
-    generator's outputs by up to 0.14)."""
+    so they are at most 2 lr apart; all but a few elements moved the same way; and what the
+    networks compute in training mode (BatchNorm on the batch, blind to the biases before it)
+    agrees. Only one step: GAN training amplifies rounding differences from step to step
+    (docs/testing.md, tolerances)."""
     import jax
     import jax.numpy as jnp
 

@@ -28,7 +28,7 @@ def test_an_old_checkpoint_restores_exactly():
 
 
 def test_an_old_checkpoint_samples_as_it_did():
-    # The decoder is a 16-unit MLP: its rounding differs between CPUs by ~1e-7.
+    # A 16-unit MLP's float32 rounding differs between CPUs in the last bits.
     np.testing.assert_allclose(sample_images(FIXTURE, 8, seed=0),
                                np.load(os.path.join(FIXTURE, "expected_samples.npy")),
                                atol=1e-5)
