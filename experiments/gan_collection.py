@@ -156,7 +156,7 @@ def machine(mesh) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = "an unnamed CPU"
-    return f"{cli.describe_devices(mesh)}; host {cpu}, {os.cpu_count()} cores"
+    return f"{parallel.describe_mesh(mesh)}; host {cpu}, {os.cpu_count()} cores"
 
 
 def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,

@@ -9,6 +9,7 @@ restoring arrays whose shapes that config decides.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -189,6 +190,24 @@ class Checkpoints:
             state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
 
     @_quietly
+    def save_and_wait(self, epoch: int, state: Any, meta: dict) -> None:
+        """Saves the checkpoint of ``epoch`` and waits for it. A disk that runs out of space is
+        one error naming the directory and the size needed, with the partial save removed (the
+        earlier checkpoints are untouched)."""
+        try:
+            self.save(epoch, state, meta)
+            self.wait()
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            self.discard_partial(epoch)
+            needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2 ** 20
+            raise JaxgenError(
+                f"no space left on the device of {self.directory} to save the checkpoint of "
+                f"epoch {epoch} (about {needed:.0f} MB needed); the partial save was removed and "
+                "the earlier checkpoints are intact. Free some space and rerun the same command "
+                "to resume.") from None
+
     def read_meta(self, epoch: int) -> dict:
         """The meta of ``epoch``'s checkpoint; a ValueError if it lacks a required field."""
         meta = self._manager.restore(epoch, args=ocp.args.Composite(
@@ -276,3 +295,14 @@ class Checkpoints:
     @_quietly
     def close(self) -> None:
         self._manager.close()
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk, however the writer reports it."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

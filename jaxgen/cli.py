@@ -17,8 +17,6 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-import jax
-
 from jaxgen import checkpoint, parallel
 from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Check, Settings, inherited, setting
 from jaxgen.errors import JaxgenError
@@ -27,30 +25,6 @@ from jaxgen.workdir import check_workdir
 
 DEFAULT_CHECKPOINTS = "checkpoints"  # under the current directory
 EVAL_SAMPLES = 10000  # samples per evaluation during training, unless --eval-samples says
-
-
-CACHE_HINT = "$XDG_CACHE_HOME/jaxgen/xla, or ~/.cache/jaxgen/xla"
-
-
-def default_compilation_cache() -> str:
-    """Where the scripts keep compiled programs when JAX_COMPILATION_CACHE_DIR is not set."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "jaxgen", "xla")
-
-
-def use_compilation_cache(enabled: bool = True) -> Optional[str]:
-    """Turns JAX's persistent compilation cache on (JAX_COMPILATION_CACHE_DIR, or
-    :func:`default_compilation_cache`) or off, before anything is compiled; returns its
-    directory (None when off)."""
-    if not enabled:
-        jax.config.update("jax_compilation_cache_dir", None)
-        return None
-    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_compilation_cache()
-    jax.config.update("jax_compilation_cache_dir", directory)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        # the small programs too (init, shuffle, sampling): together they take seconds
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return directory
 
 
 def _is_step_range(text: str) -> bool:
@@ -75,8 +49,8 @@ class RunOptions(Settings):
                                choices=parallel.ACCELERATORS)
     compilation_cache: bool = setting(
         True, "keep compiled programs in JAX's persistent compilation cache "
-              f"(JAX_COMPILATION_CACHE_DIR, else {CACHE_HINT}), so a rerun or resume starts "
-              "without compiling again")
+              f"(JAX_COMPILATION_CACHE_DIR, else {parallel.CACHE_HINT}), so a rerun or resume "
+              "starts without compiling again")
     profile_steps: Optional[str] = setting(
         None, "write a jax.profiler trace of these global steps (1-based, inclusive) into "
               "WORKDIR/tensorboard/, e.g. 10..20", PROFILE_RANGE, metavar="FIRST..LAST")
@@ -224,7 +198,7 @@ class Run:
     options: RunOptions
 
     def describe(self) -> str:
-        return f"{describe_devices(self.mesh)}; workdir {os.path.abspath(self.workdir)}"
+        return f"{parallel.describe_mesh(self.mesh)}; workdir {os.path.abspath(self.workdir)}"
 
 
 def prepare_run(args: argparse.Namespace, config: Settings, kind: str) -> Run:
@@ -241,7 +215,7 @@ def prepare_run(args: argparse.Namespace, config: Settings, kind: str) -> Run:
     workdir = (options.workdir if options.workdir is not None
                else os.path.join(DEFAULT_CHECKPOINTS, f"{kind}_{config.dataset}"))
     check_workdir(workdir)
-    use_compilation_cache(options.compilation_cache)
+    parallel.use_compilation_cache(options.compilation_cache)
     mesh = start_devices(options.accelerator, distributed)
     parallel.check_batch_size(config.batch_size, mesh)
     log = print if parallel.is_main_process() else (lambda _: None)
@@ -268,20 +242,15 @@ def start_devices(accelerator: str = "auto",
     return parallel.make_mesh(parallel.select_devices(accelerator))
 
 
-def describe_devices(mesh) -> str:
-    kinds = sorted({d.device_kind for d in mesh.devices.flat})
-    return (f"{mesh.size} {'/'.join(kinds)} device(s) on {jax.process_count()} process(es), "
-            f"platform {mesh.devices.flat[0].platform}")
-
-
 def run(main: Callable[[], None]) -> None:
     """Runs a script's main: a ``JaxgenError`` becomes one ``error:`` line and exit status 2;
     Ctrl-C and SIGTERM one line saying how to resume (exit status 130 and 143).
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
     (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
-    persistent compilation cache (:func:`use_compilation_cache`); what a failed restore's
-    abandoned reads would print is dropped (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
+    persistent compilation cache (:func:`jaxgen.parallel.use_compilation_cache`); what a failed
+    restore's abandoned reads would print is dropped
+    (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
     previous = signal.getsignal(signal.SIGTERM)
@@ -289,7 +258,7 @@ def run(main: Callable[[], None]) -> None:
         signal.signal(signal.SIGTERM, _terminate)
     parallel.reuse_host_memory()
     checkpoint.drop_abandoned_reads()
-    use_compilation_cache()  # a training script's --no-compilation-cache turns it off again
+    parallel.use_compilation_cache()  # a training script's --no-compilation-cache: off again
     try:
         main()
     except JaxgenError as e:

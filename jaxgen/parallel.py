@@ -210,3 +210,34 @@ def to_host(tree):
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def describe_mesh(mesh) -> str:
+    """E.g. "8 cpu device(s) on 1 process(es), platform cpu"."""
+    kinds = sorted({d.device_kind for d in mesh.devices.flat})
+    return (f"{mesh.size} {'/'.join(kinds)} device(s) on {jax.process_count()} process(es), "
+            f"platform {mesh.devices.flat[0].platform}")
+
+
+CACHE_HINT = "$XDG_CACHE_HOME/jaxgen/xla, or ~/.cache/jaxgen/xla"
+
+
+def default_compilation_cache() -> str:
+    """Where the scripts keep compiled programs when JAX_COMPILATION_CACHE_DIR is not set."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "jaxgen", "xla")
+
+
+def use_compilation_cache(enabled: bool = True) -> Optional[str]:
+    """Turns JAX's persistent compilation cache on (JAX_COMPILATION_CACHE_DIR, or
+    :func:`default_compilation_cache`) or off, before anything is compiled; returns its
+    directory (None when off)."""
+    if not enabled:
+        jax.config.update("jax_compilation_cache_dir", None)
+        return None
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_compilation_cache()
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # the small programs too (init, shuffle, sampling): together they take seconds
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory

@@ -12,7 +12,6 @@ step, so a resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import sys
 import time
@@ -288,7 +287,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             history.epoch_scalars.append(scalars)
             _check_finite_state(state, epoch, ckpts)
             # The next step donates (reuses) the state's buffers: the save reads them first.
-            _save(ckpts, epoch, state, {"task": task.name, "epoch": epoch,
+            ckpts.save_and_wait(epoch, state, {"task": task.name, "epoch": epoch,
                                         "num_images": len(images), "config": config.to_dict(),
                                         "history": history.to_dict()})
             outputs.epoch_end(epoch, history, shown)
@@ -302,36 +301,6 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         ckpts.wait()
         ckpts.close()
     return state, history
-
-
-def _save(ckpts: Checkpoints, epoch: int, state: TrainState, meta: dict) -> None:
-    """Saves the checkpoint of ``epoch`` and waits for it. A disk that runs out of space is one
-    error naming the directory and the size needed, with the partial save removed (the earlier
-    checkpoints are untouched)."""
-    try:
-        ckpts.save(epoch, state, meta)
-        ckpts.wait()
-    except Exception as e:
-        if not _is_disk_full(e):
-            raise
-        ckpts.discard_partial(epoch)
-        needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2 ** 20
-        raise JaxgenError(
-            f"no space left on the device of {ckpts.directory} to save the checkpoint of epoch "
-            f"{epoch} (about {needed:.0f} MB needed); the partial save was removed and the "
-            "earlier checkpoints are intact. Free some space and rerun the same command to "
-            "resume.") from None
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) is a full disk, however the writer reports it."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _host(pictures: dict) -> dict:
