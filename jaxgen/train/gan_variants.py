@@ -125,20 +125,18 @@ class InfoGANConfig(GANConfig):
 # ----------------------------------------------------------------------------- losses
 
 
-def _least_squares_d(real_out, fake_out, ctx: LossContext):
-    return losses.least_squares_discriminator_loss(real_out, fake_out)
+def _outputs_only(d_loss, g_loss):
+    """A pair of ``jaxgen.losses`` functions of D's outputs alone, in the signatures an
+    :class:`~jaxgen.train.gan_objective.Objective` calls: ``(real_out, fake_out, ctx)`` and
+    ``(fake_out, ctx)``."""
+    return (lambda real_out, fake_out, ctx: d_loss(real_out, fake_out),
+            lambda fake_out, ctx: g_loss(fake_out))
 
 
-def _least_squares_g(fake_out, ctx: LossContext):
-    return losses.least_squares_generator_loss(fake_out)
-
-
-def _critic_d(real_out, fake_out, ctx: LossContext):
-    return losses.wasserstein_critic_loss(real_out, fake_out)
-
-
-def _critic_g(fake_out, ctx: LossContext):
-    return losses.wasserstein_generator_loss(fake_out)
+_LEAST_SQUARES = _outputs_only(losses.least_squares_discriminator_loss,
+                               losses.least_squares_generator_loss)
+_CRITIC = _outputs_only(losses.wasserstein_critic_loss, losses.wasserstein_generator_loss)
+_HINGE = _outputs_only(losses.hinge_discriminator_loss, losses.hinge_generator_loss)
 
 
 def _interpolates(real, fake, key, config):
@@ -211,14 +209,6 @@ def _clip(params, config):
     return jax.tree.map(lambda p: jnp.clip(p, -config.clip, config.clip), params)
 
 
-def _hinge_d(real_out, fake_out, ctx: LossContext):
-    return losses.hinge_discriminator_loss(real_out, fake_out)
-
-
-def _hinge_g(fake_out, ctx: LossContext):
-    return losses.hinge_generator_loss(fake_out)
-
-
 def _relativistic_d(real_out, fake_out, ctx: LossContext):
     return losses.relativistic_average_loss(real_out, fake_out)
 
@@ -243,10 +233,10 @@ def register(objective: Objective) -> Objective:
 
 
 register(VANILLA)
-register(Objective("LSGAN", _least_squares_d, _least_squares_g))
-register(Objective("WGAN", _critic_d, _critic_g, config_class=WGANConfig, project_d=_clip,
+register(Objective("LSGAN", *_LEAST_SQUARES))
+register(Objective("WGAN", *_CRITIC, config_class=WGANConfig, project_d=_clip,
                    n_critic=_n_critic))
-register(Objective("WGAN_GP", _critic_d, _critic_g, config_class=WGANGPConfig,
+register(Objective("WGAN_GP", *_CRITIC, config_class=WGANGPConfig,
                    penalty=Penalty(_interpolates, _gp_weight), n_critic=_n_critic))
 register(Objective("DRAGAN", VANILLA.d_loss, VANILLA.g_loss, config_class=DRAGANConfig,
                    penalty=Penalty(_perturbed_real, _gp_weight, transform=jax.nn.sigmoid)))
@@ -256,7 +246,7 @@ register(BEGAN)
 
 
 # Beyond the reference: two losses on its GAN (the same D, G, Adam, batch and z).
-register(Objective("HINGE", _hinge_d, _hinge_g))
+register(Objective("HINGE", *_HINGE))
 register(Objective("RaGAN", _relativistic_d, _relativistic_g, g_sees_real=True))
 
 
