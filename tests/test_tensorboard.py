@@ -17,9 +17,15 @@ from jaxgen.train.gan import GANConfig, GANTask
 CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)  # 4 steps an epoch, 2 logged
 
 
+def _probe(task, state, epoch, workdir):
+    """An epoch hook returning scalars, as an evaluation does."""
+    return {"probe/epoch": 10.0 * epoch, "probe/step": float(state.step)}
+
+
 def _train(workdir, images, config=CONFIG, n_devices=1):
     mesh = parallel.make_mesh(jax.devices()[:n_devices])
-    return loop.train(GANTask(config), images, str(workdir), mesh, log=lambda _: None)
+    return loop.train(GANTask(config), images, str(workdir), mesh, log=lambda _: None,
+                      epoch_hooks=[_probe])
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +33,20 @@ def uninterrupted(tmp_path_factory, tiny_images):
     workdir = tmp_path_factory.mktemp("board")
     _, history = _train(workdir, tiny_images)
     return workdir, history
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, tiny_images):
+    """Epoch 1; then what a killed run leaves (stale events of an epoch 2 that never finished)
+    and a file named like a grid that is no picture; then the resume to epoch 2."""
+    workdir = tmp_path_factory.mktemp("resumed")
+    _train(workdir, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
+    stale = tensorboard.EventFile(str(workdir / "tensorboard"))
+    stale.scalars(6, {"D_loss": 123.0, "G_loss": 456.0})
+    stale.close()
+    (workdir / "GAN_notes_epoch001.png").write_text("not a picture")
+    _train(workdir, tiny_images)
+    return workdir
 
 
 def test_a_run_writes_its_logged_losses_epoch_times_and_grids(uninterrupted):
@@ -45,16 +65,9 @@ def test_a_run_writes_its_logged_losses_epoch_times_and_grids(uninterrupted):
         assert pixels.shape[:2] == (height, width) and np.array_equal(pixels, on_disk)
 
 
-def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images, tmp_path):
-    """Epoch 1, then a killed run's stale events (steps of an epoch 2 that never finished),
-    then the resume: the same curves as the uninterrupted run's."""
-    workdir, _ = uninterrupted
-    _train(tmp_path / "run", tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
-    stale = tensorboard.EventFile(str(tmp_path / "run" / "tensorboard"))
-    stale.scalars(6, {"D_loss": 123.0, "G_loss": 456.0})
-    stale.close()
-    _train(tmp_path / "run", tiny_images)
-    resumed, full = _events(tmp_path / "run"), _events(workdir)
+def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, resumed):
+    """The resumed run's curves are the uninterrupted run's."""
+    resumed, full = _events(resumed), _events(uninterrupted[0])
     assert sorted(resumed) == sorted(full)
     for tag in ("D_loss", "G_loss"):
         assert resumed[tag] == full[tag]  # bit-identical resume: the same values
@@ -62,29 +75,17 @@ def test_a_resumed_run_shows_each_step_once_in_order(uninterrupted, tiny_images,
     assert [s for s, _ in resumed["GAN"]] == [4, 8]
 
 
-def test_the_scalars_epoch_hooks_return_are_shown_and_survive_a_resume(tiny_images, tmp_path):
-    def hook(task, state, epoch, workdir):
-        return {"probe/epoch": 10.0 * epoch, "probe/step": float(state.step)}
-
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    one_epoch = GANConfig(**{**CONFIG.to_dict(), "epochs": 1})
-    loop.train(GANTask(one_epoch), tiny_images, str(tmp_path), mesh, log=lambda _: None,
-               epoch_hooks=[hook])
-    loop.train(GANTask(CONFIG), tiny_images, str(tmp_path), mesh, log=lambda _: None,
-               epoch_hooks=[hook])  # resumed: epoch 1's scalars come from the checkpoint
-    events = _events(tmp_path)
+def test_the_scalars_epoch_hooks_return_are_shown_and_survive_a_resume(resumed):
+    """Epoch 1's scalars come back from the checkpoint's history."""
+    events = _events(resumed)
     assert events["probe/epoch"] == [(4, 10.0), (8, 20.0)]
     assert events["probe/step"] == [(4, 4.0), (8, 8.0)]
 
 
-def test_a_file_named_like_a_grid_that_is_no_picture_does_not_stop_the_run(tiny_images,
-                                                                          tmp_path):
+def test_a_file_named_like_a_grid_that_is_no_picture_does_not_stop_the_run(resumed):
     """A resumed run shows the pictures of earlier epochs from their files: one that does not
     read as a picture is left out."""
-    (tmp_path / "GAN_notes_epoch001.png").write_text("not a picture")
-    _train(tmp_path, tiny_images, GANConfig(**{**CONFIG.to_dict(), "epochs": 1}))
-    _train(tmp_path, tiny_images)  # resumed: epoch 1's pictures read back
-    events = _events(tmp_path)
+    events = _events(resumed)
     assert "GAN_notes" not in events and [s for s, _ in events["GAN"]] == [4, 8]
 
 
