@@ -589,6 +589,7 @@ def worker_precision(args) -> None:
     from test_gan_step import _reference_step
 
     from jaxgen import parallel
+    from jaxgen.models.layers import resolve_conv_forms
     from jaxgen.train.gan import GANConfig, GANTask
 
     cpu = jax.devices("cpu")[0]
@@ -610,6 +611,7 @@ def worker_precision(args) -> None:
         task = GANTask(config)
         m = jax.device_put(model, device)
         with jax.set_mesh(parallel.make_mesh([device])):
+            forms = resolve_conv_forms(config.conv_forms)  # as the step's trace resolves it
             step = jax.jit(task.train_step)
             if precision != "default":
                 with jax.default_matmul_precision(precision):
@@ -623,7 +625,7 @@ def worker_precision(args) -> None:
         # the update's error relative to the update's size (parameters move by about lr)
         num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got, ref))
         den = sum(float(np.sum((r - o) ** 2)) for r, o in zip(ref, old))
-        emit({"precision": precision, "dtype": dtype, "conv_forms": task.generator.conv_forms,
+        emit({"precision": precision, "dtype": dtype, "conv_forms": forms,
               "update_rel_error": (num / den) ** 0.5,
               "D_loss_rel_error": abs(float(metrics["D_loss"]) - ref_losses["D_loss"])
               / abs(ref_losses["D_loss"]),

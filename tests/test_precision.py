@@ -48,6 +48,17 @@ def test_auto_forms_are_canonical_on_cpu_and_names_are_checked():
         resolve_conv_forms("direct")
 
 
+def test_auto_forms_follow_the_mesh_being_compiled_for_not_the_default_backend(monkeypatch):
+    """On a machine whose default backend is an accelerator, a step traced under a CPU mesh
+    (``--accelerator cpu``) still gets the CPU's forms; without a mesh, the default backend's."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_conv_forms("auto") == "xla"
+    traced = []
+    with jax.set_mesh(parallel.make_mesh(jax.devices("cpu")[:1])):  # as the loop traces
+        jax.jit(lambda x: traced.append(resolve_conv_forms("auto")) or x)(jnp.zeros(1))
+    assert traced == ["canonical"]
+
+
 @ON_CPU
 def test_highest_precision_takes_the_default_step_on_cpu(tiny_images):
     """XLA:CPU multiplies float32 in float32 at every precision: the setting changes what the

@@ -191,22 +191,32 @@ def Conv4x4Down(features: int, name=None, conv_forms: str = "canonical",
                 dtype=jnp.float32) -> nn.Conv:
     """4x4 stride-2 convolution with padding 1 (PyTorch ``Conv2d(c, features, 4, 2, 1)``), in
     ``conv_forms`` (:data:`CONV_FORMS`)."""
-    conv = canonical_conv if _form(conv_forms) == "canonical" else lax.conv_general_dilated
+    conv = (canonical_conv if resolve_conv_forms(conv_forms) == "canonical"
+            else lax.conv_general_dilated)
     return nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                    kernel_init=weight_init, bias_init=bias_init, name=name, dtype=dtype,
                    conv_general_dilated=conv)
 
 
-# What ``auto`` means where JAX's default backend is an accelerator (GPU, TPU); CPU: canonical.
+# What ``auto`` means when compiling for an accelerator (GPU, TPU); for the CPU: canonical.
 ACCELERATOR_CONV_FORMS = "xla"
 
 
 def resolve_conv_forms(conv_forms: str) -> str:
-    """``conv_forms`` with ``auto`` resolved by JAX's default backend: ``canonical`` on CPU, whose
-    compiler it was written for, :data:`ACCELERATOR_CONV_FORMS` elsewhere."""
+    """``conv_forms`` with ``auto`` resolved for the platform being compiled for
+    (:func:`compiling_platform`): ``canonical`` on the CPU, whose compiler it was written for,
+    :data:`ACCELERATOR_CONV_FORMS` elsewhere. The layers resolve it as they are traced."""
     if conv_forms != "auto":
         return _form(conv_forms)
-    return "canonical" if jax.default_backend() == "cpu" else ACCELERATOR_CONV_FORMS
+    return "canonical" if compiling_platform() == "cpu" else ACCELERATOR_CONV_FORMS
+
+
+def compiling_platform() -> str:
+    """The platform of the mesh a trace runs under (``jax.set_mesh``, as the training loop sets
+    it), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def _form(conv_forms: str) -> str:
@@ -274,7 +284,7 @@ class ConvTranspose4x4Up(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", weight_init, (4, 4, x.shape[-1], self.features))
         bias = self.param("bias", bias_init, (self.features,))
-        up = (conv_transpose_4x4_s2_subpixel if _form(self.conv_forms) == "canonical"
+        up = (conv_transpose_4x4_s2_subpixel if resolve_conv_forms(self.conv_forms) == "canonical"
               else conv_transpose_4x4_s2)
         x, kernel, bias = (v.astype(self.dtype) for v in (x, kernel, bias))
         return up(x, kernel) + bias

@@ -24,7 +24,6 @@ from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Generator
-from jaxgen.models.layers import resolve_conv_forms
 from jaxgen.train import gan_ema
 from jaxgen.train.gan_objective import DTYPES, VANILLA, GANConfig, LossContext, Objective
 from jaxgen.train.gan_step import StepHook, condition_kwargs, make_step
@@ -79,7 +78,7 @@ class GANTask(Task):
         self.config = config
         objective = self.objective
         self.metric_names = ("D_loss", "G_loss") + objective.extra_metrics
-        forms, dtype = resolve_conv_forms(config.conv_forms), DTYPES[config.dtype]
+        forms, dtype = config.conv_forms, DTYPES[config.dtype]  # auto: resolved when traced
         self.generator = Generator(conv_forms=forms, dtype=dtype)
         self.discriminator = objective.discriminator(conv_forms=forms, dtype=dtype)
         self.tx_d = objective.optimizer(config.lr_d, config)
