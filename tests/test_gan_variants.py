@@ -147,7 +147,10 @@ def test_a_critic_keeps_the_last_g_loss_whatever_n_critic():
     for name, n in (("WGAN", 1), ("WGAN", 5), ("WGAN_GP", 1)):
         model = jax.eval_shape(_task(name, n_critic=n).init, jax.random.PRNGKey(0))
         assert set(model.extra) == {"g_loss"}, (name, n)
-    assert not hasattr(jax.eval_shape(_task("GAN").init, jax.random.PRNGKey(0)), "extra")
+    vanilla = jax.eval_shape(_task("GAN").init, jax.random.PRNGKey(0))
+    assert vanilla.extra == {}  # and its layout is G and D alone, as its checkpoints have it
+    assert {jax.tree_util.keystr(path[:1]) for path, _ in
+            jax.tree_util.tree_flatten_with_path(vanilla)[0]} == {".g", ".d"}
 
 
 def test_wgan_critic_step_clips_every_weight_and_g_waits(tiny_images):

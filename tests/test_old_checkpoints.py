@@ -43,3 +43,38 @@ def test_an_old_run_resumes(tmp_path):
                                 log=logs.append)
     assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
     assert int(state.step) == 8 and len(history.per_epoch_time) == 2
+
+
+def test_a_gan_checkpoint_without_the_extra_state_restores_and_resumes(tiny_images, tmp_path):
+    """GAN checkpoints written while the vanilla GAN's model had no ``extra`` (G and D only)
+    restore onto today's model, whose ``extra`` is empty, and resume as the run would have."""
+    from typing import Any
+
+    from flax import struct
+    from helpers import host_leaves
+
+    from jaxgen.checkpoint import Checkpoints
+    from jaxgen.train.gan import GANConfig, GANTask
+    from jaxgen.workdir import checkpoint_dir
+
+    class TwoNetworks(struct.PyTreeNode):  # the model's layout before
+        g: Any
+        d: Any
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    config = GANConfig(epochs=1, batch_size=16, log_every=2)
+    now, before = tmp_path / "now", tmp_path / "before"
+    state, _ = loop.train(GANTask(config), tiny_images, str(now), mesh, log=lambda _: None)
+    meta = Checkpoints(checkpoint_dir(str(now)), read_only=True).read_meta(1)
+    old = Checkpoints(checkpoint_dir(str(before)))
+    old.save(1, state.replace(model=TwoNetworks(state.model.g, state.model.d)), meta)
+    old.wait()
+    old.close()
+    task, restored = restore_run(str(before), devices=jax.devices()[:1])
+    assert restored.model.extra == {}
+    assert all(np.array_equal(a, b) for a, b in zip(host_leaves(restored), host_leaves(state)))
+    longer = GANConfig(epochs=2, batch_size=16, log_every=2)
+    resumed = [loop.train(GANTask(longer), tiny_images, str(w), mesh, log=lambda _: None)[0]
+               for w in (now, before)]
+    assert all(np.array_equal(a, b)
+               for a, b in zip(host_leaves(resumed[0]), host_leaves(resumed[1])))

@@ -14,11 +14,13 @@ transcription of the reference's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct, traverse_util
+from jax.tree_util import GetAttrKey
 
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
@@ -42,16 +44,30 @@ class Network(struct.PyTreeNode):
                 "batch_stats": self.batch_stats if batch_stats is None else batch_stats}
 
 
-class GANModel(struct.PyTreeNode):
+@jax.tree_util.register_pytree_with_keys_class
+@dataclasses.dataclass(frozen=True)
+class GANModel:
+    """Every GAN's model: G, D, and the state a variant keeps beside them (BEGAN's k, a critic's
+    last G loss, infoGAN's third optimiser state, the moving average of G's weights), empty for
+    the vanilla GAN. As a pytree, an empty ``extra`` is left out, so a GAN without state of its
+    own has the layout its checkpoints always had: G and D alone."""
+
     g: Network
     d: Network
+    extra: dict = dataclasses.field(default_factory=dict)
 
+    def replace(self, **changes) -> "GANModel":
+        return dataclasses.replace(self, **changes)
 
-class StatefulGANModel(GANModel):
-    """A GAN that carries state of its own (BEGAN's k, a critic's last G loss, infoGAN's third
-    optimiser state, the moving average of G's weights)."""
+    def tree_flatten_with_keys(self):
+        children = [(GetAttrKey("g"), self.g), (GetAttrKey("d"), self.d)]
+        if self.extra:
+            children.append((GetAttrKey("extra"), self.extra))
+        return children, bool(self.extra)
 
-    extra: Any
+    @classmethod
+    def tree_unflatten(cls, has_extra: bool, children) -> "GANModel":
+        return cls(*children) if has_extra else cls(*children, extra={})
 
 
 def uniform_batchnorm_scales(params: Any, key: jax.Array) -> Any:
@@ -166,23 +182,13 @@ class GANTask(Task):
             extra["info_opt"] = self.tx_info.init((g.params, d.params))
         if self.config.g_ema:
             extra.update(gan_ema.init(g.params))
-        return self.model_of(g, d, extra)
-
-    @staticmethod
-    def model_of(g: Network, d: Network, extra: Optional[dict]) -> GANModel:
-        """The model pytree: a StatefulGANModel when there is state beside G and D."""
-        return StatefulGANModel(g=g, d=d, extra=extra) if extra else GANModel(g=g, d=d)
-
-    @staticmethod
-    def extra_of(model: GANModel) -> Optional[dict]:
-        return getattr(model, "extra", None)
+        return GANModel(g=g, d=d, extra=extra)
 
     def sampling_network(self, model: GANModel) -> Network:
         """The G that samples: the moving average of G's weights where the run keeps one
         (``--g-ema``), else G."""
-        extra = self.extra_of(model)
-        if extra and "g_ema" in extra:
-            return model.g.replace(params=extra["g_ema"])
+        if "g_ema" in model.extra:
+            return model.g.replace(params=model.extra["g_ema"])
         return model.g
 
     def generate(self, g: Network, z: jax.Array) -> jax.Array:

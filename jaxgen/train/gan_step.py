@@ -151,7 +151,7 @@ def make_step(task) -> Callable:
     hooks = task.step_hooks
 
     def step(model, images, key, step_in_epoch=None, labels=None):
-        extra = task.extra_of(model)
+        extra = model.extra
         z, codes, condition = task.step_inputs(images, key, labels)
         context = functools.partial(task.loss_context, images, extra=extra, codes=codes)
         fake, g_vjp, g_stats_once = generator_forward(G, model.g, z)
@@ -177,7 +177,7 @@ def make_step(task) -> Callable:
         for hook in hooks:
             extra, more = hook(extra, StepOutcome(g, d, d_aux, g_loss), config)
             metrics.update(more)
-        return task.model_of(g, d, extra), metrics
+        return model.replace(g=g, d=d, extra=extra), metrics
 
     return step
 
