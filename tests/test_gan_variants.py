@@ -17,7 +17,7 @@ from helpers import host_leaves
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_run, sample_images
-from jaxgen.train import began, gan_variants, loop
+from jaxgen.train import began, gan, gan_variants, loop
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.gan_objective import Objective, Penalty
 
@@ -209,10 +209,19 @@ def test_g_ema_averages_g_and_samples_from_the_average(tiny_images):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert int(model.extra["g_ema_updates"]) == 3
     assert not _unchanged(model.extra["g_ema"], model.g.params)
+    # The average samples with BatchNorm statistics of its own: in inference mode it computes
+    # on the standing inputs what it computes in training mode (their batch statistics).
+    average = model.g.replace(params=model.extra["g_ema"])
+    standing = jax.jit(task.standing_statistics)(average)
+    inputs = task.sample_inputs(jax.random.PRNGKey(0), gan.STANDING_SAMPLES)
+    trained, _ = task.generator.apply(average.variables(), inputs, train=True,
+                                      mutable=["batch_stats"])
+    np.testing.assert_allclose(task.generate(standing, inputs), trained, atol=2e-5)
+    assert not np.allclose(task.generate(average, inputs), trained, atol=1e-2)
     key = jax.random.PRNGKey(3)
     z = task.sample_prior(key, 4)
-    averaged = task.generate(model.g.replace(params=model.extra["g_ema"]), z)
-    np.testing.assert_array_equal(task.sample_images(model, key, 4), averaged)
+    np.testing.assert_array_equal(task.sample_images(model, key, 4),
+                                  task.generate(standing, z))
     assert not np.allclose(task.sample_images(model, key, 4), task.generate(model.g, z))
 
 

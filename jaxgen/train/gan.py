@@ -26,12 +26,14 @@ from jaxgen import parallel
 from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.models.gan import Generator
+from jaxgen.models.layers import BATCHNORM_MOMENTUM
 from jaxgen.train import gan_ema
 from jaxgen.train.gan_objective import DTYPES, VANILLA, GANConfig, LossContext, Objective
 from jaxgen.train.gan_step import StepHook, condition_kwargs, make_step
 from jaxgen.train.task import Picture, Task
 
 SAMPLE_GRID = 64  # fixed-noise samples drawn after every epoch (an 8x8 grid)
+STANDING_SAMPLES = 4096  # G's inputs whose batch statistics the moving average samples with
 
 
 class Network(struct.PyTreeNode):
@@ -111,6 +113,7 @@ class GANTask(Task):
         self._step = make_step(self)
         self._generate_fixed = jax.jit(lambda g, rng: self.generate(g, self.fixed_noise(rng)))
         self._generate = jax.jit(self.generate)
+        self._standing = jax.jit(self.standing_statistics)
 
     @property
     def needs_step_in_epoch(self) -> bool:
@@ -185,11 +188,24 @@ class GANTask(Task):
         return GANModel(g=g, d=d, extra=extra)
 
     def sampling_network(self, model: GANModel) -> Network:
-        """The G that samples: the moving average of G's weights where the run keeps one
-        (``--g-ema``), else G."""
+        """The G that samples: where the run keeps one (``--g-ema``), the moving average of G's
+        weights with BatchNorm statistics of its own (:meth:`standing_statistics`), else G."""
         if "g_ema" in model.extra:
-            return model.g.replace(params=model.extra["g_ema"])
+            return self._standing(model.g.replace(params=model.extra["g_ema"]))
         return model.g
+
+    def standing_statistics(self, g: Network) -> Network:
+        """``g`` with BatchNorm running statistics that belong to its weights: G's batch
+        statistics in training mode on ``STANDING_SAMPLES`` draws of its inputs from a fixed key.
+        The moving average's weights need them: beside the live G's statistics its samples lose
+        most of their quality (docs/gan-results.md, the collection)."""
+        inputs = self.sample_inputs(jax.random.PRNGKey(0), STANDING_SAMPLES)
+        zeros = jax.tree.map(jnp.zeros_like, g.batch_stats)
+        _, changed = self.generator.apply({"params": g.params, "batch_stats": zeros}, inputs,
+                                          train=True, mutable=["batch_stats"])
+        # One training-mode pass from zero leaves running = (1 - momentum) * batch statistics.
+        return g.replace(batch_stats=jax.tree.map(lambda s: s / (1 - BATCHNORM_MOMENTUM),
+                                                  changed["batch_stats"]))
 
     def generate(self, g: Network, z: jax.Array) -> jax.Array:
         """G in inference mode (BatchNorm running averages) on its inputs ``z`` (with a
@@ -200,14 +216,20 @@ class GANTask(Task):
                       labels: Optional[jax.Array] = None) -> jax.Array:
         """``num`` samples; a conditional GAN draws category ``labels[i]`` for sample i (uniform
         categories without ``labels``)."""
+        return self.generate(self.sampling_network(model), self.sample_inputs(key, num, labels))
+
+    def sample_inputs(self, key: jax.Array, num: int,
+                      labels: Optional[jax.Array] = None) -> jax.Array:
+        """G's inputs for ``num`` samples: z, with a conditional GAN's codes (category
+        ``labels[i]`` for sample i, uniform categories without ``labels``)."""
         z = self.sample_prior(key, num)
         if self.objective.codes is None:
             if labels is not None:
                 raise JaxgenError(f"{self.name} is not a conditional GAN: its samples cannot be "
                                   "asked for a label.")
-            return self.generate(self.sampling_network(model), z)
+            return z
         labels, continuous = self.draw_codes(jax.random.fold_in(key, 1), num, labels)
-        return self.generate(self.sampling_network(model), self.g_input(z, labels, continuous))
+        return self.g_input(z, labels, continuous)
 
     # ---------------------------------------------------------------- step
     def step_inputs(self, images: jax.Array, key: jax.Array,
