@@ -12,8 +12,9 @@ g_ema <- g_ema + w_t (g_t - g_ema) with w_t = (1 - decay) / (1 - decay^t).
 It is a step hook (``jaxgen.train.gan_step``) and two entries of the model's state, ``g_ema``
 and ``g_ema_updates``, so it is checkpointed and resumed with the run;
 :meth:`~jaxgen.train.gan.GANTask.sampling_network` gives it to the samples, the per-epoch grids
-and the evaluation. G's BatchNorm running averages are the live G's (the average has weights
-only). It moves on every step, so with a critic (n_critic > 1) it also moves on the steps where
+and the evaluation, with BatchNorm statistics of its own
+(:meth:`~jaxgen.train.gan.GANTask.standing_statistics`; the live G's belong to other weights).
+It moves on every step, so with a critic (n_critic > 1) it also moves on the steps where
 G waits: per G update its decay is decay^n_critic. Yazici et al. (2019) and Karras et al. (2018)
 sample from such an average; 0.999 is their usual decay at this batch size.
 """
