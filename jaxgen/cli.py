@@ -10,6 +10,7 @@ written; :func:`run` turns a ``JaxgenError`` into one ``error:`` line and exit s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -253,9 +254,12 @@ def run(main: Callable[[], None]) -> None:
     (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if main_thread:  # stop at once, from the handler: an exception raised by a signal that
+        # lands in a garbage-collection callback (JAX registers one) would be swallowed
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
     parallel.reuse_host_memory()
     checkpoint.drop_abandoned_reads()
     parallel.use_compilation_cache()  # a training script's --no-compilation-cache: off again
@@ -264,14 +268,12 @@ def run(main: Callable[[], None]) -> None:
     except JaxgenError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _stop("interrupted; rerun the same command to resume from the last checkpoint.", 130)
-    except Terminated:
-        _stop("terminated (SIGTERM); rerun the same command to resume from the last "
-              "checkpoint.", 128 + signal.SIGTERM)
+    except KeyboardInterrupt:  # where no handler of ours was installed (another thread)
+        _stop(*_SIGNAL_LINES[signal.SIGINT])
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _stop(message: str, status: int) -> None:
@@ -279,17 +281,19 @@ def _stop(message: str, status: int) -> None:
     kill -9 would leave it, which the next run discards before resuming from the last whole one;
     the background threads of XLA and orbax, which an orderly interpreter shutdown would cut off
     mid-work (with their tracebacks, or a crash), are not waited for."""
-    print(message, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(Exception):  # (a handler may interrupt a write to them)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os.write(2, (message + "\n").encode())
     os._exit(status)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (a scheduler ending the job, ``kill``): the script stops as on Ctrl-C.
-    Like KeyboardInterrupt it is no Exception, so no ``except Exception`` on the way (orbax's,
-    asyncio's) swallows it."""
+_SIGNAL_LINES = {
+    signal.SIGINT: ("interrupted; rerun the same command to resume from the last checkpoint.",
+                    130),
+    signal.SIGTERM: ("terminated (SIGTERM); rerun the same command to resume from the last "
+                     "checkpoint.", 128 + signal.SIGTERM)}
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def _on_signal(signum, frame):
+    _stop(*_SIGNAL_LINES[signum])
