@@ -183,6 +183,25 @@ def shard_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))
 
 
+def _data_axis_in_context() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and DATA_AXIS in mesh.axis_names
+
+
+def spread_batch(x: jax.Array) -> jax.Array:
+    """Inside a jitted function: work without cross-sample terms (drawing samples, a batch
+    statistic that XLA all-reduces) split along the leading axis over the devices of the mesh
+    in context (``jax.set_mesh``), so that each device computes its share instead of all of it;
+    ``x`` unchanged when no mesh is in context. :func:`gather_batch` brings the result back."""
+    return jax.lax.with_sharding_constraint(x, P(DATA_AXIS)) if _data_axis_in_context() else x
+
+
+def gather_batch(x: jax.Array) -> jax.Array:
+    """Inside a jitted function: ``x`` whole on every device of the mesh in context (a result
+    the host reads, e.g. of :func:`spread_batch`'s work); unchanged when no mesh is in context."""
+    return jax.lax.with_sharding_constraint(x, P()) if _data_axis_in_context() else x
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     n = mesh.size
     if batch_size % n:

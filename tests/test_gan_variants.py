@@ -191,9 +191,10 @@ def test_ragan_g_loss_compares_with_the_real_batch_through_the_updated_d(tiny_im
     assert abs(float(before) - float(expected)) > 1e-3  # the old D would give another loss
 
 
-def test_g_ema_averages_g_and_samples_from_the_average(tiny_images):
+def test_g_ema_averages_g_and_samples_from_the_average(tiny_images, monkeypatch):
     """After t steps the average is sum_s d^(t-s) g_s / sum_s d^(t-s) over G's weights after
     each step s (none of the weight on G's initialisation), and samples come from it."""
+    monkeypatch.setattr(gan, "STANDING_SAMPLES", 256)  # what holds for 256 holds for 4096
     decay = 0.5
     task = _task("GAN", g_ema=decay)
     model = jax.jit(task.init)(jax.random.PRNGKey(0))
@@ -223,6 +224,28 @@ def test_g_ema_averages_g_and_samples_from_the_average(tiny_images):
     np.testing.assert_array_equal(task.sample_images(model, key, 4),
                                   task.generate(standing, z))
     assert not np.allclose(task.sample_images(model, key, 4), task.generate(model.g, z))
+
+
+def test_sampling_splits_its_draws_over_the_devices(monkeypatch):
+    """Drawing samples (and the moving average's BatchNorm statistics) on eight devices: each
+    device computes an eighth of the draws, and the images are those one device draws."""
+    from jaxgen.runs.restore import draw_samples
+
+    monkeypatch.setattr(gan, "STANDING_SAMPLES", 256)
+    task = _task("GAN", g_ema=0.999)
+    model = jax.jit(task.init)(jax.random.PRNGKey(0))
+    key, drawn, flops = jax.random.PRNGKey(5), {}, {}
+    for n in (1, 8):
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        on_mesh = parallel.put_replicated(model, mesh)
+        drawn[n] = draw_samples(task, on_mesh, 64, key)
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(task.sample_images, static_argnums=2).lower(
+                on_mesh, key, 64).compile()
+        cost = compiled.cost_analysis()
+        flops[n] = (cost[0] if isinstance(cost, list) else cost)["flops"]  # per device
+    np.testing.assert_allclose(drawn[8], drawn[1], atol=1e-5)
+    assert flops[8] < flops[1] / 6, flops
 
 
 @pytest.fixture(scope="module")

@@ -133,12 +133,15 @@ def draw_samples(task: Task, model, num: int, key: jax.Array, batch_size: int = 
         raise JaxgenError(f"a {task.name} model is not a generative model: it draws no samples.")
     if num < 1:
         raise JaxgenError(f"the number of samples must be a positive integer, got {num}.")
-    draw = _sampler(task, _mesh_of(model))
+    mesh = _mesh_of(model)
+    draw = _sampler(task, mesh)
     chunks = []
-    for i, start in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - start)
-        extra = () if labels is None else (np.asarray(labels[start:start + n], np.int32),)
-        chunks.append(parallel.to_host(draw(model, jax.random.fold_in(key, i), n, *extra)))
+    with jax.set_mesh(mesh):  # each device draws its share of a chunk
+        model = task.sampling_model(model)
+        for i, start in enumerate(range(0, num, batch_size)):
+            n = min(batch_size, num - start)
+            extra = () if labels is None else (np.asarray(labels[start:start + n], np.int32),)
+            chunks.append(parallel.to_host(draw(model, jax.random.fold_in(key, i), n, *extra)))
     return np.concatenate(chunks)
 
 

@@ -194,12 +194,19 @@ class GANTask(Task):
             return self._standing(model.g.replace(params=model.extra["g_ema"]))
         return model.g
 
+    def sampling_model(self, model: GANModel) -> GANModel:
+        """``model`` with :meth:`sampling_network` as its G, drawn from as is."""
+        if "g_ema" not in model.extra:
+            return model
+        return GANModel(g=self.sampling_network(model), d=model.d, extra={})
+
     def standing_statistics(self, g: Network) -> Network:
         """``g`` with BatchNorm running statistics that belong to its weights: G's batch
         statistics in training mode on ``STANDING_SAMPLES`` draws of its inputs from a fixed key.
         The moving average's weights need them: beside the live G's statistics its samples lose
         most of their quality (docs/gan-results.md, the collection)."""
-        inputs = self.sample_inputs(jax.random.PRNGKey(0), STANDING_SAMPLES)
+        inputs = parallel.spread_batch(self.sample_inputs(jax.random.PRNGKey(0),
+                                                          STANDING_SAMPLES))
         zeros = jax.tree.map(jnp.zeros_like, g.batch_stats)
         _, changed = self.generator.apply({"params": g.params, "batch_stats": zeros}, inputs,
                                           train=True, mutable=["batch_stats"])
@@ -210,7 +217,8 @@ class GANTask(Task):
     def generate(self, g: Network, z: jax.Array) -> jax.Array:
         """G in inference mode (BatchNorm running averages) on its inputs ``z`` (with a
         conditional GAN's codes: :meth:`g_input`): images in [-1, 1]."""
-        return self.generator.apply(g.variables(), z, train=False)
+        images = self.generator.apply(g.variables(), parallel.spread_batch(z), train=False)
+        return parallel.gather_batch(images)
 
     def sample_images(self, model: GANModel, key: jax.Array, num: int,
                       labels: Optional[jax.Array] = None) -> jax.Array:

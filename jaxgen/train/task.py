@@ -107,6 +107,13 @@ class Task(abc.ABC):
         conditional model draws category ``labels[i]`` for image i (uniform ones if None)."""
         raise NotImplementedError(f"{self.name} is not a generative model")
 
+    def sampling_model(self, model: Any) -> Any:
+        """The model that draws samples, prepared once for a batch of draws (a GAN with
+        ``--g-ema``: its moving average, with BatchNorm statistics of its own); ``model`` itself
+        for most tasks. :func:`jaxgen.runs.restore.draw_samples` prepares it once and draws every
+        chunk from it."""
+        return model
+
     @classmethod
     def is_generative(cls) -> bool:
         """Whether the task draws samples (it defines ``sample_images``)."""

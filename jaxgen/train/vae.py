@@ -170,8 +170,8 @@ class VAETask(Task):
         return VAEModel(optax.apply_updates(model.params, updates), opt_state), metrics
 
     def sample_images(self, model: VAEModel, key: jax.Array, num: int) -> jax.Array:
-        z = jax.random.normal(key, (num, self.config.latent_dim))
-        return self.mean_image(self.decode(model.params, z))
+        z = parallel.spread_batch(jax.random.normal(key, (num, self.config.latent_dim)))
+        return parallel.gather_batch(self.mean_image(self.decode(model.params, z)))
 
     def reconstruct(self, params, x: jax.Array) -> jax.Array:
         """The decoder's mean at the posterior mean, in [-1, 1], for targets x."""
