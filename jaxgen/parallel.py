@@ -100,6 +100,24 @@ def host_memory_environment() -> dict:
     return {name: str(value) for _, name, value in HOST_MEMORY_SETTINGS}
 
 
+def _xla_threads_started() -> bool:
+    """Whether XLA's runtime has started threads in this process: they are named ``tf_...``
+    (``tf_XLAEigen``, the CPU backend's pool) in ``/proc/self/task/*/comm``. JAX has no public
+    query for a started backend; False where ``/proc`` is not there."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if f.read().startswith("tf_"):
+                    return True
+        except OSError:  # the thread ended meanwhile
+            continue
+    return False
+
+
 def reuse_host_memory() -> bool:
     """Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel;
     returns whether it did. jaxgen's scripts and benchmarks call it first thing.
@@ -114,18 +132,15 @@ def reuse_host_memory() -> bool:
 
     It must run before JAX starts its backend (the first array or device query): the threads
     that allocate take their arena then. It does nothing, and returns False, if the backend has
-    started, if the C library is not glibc, or if the environment already sets glibc's malloc
-    options (``MALLOC_ARENA_MAX`` and the like, or ``glibc.malloc`` tunables), which win.
+    started (its threads run), if the C library is not glibc, or if the environment already
+    sets glibc's malloc options (``MALLOC_ARENA_MAX`` and the like, or ``glibc.malloc``
+    tunables), which win.
     """
     if any(k in os.environ for k in _MALLOC_ENV) or \
             "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    try:
-        from jax._src import xla_bridge
-        if xla_bridge.backends_are_initialized():
-            return False
-    except (ImportError, AttributeError):  # a JAX without this query: trust the caller
-        pass
+    if _xla_threads_started():
+        return False
     try:
         libc = ctypes.CDLL(None)  # the C library the process runs on
         if not hasattr(libc, "gnu_get_libc_version"):  # musl and macOS lack these mallopts
