@@ -18,14 +18,16 @@ import tempfile
 # Must happen before jax is imported anywhere: the sharding tests compare 8 devices with 1.
 # Most of the suite's time is XLA compiling tiny programs: LLVM's cheapest code generation
 # (FAST_COMPILE) compiles them faster and computes the same operations (no fast-math at any
-# level), so the tests (and the scripts they start, which inherit the flags) check the same
-# maths. Its kernels sum in another order, so a test that compares rounding with a user's
-# fully optimised build runs in a process of its own without it (OPTIMISED, set by that test).
-from helpers import FAST_COMPILE, OPTIMISED  # noqa: E402
+# level). pytest -n N runs N processes, one a core, so each computes on one thread
+# (ONE_THREAD), where XLA's thread pool in each would make them contend for the same cores.
+# Both may sum in another order than a user's build, so a test that compares rounding with a
+# user's build runs in a process of its own without them (OPTIMISED, set by that test).
+from helpers import FAST_COMPILE, ONE_THREAD, OPTIMISED  # noqa: E402
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8" +
-                           ("" if os.environ.get(OPTIMISED) else " " + FAST_COMPILE)).strip()
+                           ("" if os.environ.get(OPTIMISED) else
+                            f" {FAST_COMPILE} {ONE_THREAD}")).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

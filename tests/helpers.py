@@ -14,10 +14,11 @@ import tempfile
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# XLA's flag for its cheapest code generation, which the suite compiles with, and the variable
-# that a test comparing rounding with a user's optimised build sets in its own process
-# (tests/conftest.py).
+# XLA's flags for its cheapest code generation and for one compute thread, which the suite
+# runs with, and the variable that a test comparing rounding with a user's build sets in its
+# own process (tests/conftest.py).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 OPTIMISED = "JAXGEN_TEST_OPTIMISED_XLA"
 
 

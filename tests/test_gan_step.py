@@ -14,6 +14,7 @@ import pytest
 from helpers import (
     BIASES_BEFORE_BATCHNORM,
     FAST_COMPILE,
+    ONE_THREAD,
     OPTIMISED,
     REPO,
     assert_gan_models_close,
@@ -159,11 +160,11 @@ def test_cpu_compiler_options_keep_the_maths(tiny_images, monkeypatch):
     """jaxgen compiles its train step on CPU with YNNPACK for dots only; the same step compiled
     with XLA's defaults computes the same losses and gradients. The gradients are compared
     before any optimiser sees them (Adam would turn rounding noise in near-zero gradients into
-    +-lr steps). Both are compiled as a user's run compiles them, fully optimised: in a process
-    of its own when the suite compiles for speed (tests/conftest.py)."""
+    +-lr steps). Both are compiled as a user's run compiles them, fully optimised and on XLA's
+    thread pool: in a process of its own, as the suite compiles for speed (tests/conftest.py)."""
     if not os.environ.get(OPTIMISED):
         flags = os.environ["XLA_FLAGS"].replace(FAST_COMPILE, "").replace(
-            "--xla_force_host_platform_device_count=8", "")
+            ONE_THREAD, "").replace("--xla_force_host_platform_device_count=8", "")
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
              f"{__file__}::test_cpu_compiler_options_keep_the_maths"],
