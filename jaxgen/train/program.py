@@ -23,12 +23,16 @@ from jaxgen.train.task import Task
 
 
 def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1,
-                     compiler_options: Optional[dict] = None):
+                     compiler_options: Optional[dict] = None, num_runs: int = 1):
     """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
     jitted program, sharded over ``mesh``; each metric comes back with one value per step.
     ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``.
     ``compiler_options`` default to ``parallel.compiler_options(mesh)``; ``{}`` compiles with
-    XLA's defaults."""
+    XLA's defaults.
+
+    ``num_runs`` > 1: a seed ensemble (:mod:`jaxgen.train.ensemble`). ``state`` and ``perm``
+    have a leading run axis, each run steps on its own batches, keys and model, and each metric
+    comes back as (num_runs, steps_per_call)."""
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
@@ -50,11 +54,16 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
         model, metrics = task.train_step(state.model, images, key, **kwargs)
         return state.replace(step=state.step + 1, model=model), metrics
 
-    def steps(state: TrainState, data, perm: jax.Array):
+    def run_steps(state: TrainState, data, perm: jax.Array):
         if steps_per_call == 1:
             state, metrics = step(state, data, perm)
             return state, jax.tree.map(lambda m: m[None], metrics)
         return lax.scan(lambda s, _: step(s, data, perm), state, length=steps_per_call)
+
+    def steps(state: TrainState, data, perm: jax.Array):
+        if num_runs == 1:
+            return run_steps(state, data, perm)
+        return jax.vmap(run_steps, in_axes=(0, None, 0))(state, data, perm)
 
     precision = task.config.precision
 
@@ -70,10 +79,14 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
                    donate_argnums=0, compiler_options=compiler_options or None)
 
 
-def build_permutation(mesh: Mesh, num_images: int):
-    """``permutation(rng, epoch)``: the epoch's shuffle of the dataset, from the run's key."""
+def build_permutation(mesh: Mesh, num_images: int, num_runs: int = 1):
+    """``permutation(rng, epoch)``: the epoch's shuffle of the dataset, from the run's key (of
+    each run's key, (num_runs, num_images), for an ensemble's keys (num_runs, 2))."""
+
+    def shuffle(rng: jax.Array, epoch: jax.Array) -> jax.Array:
+        return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
 
     def permutation(rng: jax.Array, epoch: jax.Array) -> jax.Array:
-        return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
+        return shuffle(rng, epoch) if num_runs == 1 else jax.vmap(shuffle, (0, None))(rng, epoch)
 
     return jax.jit(permutation, out_shardings=parallel.replicated(mesh))
