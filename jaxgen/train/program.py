@@ -18,12 +18,25 @@ from jax.sharding import Mesh
 
 from jaxgen import parallel
 from jaxgen.keys import named_key
+from jaxgen.models.layers import compiling_platform
 from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task
 
+# How an ensemble's program steps its runs: "vmap", all runs as one batched computation (an
+# accelerator's cores are mostly idle at batch 64, so N runs cost little more than one), or
+# "map", one run after the other inside the program (on CPU the batched convolutions cost
+# more than N solo ones; benchmarks/gan_step.py --num-seeds prints both, docs/performance.md).
+RUNS_FORMS = ("map", "vmap")
+
+
+def runs_form_for(platform: str) -> str:
+    """The form an ensemble's runs are stepped in on ``platform``: map on CPU, else vmap."""
+    return "map" if platform == "cpu" else "vmap"
+
 
 def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_call: int = 1,
-                     compiler_options: Optional[dict] = None, num_runs: int = 1):
+                     compiler_options: Optional[dict] = None, num_runs: int = 1,
+                     runs_form: Optional[str] = None):
     """``run(state, data, perm) -> (state, metrics)``: ``steps_per_call`` train steps in one
     jitted program, sharded over ``mesh``; each metric comes back with one value per step.
     ``data`` is the uint8 image array, or (images, labels) for a task with ``needs_labels``.
@@ -32,7 +45,10 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
 
     ``num_runs`` > 1: a seed ensemble (:mod:`jaxgen.train.ensemble`). ``state`` and ``perm``
     have a leading run axis, each run steps on its own batches, keys and model, and each metric
-    comes back as (num_runs, steps_per_call)."""
+    comes back as (num_runs, steps_per_call). ``runs_form`` says how the program steps the
+    runs (:data:`RUNS_FORMS`); by default :func:`runs_form_for` the platform compiled for."""
+    if runs_form not in (None, *RUNS_FORMS):
+        raise ValueError(f"runs_form must be one of {', '.join(RUNS_FORMS)}, got {runs_form!r}")
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
@@ -63,7 +79,9 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
     def steps(state: TrainState, data, perm: jax.Array):
         if num_runs == 1:
             return run_steps(state, data, perm)
-        return jax.vmap(run_steps, in_axes=(0, None, 0))(state, data, perm)
+        if (runs_form or runs_form_for(compiling_platform())) == "vmap":
+            return jax.vmap(run_steps, in_axes=(0, None, 0))(state, data, perm)
+        return lax.map(lambda run: run_steps(run[0], data, run[1]), (state, perm))
 
     precision = task.config.precision
 
