@@ -12,6 +12,12 @@ within one run: the ratio is the result, machines differ.
 
     python benchmarks/gan_step.py --epoch             # one whole epoch on the default device
 
+    python benchmarks/gan_step.py --num-seeds 1,2,4,8  # seed ensembles of those sizes
+
+--num-seeds times, for each ensemble size N, the step of N runs in one vmapped program
+(``jaxgen.train.ensemble``) at the first --batch-sizes: runs x steps per second, and the time
+of one ensemble step against N solo steps (below 1: the ensemble is cheaper than N runs).
+
 --epoch times one whole epoch instead (937 steps at batch 64, on random images, so no dataset
 is needed) as the training loop runs it: --steps-per-call steps a call, by default auto (the
 whole epoch in one program); it prints the device kind, the seconds
@@ -34,7 +40,7 @@ import numpy as np
 
 from jaxgen import parallel
 from jaxgen.models.layers import CONV_FORMS
-from jaxgen.train import gan_variants, program
+from jaxgen.train import ensemble, gan_variants, program
 from jaxgen.train.state import init_state
 from jaxgen.train.task import resolve_steps_per_call
 
@@ -104,18 +110,78 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_f
             "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
 
 
-def _start(task, steps_per_epoch: int, mesh):
-    """A fresh train state, an epoch of random images (with labels for a conditional GAN) on the
-    devices as the loop holds them, and the epoch's shuffle; inside ``jax.set_mesh(mesh)``."""
-    state = jax.jit(lambda: init_state(task, 0), out_shardings=parallel.replicated(mesh))()
+def _start(task, steps_per_epoch: int, mesh, num_runs: int = 1):
+    """A fresh train state (of ``num_runs`` runs, an ensemble's), an epoch of random images (with
+    labels for a conditional GAN) on the devices as the loop holds them, and the epoch's shuffle;
+    inside ``jax.set_mesh(mesh)``."""
+    init = ((lambda: init_state(task, 0)) if num_runs == 1
+            else (lambda: ensemble.init_ensemble(task, num_runs)))
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
     n = steps_per_epoch * task.config.batch_size
     images = np.random.RandomState(0).randint(0, 256, (n, 28, 28, 1), dtype=np.uint8)
     data = parallel.put_replicated(images, mesh)
     if task.needs_labels:
         labels = np.random.RandomState(1).randint(0, 10, n).astype(np.int32)
         data = (data, parallel.put_replicated(labels, mesh))
-    perm = program.build_permutation(mesh, n)(state.rng, jnp.int32(1))
+    perm = program.build_permutation(mesh, n, num_runs)(state.rng, jnp.int32(1))
     return state, data, perm
+
+
+def time_ensemble(batch_size: int, num_runs: int, steps: int, warmup: int, mesh,
+                  gan_type: str = "GAN", runs_form: str = "map") -> dict:
+    """Times ``steps`` steps of an ensemble of ``num_runs`` runs of ``gan_type`` (one step of
+    every run a step) stepped in ``runs_form``, one step a call, after ``warmup`` untimed
+    ones."""
+    task_class = gan_variants.task_class(gan_type)
+    task = task_class(task_class.config_class(batch_size=batch_size))
+    steps_per_epoch = 16
+    with jax.set_mesh(mesh):
+        state, data, perm = _start(task, steps_per_epoch, mesh, num_runs)
+        t = time.perf_counter()
+        step = program.build_train_step(task, mesh, steps_per_epoch, 1, num_runs=num_runs,
+                                        runs_form=runs_form).lower(state, data, perm).compile()
+        compile_s = time.perf_counter() - t
+        for _ in range(warmup):
+            state, metrics = step(state, data, perm)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, data, perm)
+        jax.block_until_ready((state, metrics))
+        seconds = time.perf_counter() - t0
+    return {"gan_type": gan_type, "num_runs": num_runs, "runs_form": runs_form,
+            "batch_size": batch_size,
+            "steps_per_s": steps / seconds, "run_steps_per_s": num_runs * steps / seconds,
+            "compile_s": compile_s, "peak_memory_bytes": peak_memory_bytes()}
+
+
+def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(batch_size, mesh)
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
+          f"{info['device']}; {args.gan_type} at batch {batch_size}")
+    default = program.runs_form_for(mesh.devices.flat[0].platform)
+    rows = [time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form)
+            for n in sizes for form in (program.RUNS_FORMS if n > 1 else ("map",))]
+    solo = next((r["steps_per_s"] for r in rows if r["num_runs"] == 1), None)
+    header = (f"{'runs':>5} {'form':>14} {'steps/s':>8} {'runs x steps/s':>15} "
+              f"{'vs N solo':>10} {'compile s':>9} {'peak MB':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        # the time of one ensemble step over the time of N solo steps
+        against = (f"{solo / r['steps_per_s'] / r['num_runs']:.2f}" if solo else "")
+        r["time_vs_solo_runs"] = float(against) if against else None
+        form = "solo" if r["num_runs"] == 1 else r["runs_form"] + (
+            " (default)" if r["runs_form"] == default else "")
+        print(f"{r['num_runs']:>5} {form:>14} {r['steps_per_s']:>8.2f} "
+              f"{r['run_steps_per_s']:>15.2f} {against:>10} {r['compile_s']:>9.1f} "
+              f"{r['peak_memory_bytes'] / 2**20:>8.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "ensembles": rows}, f, indent=2)
+        print(f"wrote {args.json}")
 
 
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
@@ -223,6 +289,8 @@ def main() -> None:
     parser.add_argument("--gan-type", default="GAN", choices=list(gan_variants.OBJECTIVES),
                         help="which GAN's step to time (%(default)s); the PyTorch reference "
                              "is GAN.py's, so other types have no PyTorch row")
+    parser.add_argument("--num-seeds", metavar="N,N,...",
+                        help="time seed ensembles of these sizes (e.g. 1,2,4,8) instead")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
@@ -232,6 +300,16 @@ def main() -> None:
     if not set(forms) <= set(CONV_FORMS):
         sys.exit(f"error: --conv-forms takes {' or '.join(CONV_FORMS)} or both, "
                  "comma-separated.")
+    if args.num_seeds:
+        try:
+            sizes = [int(n) for n in args.num_seeds.split(",")]
+        except ValueError:
+            sizes = [0]
+        if min(sizes) < 1:
+            sys.exit("error: --num-seeds takes positive integers, comma-separated, e.g. 1,2,4.")
+        parallel.reuse_host_memory()  # what jaxgen's scripts do first
+        run_ensembles(args, batch_sizes[0], sizes)
+        return
     if args.epoch:
         parallel.reuse_host_memory()  # what jaxgen's scripts do first
         run_epoch(args, batch_sizes[0])
