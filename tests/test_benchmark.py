@@ -53,6 +53,34 @@ def test_benchmark_writes_every_row_it_prints(tmp_path):
         assert peak_mb == f"{row['peak_memory_bytes'] / 2**20:.0f}"
 
 
+def test_ensemble_benchmark_prints_each_size_in_each_form(tmp_path):
+    """--num-seeds: a row for the solo run and for each larger ensemble in both forms, the CPU's
+    form marked default, each as in the JSON; "vs N solo" relates them."""
+    out = tmp_path / "ensembles.json"
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user's machine
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--num-seeds", "1,2",
+         "--batch-sizes", "8", "--steps", "1", "--warmup", "1", "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["ensembles"]
+    assert [(r["num_runs"], r["runs_form"]) for r in rows] == [(1, "map"), (2, "map"),
+                                                               (2, "vmap")]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("runs "))
+    printed = [line.split() for line in lines[header + 2:header + 2 + len(rows)]]
+    assert [line[:2] for line in printed] == [["1", "solo"], ["2", "map"], ["2", "vmap"]]
+    assert printed[1][2] == "(default)"
+    for row, line in zip(rows, printed):
+        assert line[-5] == f"{row['steps_per_s']:.2f}"
+        assert float(line[-3]) == round(rows[0]["steps_per_s"] / row["steps_per_s"]
+                                        / row["num_runs"], 2)
+    bad = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--num-seeds", "0,2"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "--num-seeds takes positive integers" in bad.stderr
+
+
 def test_benchmark_refuses_steps_that_do_not_fill_whole_calls():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--steps", "5",
