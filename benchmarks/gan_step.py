@@ -178,10 +178,7 @@ def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
         print(f"{r['num_runs']:>5} {form:>14} {r['steps_per_s']:>8.2f} "
               f"{r['run_steps_per_s']:>15.2f} {against:>10} {r['compile_s']:>9.1f} "
               f"{r['peak_memory_bytes'] / 2**20:>8.0f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "ensembles": rows}, f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"machine": info, "ensembles": rows})
 
 
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
@@ -255,6 +252,14 @@ def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, l
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["form"] += ", glibc malloc defaults"
     return row
+
+
+def _write_json(path, report: dict) -> None:
+    """The report as JSON into ``path`` (--json), if one was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {path}")
 
 
 def _fmt(value, spec):
@@ -380,10 +385,7 @@ def main() -> None:
         if "ratio" in e:
             print(f"batch {e['batch_size']}: jaxgen / PyTorch = {e['ratio']:.2f}x "
                   f"(against the faster PyTorch row)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "steps": args.steps, "results": results}, f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"machine": info, "steps": args.steps, "results": results})
 
 
 def run_epoch(args, batch_size: int) -> None:
@@ -399,10 +401,7 @@ def run_epoch(args, batch_size: int) -> None:
     print(f"{row['gan_type']}: one epoch of {row['steps']} steps at batch {batch_size}, "
           f"{row['steps_per_call']} steps a call: {row['epoch_s']:.2f} s "
           f"({row['steps_per_s']:.1f} steps/s; compile {row['compile_s']:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "epoch": row}, f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"machine": info, "epoch": row})
 
 
 if __name__ == "__main__":
