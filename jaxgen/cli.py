@@ -249,8 +249,9 @@ def run(main: Callable[[], None]) -> None:
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
     (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
-    persistent compilation cache (:func:`jaxgen.parallel.use_compilation_cache`); what a failed
-    restore's abandoned reads would print is dropped
+    persistent compilation cache (:func:`jaxgen.parallel.use_compilation_cache`), whose
+    unreadable entries are replaced (:func:`jaxgen.parallel.repairing_compilation_cache`); what
+    a failed restore's abandoned reads would print is dropped
     (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
@@ -264,7 +265,8 @@ def run(main: Callable[[], None]) -> None:
     checkpoint.drop_abandoned_reads()
     parallel.use_compilation_cache()  # a training script's --no-compilation-cache: off again
     try:
-        main()
+        with parallel.repairing_compilation_cache():
+            main()
     except JaxgenError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

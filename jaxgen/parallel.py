@@ -8,8 +8,12 @@ all-reduces: N devices compute exactly the update one device would (up to summat
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
+import sys
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -275,3 +279,49 @@ def use_compilation_cache(enabled: bool = True) -> Optional[str]:
         # the small programs too (init, shuffle, sampling): together they take seconds
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return directory
+
+
+# JAX's warning when an entry of its persistent cache cannot be read (it then compiles anew),
+# and the name of an entry: "<module name>-<64 hex digits>-cache".
+_UNREADABLE_ENTRY = re.compile(r"Error reading persistent compilation cache entry for '([^']+)'")
+_ENTRY = re.compile(r"(.+)-[0-9a-f]{64}-cache")
+
+
+@contextlib.contextmanager
+def repairing_compilation_cache():
+    """Within it, a compiled program that JAX's persistent cache holds but cannot read (a
+    corrupt entry) is removed when JAX reports it, so the compilation that follows stores a good
+    one: JAX's cache keeps the first entry of a key and never replaces it, so a corrupt entry
+    would otherwise be read, warned about and compiled again on every run. One line says so, in
+    place of JAX's warning. The scripts run their main within it (``jaxgen.cli.run``)."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        found = _UNREADABLE_ENTRY.search(str(message))
+        directory = jax.config.jax_compilation_cache_dir
+        if not (found and directory):
+            return shown(message, category, filename, lineno, file, line)
+        removed = _remove_entries(directory, found.group(1))
+        print(f"warning: the compilation cache {directory} held an unreadable copy of "
+              f"{found.group(1)}; {'it was removed and ' if removed else ''}the program was "
+              "compiled again.", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _remove_entries(directory: str, module: str) -> int:
+    """Removes the cache entries of the compiled module ``module`` (each of its programs
+    compiles again once); how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            entry = _ENTRY.fullmatch(name)
+            if entry and entry.group(1) == module:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(directory, name))
+                    removed += 1
+    return removed

@@ -318,6 +318,45 @@ def test_a_stop_signal_is_one_line_that_says_how_to_resume(sig, status, line, id
     assert restore_newest(str(workdir), devices=jax.devices()[:1]).epoch >= 1
 
 
+# A script of the smallest kind: one jitted program, run through the scripts' start-up.
+CACHED_PROGRAM = """
+import jax, jax.numpy as jnp
+from jaxgen import cli
+
+def main():
+    print(float(jax.jit(lambda x: jnp.tanh(x).sum(), donate_argnums=())(jnp.ones(3))))
+
+cli.run(main)
+"""
+
+
+def test_an_unreadable_compilation_cache_entry_is_replaced(tmp_path):
+    """A corrupt entry of the persistent compilation cache: one warning line, the program
+    compiled again and its entry written anew, so the next run reads it without a word."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", CACHED_PROGRAM], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and float(proc.stdout) == pytest.approx(3 * np.tanh(1.0))
+        return [line for line in proc.stderr.splitlines() if line.strip()]
+
+    assert run() == []
+    entries = sorted(cache.glob("jit__lambda-*-cache"))
+    assert entries
+    for entry in entries:
+        entry.write_bytes(b"not a compiled program")
+    lines = run()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: the compilation cache {cache} held an unreadable copy of jit__lambda; it "
+        "was removed and the program was compiled again."), lines
+    assert all(e.read_bytes() != b"not a compiled program" for e in cache.glob("jit__lambda-*"))
+    assert sorted(cache.glob("jit__lambda-*-cache")) == entries  # written anew
+    assert run() == []
+
+
 # ----------------------------------------------------------------------------- writing outputs
 
 @pytest.mark.parametrize("error_number,reason", [
