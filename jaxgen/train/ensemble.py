@@ -3,18 +3,16 @@
 Run r of an ensemble is the run of seed ``config.seed + r``: its own initialisation, noise and
 data order, exactly as the solo run with that seed draws them (``jaxgen.keys``). Its train state
 is the solo state with a leading run axis on every leaf (``step`` (N,), ``rng`` (N, 2), the
-model's arrays (N, ...)); ``program.build_train_step(..., num_runs=N)`` vmaps the step over that
-axis, so the runs share one program and one pass over the devices per step. :func:`run_state`
-takes one run back out, as a solo state.
+model's arrays (N, ...)); ``program.build_train_step(..., num_runs=N)`` steps every run along
+that axis in one program (one after another on CPU, batched elsewhere: ``program.RUNS_FORMS``).
+:func:`run_state` takes one run back out, as a solo state.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
-from jaxgen import parallel
 from jaxgen.train.state import TrainState, init_state
 from jaxgen.train.task import Task
 
@@ -29,14 +27,6 @@ def init_ensemble(task: Task, num_runs: int) -> TrainState:
     seed ``config.seed + r``. Traceable: jit it with the shardings to create it on a mesh."""
     return jax.vmap(lambda seed: init_state(task, seed))(
         jnp.asarray(seeds(task, num_runs), jnp.int32))
-
-
-def abstract_ensemble(task: Task, num_runs: int, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of an ensemble's state, computing nothing."""
-    shapes = jax.eval_shape(lambda: init_ensemble(task, num_runs))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
 
 
 def run_state(state: TrainState, run: int) -> TrainState:
