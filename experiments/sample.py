@@ -8,6 +8,9 @@
     python experiments/sample.py --workdir checkpoints/acgan_mnist --label 7 --num 64 --out 7.png
     python experiments/sample.py --workdir checkpoints/infogan_mnist --kind codes --out codes.png
 
+A seed ensemble's workdir (trained with --num-seeds N) draws from run --run R (0..N-1), the run of
+seed --seed + R of its training.
+
 --kind prior (GAN or VAE): samples from the model's prior. A .png is a grid; a .npy holds float32
 images in [-1, 1], shape (num, 28, 28, 1). The library call is
 ``jaxgen.runs.restore.sample_images(workdir, num, seed, label=...)``. A conditional GAN (CGAN,
@@ -28,7 +31,7 @@ import numpy as np
 
 from jaxgen import cli, data, parallel, viz
 from jaxgen.cli import DrawOptions
-from jaxgen.config import POSITIVE_INT, setting
+from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs import latents, restore
 from jaxgen.train.vae import VAETask, fixed_targets, interleave_rows
@@ -46,6 +49,9 @@ class SampleOptions(DrawOptions):
     out: str = setting(None, "output .png or .npy", metavar="FILE", required=True)
     label: Optional[int] = setting(None, "a conditional GAN's class to draw (--kind prior; "
                                          "default: uniform classes)", metavar="C")
+    run: Optional[int] = setting(None, "the run to draw from, of a seed ensemble's workdir "
+                                       "(trained with --num-seeds N): 0..N-1",
+                                 NON_NEGATIVE_INT, metavar="R")
 
 
 def main() -> None:
@@ -71,9 +77,9 @@ def main() -> None:
     ncols = None
     if args.kind == "prior":
         images = restore.sample_images(args.workdir, num, seed=args.seed, devices=devices,
-                                       label=args.label, log=print)
+                                       label=args.label, log=print, run=args.run)
     elif args.kind == "codes":
-        sweeps = _code_sweeps(args.workdir, args.seed, devices)
+        sweeps = _code_sweeps(args.workdir, args.seed, devices, args.run)
         if ext == ".npy":
             with write_atomically(args.out, "wb") as f:
                 np.save(f, np.stack([np.asarray(v, np.float32) for v in sweeps.values()]))
@@ -84,8 +90,9 @@ def main() -> None:
         print(f"wrote the sweeps of {len(sweeps)} continuous codes to {args.out}")
         return
     else:
-        task, state, epoch = restore.restore_newest(args.workdir, devices=devices)
-        print(restore.restored_line(args.workdir, epoch))
+        task, state, epoch = restore.restore_newest(args.workdir, devices=devices, run=args.run)
+        restore.require_one_run(task, args.workdir)
+        print(restore.restored_line(args.workdir, epoch, args.run))
         if not isinstance(task, VAETask):
             raise JaxgenError(f"--kind {args.kind} needs a VAE run; --workdir {args.workdir} "
                               f"holds a {task.name} run (use --kind prior).")
@@ -114,10 +121,11 @@ def main() -> None:
     print(f"wrote {len(images)} images ({args.kind}) to {args.out}")
 
 
-def _code_sweeps(workdir: str, seed: int, devices) -> dict:
+def _code_sweeps(workdir: str, seed: int, devices, run: Optional[int]) -> dict:
     """The continuous codes' sweeps of an infoGAN run, as images."""
-    task, state, epoch = restore.restore_newest(workdir, devices=devices)
-    print(restore.restored_line(workdir, epoch))
+    task, state, epoch = restore.restore_newest(workdir, devices=devices, run=run)
+    restore.require_one_run(task, workdir)
+    print(restore.restored_line(workdir, epoch, run))
     sweeps = task.code_sweeps(jax.random.PRNGKey(seed)) if hasattr(task, "code_sweeps") else {}
     if not sweeps:
         raise JaxgenError(f"--kind codes needs an infoGAN run (a GAN with continuous codes); "

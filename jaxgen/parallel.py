@@ -230,6 +230,26 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
                           f"pass a multiple of {n}, e.g. {suggestion}.")
 
 
+def device_memory_limit(mesh: Mesh) -> Optional[int]:
+    """Bytes one device of ``mesh`` can hold: an accelerator's memory limit; on CPU the host's
+    physical memory shared by this process's devices; None where neither is known."""
+    device = mesh.devices.flat[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # a backend without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform != "cpu":
+        return None
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    return physical // max(local, 1)
+
+
 def put_replicated(tree, mesh: Mesh):
     """Host arrays (identical on every process) -> global arrays replicated over the mesh."""
     sharding = replicated(mesh)

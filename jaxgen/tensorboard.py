@@ -84,41 +84,67 @@ class EventFile:
 
 
 class Board:
-    """What the training loop shows in TensorBoard for the run in ``workdir`` (process 0)."""
+    """What the training loop shows in TensorBoard for the run in ``workdir`` (process 0).
 
-    def __init__(self, workdir: str, steps_per_epoch: int, log_every: int):
-        self.steps_per_epoch, self.log_every = steps_per_epoch, log_every
+    A seed ensemble of ``num_runs`` runs writes each run's scalars into ``tensorboard/run<r>/``
+    (TensorBoard draws one curve per run, with the run's name) and what the runs share (the
+    epoch's time, its pictures of every run) into ``tensorboard/``."""
+
+    def __init__(self, workdir: str, steps_per_epoch: int, log_every: int, num_runs: int = 1):
+        self.steps_per_epoch, self.log_every, self.num_runs = steps_per_epoch, log_every, num_runs
         self.directory = os.path.join(workdir, DIRECTORY)
         self._file: Optional[EventFile] = None
+        self._runs: list[EventFile] = []  # an ensemble's, one per run
+
+    def run_directory(self, run: int) -> str:
+        return os.path.join(self.directory, f"run{run}")
 
     def rebuild(self, metrics: dict, epoch_times: list, epoch_scalars: list,
                 pictures: Callable[[int], dict]) -> None:
         """Event files written anew from a checkpoint's history (per-step ``metrics``, one list
-        per name; the per-epoch times; per epoch, the hooks' scalars) and each epoch's pictures
-        (``pictures(epoch) -> {tag: uint8 (H, W, C)}``): whatever the directory held is
-        replaced."""
-        for stale in glob.glob(os.path.join(self.directory, "events.out.tfevents.*")):
-            os.remove(stale)
+        per name, an ensemble's one per run; the per-epoch times; per epoch, the hooks'
+        scalars) and each epoch's pictures (``pictures(epoch) -> {tag: uint8 (H, W, C)}``):
+        whatever the directory held is replaced."""
+        for pattern in ("events.out.tfevents.*", os.path.join("run*", "events.out.tfevents.*")):
+            for stale in glob.glob(os.path.join(self.directory, pattern)):
+                os.remove(stale)
         self._file = EventFile(self.directory)
+        if self.num_runs > 1:
+            self._runs = [EventFile(self.run_directory(r)) for r in range(self.num_runs)]
         for epoch, seconds in enumerate(epoch_times, start=1):
             offset = (epoch - 1) * self.steps_per_epoch
             for i in range(self.log_every, self.steps_per_epoch + 1, self.log_every):
-                self.step(epoch, i, {k: v[offset + i - 1] for k, v in metrics.items()})
+                at = offset + i - 1
+                self.step(epoch, i, {k: v[at] if self.num_runs == 1 else [run[at] for run in v]
+                                     for k, v in metrics.items()})
             scalars = epoch_scalars[epoch - 1] if epoch <= len(epoch_scalars) else {}
             self.epoch_end(epoch, seconds, pictures(epoch), scalars)
 
     def step(self, epoch: int, step: int, values: dict) -> None:
-        """The metrics logged at ``step`` (1-based) of ``epoch``."""
-        self._file.scalars((epoch - 1) * self.steps_per_epoch + step, values)
+        """The metrics logged at ``step`` (1-based) of ``epoch`` (an ensemble's: one value per
+        run)."""
+        at = (epoch - 1) * self.steps_per_epoch + step
+        if self.num_runs == 1:
+            self._file.scalars(at, values)
+        for r, run in enumerate(self._runs):
+            run.scalars(at, {k: v[r] for k, v in values.items()})
 
     def epoch_end(self, epoch: int, seconds: float, pictures: dict, scalars: dict) -> None:
-        """After ``epoch``: its time, its pictures ({tag: uint8 (H, W, C)}) and other scalars."""
+        """After ``epoch``: its time, its pictures ({tag: uint8 (H, W, C)}) and other scalars
+        (an ensemble's hooks may give a list of one value per run)."""
         step = epoch * self.steps_per_epoch
-        self._file.scalars(step, {"epoch_time": seconds, **scalars})
+        shared = {k: v for k, v in scalars.items() if not isinstance(v, (list, tuple))}
+        self._file.scalars(step, {"epoch_time": seconds, **shared})
         for tag, pixels in pictures.items():
             self._file.image(step, tag, pixels)
+        for r, run in enumerate(self._runs):
+            own = {k: v[r] for k, v in scalars.items() if isinstance(v, (list, tuple))}
+            if own:
+                run.scalars(step, own)
+            run.flush()
         self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        for event_file in [self._file, *self._runs]:
+            if event_file is not None:
+                event_file.close()

@@ -87,12 +87,13 @@ def save_gif(frame_paths: Sequence[str], path: str, seconds_per_frame: float = 0
 def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
                 ylabel: str = "Loss", title: Optional[str] = None,
                 x: Optional[Sequence[float]] = None) -> None:
-    """One line per named curve against its index (or ``x``), as the reference's ``loss_plot``."""
+    """One line per named curve against its index (or ``x``), as the reference's ``loss_plot``;
+    a seed ensemble's curve, (runs, steps), one line per run in the curve's colour."""
     fig, ax = _figure(figsize=(8, 4.5))
     for label, values in curves.items():
-        values = np.asarray(list(values), dtype=float)
-        xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
-        ax.plot(xs, values, label=label, linewidth=0.6, marker=None if x is None else "o")
+        runs = _runs(values)
+        xs = np.arange(runs.shape[1]) if x is None else np.asarray(x, dtype=float)
+        _plot_runs(ax, xs, runs, label, marker=None if x is None else "o")
     if x is not None and all(float(v).is_integer() for v in x):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no ticks at 1.5
     ax.set_xlabel(xlabel)
@@ -106,13 +107,31 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     _save_figure(fig, path)
 
 
+def _runs(values) -> np.ndarray:
+    """A curve as (runs, points): one run for a flat sequence."""
+    values = np.asarray(list(values), dtype=float)
+    return values if values.ndim == 2 else values[None]
+
+
+def _plot_runs(ax, xs, runs: np.ndarray, label: Optional[str] = None, **kwargs) -> None:
+    """Each run's line, in one colour, labelled once."""
+    color = None
+    if label is not None and len(runs) > 1:
+        label = f"{label} ({len(runs)} runs)"
+    for r, values in enumerate(runs):
+        (line,) = ax.plot(xs, values, label=label if r == 0 else None, color=color,
+                          linewidth=0.6, alpha=1.0 if len(runs) == 1 else 0.5, **kwargs)
+        color = line.get_color()
+
+
 def plot_panels(curves: dict[str, Iterable[float]], path: str, xlabel: str = "Iter",
                 ylabels: Optional[dict[str, str]] = None, title: Optional[str] = None) -> None:
-    """One panel per named curve, side by side: for curves of different scales."""
+    """One panel per named curve, side by side: for curves of different scales (an ensemble's,
+    (runs, steps), one line per run)."""
     fig, axes = _figure(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
     for ax, (label, values) in zip(axes[0], curves.items()):
-        values = np.asarray(list(values), dtype=float)
-        ax.plot(np.arange(len(values)), values, linewidth=0.6)
+        runs = _runs(values)
+        _plot_runs(ax, np.arange(runs.shape[1]), runs)
         ax.set_title(label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel((ylabels or {}).get(label, ""))

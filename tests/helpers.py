@@ -256,9 +256,10 @@ def curve_pixels(path) -> dict:
     return {"blue": int(np.sum(blue - red > 60)), "orange": int(np.sum(red - blue > 60))}
 
 
-def tensorboard_events(workdir) -> dict:
+def tensorboard_events(workdir, run: str = "") -> dict:
     """{tag: [(step, value, or (height, width, decoded pixels) for an image)]} in file order,
-    read by TensorFlow's own reader from every event file of a run's ``tensorboard/``."""
+    read by TensorFlow's own reader from every event file of a run's ``tensorboard/`` (of its
+    ``tensorboard/<run>/``, a seed ensemble's run's)."""
     import glob
     import io
 
@@ -267,7 +268,8 @@ def tensorboard_events(workdir) -> dict:
 
     tf = pytest.importorskip("tensorflow")
     series = {}
-    files = sorted(glob.glob(os.path.join(str(workdir), "tensorboard", "events.out.tfevents.*")))
+    files = sorted(glob.glob(os.path.join(str(workdir), "tensorboard", run,
+                                          "events.out.tfevents.*")))
     for path in files:
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:

@@ -103,3 +103,188 @@ def test_eight_devices_match_one_for_an_ensemble(tiny_images):
     for r in range(RUNS):
         _assert_params_close(ensemble.run_state(eight, r).model,
                              ensemble.run_state(one, r).model, task)
+
+
+# ------------------------------------------------------------------ the training loop
+# The loop's tiny run (test_train_loop.py's config) as an ensemble of two: one device, 4 steps
+# an epoch, so the solo run's programs are the ones that file compiles.
+LOOP = dict(epochs=2, batch_size=16, log_every=2)
+
+
+def _train(workdir, images, logs=None, **settings):
+    from jaxgen.train import loop
+    from jaxgen.train.gan import GANConfig, GANTask
+
+    task = GANTask(GANConfig(**{**LOOP, **settings}))
+    return loop.train(task, images, str(workdir), parallel.make_mesh(jax.devices()[:1]),
+                      log=(logs.append if logs is not None else lambda _: None))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_images):
+    """An ensemble of seeds 3 and 4 trained for 2 epochs, and the same stopped after one."""
+    workdir, first = (tmp_path_factory.mktemp(name) for name in ("ensemble", "first_epoch"))
+    logs = []
+    state, history = _train(workdir, tiny_images, logs, seed=3, num_seeds=2)
+    _train(first, tiny_images, seed=3, num_seeds=2, epochs=1)
+    return workdir, host_leaves(state), history, logs, first
+
+
+def test_a_run_of_a_trained_ensemble_is_the_solo_run_of_its_seed(trained, tiny_images,
+                                                                  tmp_path):
+    """Through the loop's epochs (each run's shuffle, keys by step and epoch): run 1 of the
+    ensemble of seeds 3, 4 trains as the solo run of seed 4 does, loss for loss."""
+    _, _, history, _, _ = trained
+    _, solo = _train(tmp_path / "solo", tiny_images, seed=4)
+    assert history.num_runs == 2
+    for k, values in solo.metrics.items():
+        np.testing.assert_allclose(history.run(1).metrics[k], values, rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
+        assert not np.allclose(history.run(0).metrics[k], values, rtol=1e-2)  # seed 3's
+
+
+def test_an_ensemble_resumes_bit_identically(trained, tiny_images, tmp_path):
+    import shutil
+
+    workdir, expected, history, _, first = trained
+    resumed = shutil.copytree(first, tmp_path / "run")
+    logs = []
+    state, resumed_history = _train(resumed, tiny_images, logs, seed=3, num_seeds=2)
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in logs)
+    for a, b in zip(host_leaves(state), expected):
+        np.testing.assert_array_equal(a, b)
+    assert resumed_history.metrics == history.metrics
+
+
+def test_another_number_of_seeds_is_a_conflict_and_changes_nothing(trained, tiny_images):
+    from jaxgen.errors import JaxgenError
+
+    workdir = trained[0]
+    def files():  # (the lock file says when the last command started)
+        return {p.name: p.read_bytes() for p in workdir.iterdir()
+                if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    with pytest.raises(JaxgenError, match=r"num_seeds=2 \(this command: 3\)"):
+        _train(workdir, tiny_images, seed=3, num_seeds=3)
+    assert files() == before
+
+
+def test_an_ensemble_shows_every_run(trained):
+    """Log lines give the runs' mean [min, max]; metrics.jsonl, the history file and
+    TensorBoard (a directory per run) give every run's values; the grid a row per run."""
+    import json
+    import re
+
+    from helpers import grid_tiles, tensorboard_events
+
+    workdir, _, history, logs, _ = trained
+    assert any("Training 2 runs of seeds 3..4 in one program" in line for line in logs)
+    line = next(line for line in logs if line.startswith("Epoch: [ 2] [   4/   4]"))
+    shown = re.search(r"D_loss: ([\d.]+) \[([\d.]+), ([\d.]+)\]", line).groups()
+    last = [history.run(r).metrics["D_loss"][-1] for r in range(2)]
+    assert [float(v) for v in shown] == pytest.approx([np.mean(last), min(last), max(last)],
+                                                      abs=1e-7)
+    rows = [json.loads(row) for row in open(workdir / "metrics.jsonl")]
+    for r in range(2):
+        steps = [row for row in rows if row.get("run") == r and "step" in row]
+        assert [(row["epoch"], row["step"]) for row in steps] == [(1, 2), (1, 4), (2, 2),
+                                                                  (2, 4)]
+        assert [row["G_loss"] for row in steps] == [history.run(r).metrics["G_loss"][i]
+                                                    for i in (1, 3, 5, 7)]
+        events = tensorboard_events(workdir, f"run{r}")
+        assert [v for _, v in events["G_loss"]] == pytest.approx(
+            [row["G_loss"] for row in steps], rel=1e-6)
+    saved = json.load(open(workdir / "GAN_history.json"))
+    assert saved["D_loss"] == history.metrics["D_loss"] and len(saved["D_loss"]) == 2
+    assert "epoch_time" in tensorboard_events(workdir)  # what the runs share
+    tiles = grid_tiles(workdir / "GAN_epoch002.png", 16, 8)  # two rows: each run's first 8
+    assert not np.array_equal(tiles[:8], tiles[8:])
+
+
+def test_restoring_an_ensemble_gives_every_run_or_one(trained, tmp_path):
+    from jaxgen.errors import JaxgenError
+    from jaxgen.runs.restore import restore_run, sample_images
+
+    workdir, expected, _, _, _ = trained
+    one = jax.devices()[:1]
+    task, state = restore_run(str(workdir), devices=one)
+    assert task.config.num_seeds == 2 and state.step.shape == (2,)
+    task1, state1 = restore_run(str(workdir), devices=one, run=1)
+    assert (task1.config.seed, task1.config.num_seeds) == (4, 1)
+    for a, b in zip(host_leaves(state1), expected):
+        np.testing.assert_array_equal(a, b[1])
+    images = sample_images(str(workdir), 8, devices=one, run=1)
+    assert images.shape == (8, 28, 28, 1)
+    with pytest.raises(JaxgenError, match=r"seed ensemble of 2 runs \(seeds 3..4\); pass "
+                                          r"--run R \(0..1\)"):
+        sample_images(str(workdir), 8, devices=one)
+    with pytest.raises(JaxgenError, match=r"--run 2 is not a run of .* pass --run 0..1"):
+        restore_run(str(workdir), devices=one, run=2)
+
+
+def test_an_ensemble_that_cannot_fit_is_refused_before_it_starts(monkeypatch, tiny_images,
+                                                                   tmp_path):
+    from jaxgen.errors import JaxgenError
+
+    monkeypatch.setattr(parallel, "device_memory_limit", lambda mesh: 2 ** 20)
+    with pytest.raises(JaxgenError, match=r"--num-seeds 4 needs about .* GiB a device .* "
+                                          r"more than the 0.0 GiB .*; pass --num-seeds 1 or "
+                                          r"fewer"):
+        _train(tmp_path / "big", tiny_images, num_seeds=4)
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_diverging_run_is_named(tmp_path):
+    from jaxgen.checkpoint import Checkpoints
+    from jaxgen.errors import JaxgenError
+    from jaxgen.train import loop
+
+    task = _task("GAN")  # seed 7
+    task = type(task)(task.config.__class__(**{**task.config.to_dict(), "num_seeds": 3}))
+    ckpts = Checkpoints(str(tmp_path / "checkpoints"))
+    with pytest.raises(JaxgenError, match=r"G_loss became nan at epoch 2, step 5 in run 2 "
+                                          r"\(seed 9\)"):
+        loop._check_finite({"D_loss": np.ones(3), "G_loss": np.array([1.0, 2.0, np.nan])},
+                           2, 5, ckpts, task)
+    ckpts.close()
+
+
+def test_each_run_is_updated_after_its_epoch_with_its_own_metrics():
+    """A task's update_after_epoch (BEGAN's learning rate) sees each run's metrics alone."""
+    from jaxgen.train.task import Task
+
+    class Halving(Task):
+        name, metric_names = "Halving", ("loss",)
+
+        def __init__(self, config):
+            self.config = config
+
+        def init(self, key):
+            return {"lr": jnp.ones(())}
+
+        def train_step(self, model, images, key, labels=None):
+            return model, {"loss": jnp.zeros(())}
+
+        def update_after_epoch(self, model, metrics):
+            if metrics["loss"].mean() > 1:
+                return {"lr": model["lr"] / 2}, ["halved"]
+            return model, []
+
+    from jaxgen.train.task import TrainConfig
+    task = Halving(TrainConfig(num_seeds=3))
+    model = {"lr": jnp.ones(3)}
+    model, lines = ensemble.update_after_epoch(
+        task, model, {"loss": np.array([[2.0, 2.0], [0.0, 0.0], [3.0, 1.0]])})
+    np.testing.assert_array_equal(model["lr"], [0.5, 1.0, 0.5])
+    assert lines == ["run 0: halved", "run 2: halved"]
+
+
+def test_seeds_beyond_32_bits_are_refused():
+    from jaxgen.errors import JaxgenError
+    from jaxgen.train.task import TrainConfig
+
+    TrainConfig(seed=2 ** 32 - 3, num_seeds=3).validate()
+    with pytest.raises(JaxgenError, match="--num-seeds 3 from --seed 4294967294 reaches seed "
+                                          "4294967296, above 4294967295; pass a lower --seed"):
+        TrainConfig(seed=2 ** 32 - 2, num_seeds=3).validate()

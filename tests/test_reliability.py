@@ -224,12 +224,16 @@ def test_a_real_divergence_stops_training(tiny_images, tmp_path):
 
 def test_the_parameter_check_sees_every_float_kind_and_only_floats():
     """The end-of-epoch check of the model: a NaN or an infinity in any floating leaf, bfloat16
-    included, is caught; integer leaves (step counts) are not floats and are skipped."""
+    included, is caught; integer leaves (step counts) are not floats and are skipped. A seed
+    ensemble's check finds the run that holds it."""
     fine = {"w": jnp.ones((2, 3)), "count": jnp.arange(3), "half": jnp.ones(2, jnp.bfloat16)}
-    assert loop._all_finite(fine)
+    assert loop._finite_runs(fine, 1).all()
     for name, bad in (("w", jnp.array([1.0, jnp.nan])),
                       ("half", jnp.array([jnp.inf], jnp.bfloat16))):
-        assert not loop._all_finite({**fine, name: bad}), name
+        assert not loop._finite_runs({**fine, name: bad}, 1).all(), name
+    runs = {"w": jnp.ones((3, 2, 2)).at[1, 0, 1].set(jnp.inf), "count": jnp.arange(3),
+            "half": jnp.ones(3, jnp.bfloat16).at[2].set(jnp.nan)}
+    assert loop._finite_runs(runs, 3).tolist() == [True, False, False]
 
 
 # ----------------------------------------------------------------------------- a missing host

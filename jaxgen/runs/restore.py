@@ -1,4 +1,7 @@
-"""Restoring a finished or running experiment from its workdir, and drawing its samples."""
+"""Restoring a finished or running experiment from its workdir, and drawing its samples.
+
+A seed ensemble's workdir (``--num-seeds``) restores as the ensemble (every run's state) or,
+with ``run=R``, as the solo run of its seed ``seed + R`` (``jaxgen.train.ensemble``)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from jaxgen import parallel
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.registry import task_class
+from jaxgen.train import ensemble
 from jaxgen.train.state import TrainState, abstract_state
 from jaxgen.train.task import Task
 from jaxgen.workdir import checkpoint_dir
@@ -25,13 +29,16 @@ class Restored(NamedTuple):
     epoch: int  # the epoch of the checkpoint actually restored (an unreadable newer one skipped)
 
 
-def restore_run(workdir: str, devices: Optional[list] = None) -> tuple[Task, TrainState]:
+def restore_run(workdir: str, devices: Optional[list] = None,
+                run: Optional[int] = None) -> tuple[Task, TrainState]:
     """The task (with the run's own config) and the newest readable train state of ``workdir``,
-    replicated over ``devices`` (default: all), whatever device count trained it."""
-    return restore_newest(workdir, devices)[:2]
+    replicated over ``devices`` (default: all), whatever device count trained it. ``run``: of
+    a seed ensemble, run R alone, as the solo run of seed ``seed + R`` (0 for a solo run)."""
+    return restore_newest(workdir, devices, run)[:2]
 
 
-def restore_newest(workdir: str, devices: Optional[list] = None) -> Restored:
+def restore_newest(workdir: str, devices: Optional[list] = None,
+                   run: Optional[int] = None) -> Restored:
     """``restore_run``, with the epoch of the checkpoint it restored."""
     directory = checkpoint_dir(os.path.abspath(workdir))
     if not os.path.isdir(directory):
@@ -59,11 +66,36 @@ def restore_newest(workdir: str, devices: Optional[list] = None) -> Restored:
     with jax.set_mesh(mesh):
         epoch, state, _ = ckpts.restore_latest(target, quarantine=False)
     ckpts.close()
-    return Restored(task_box["task"], state, epoch)
+    restored = Restored(task_box["task"], state, epoch)
+    return restored if run is None else select_run(restored, run, workdir)
 
 
-def restored_line(workdir: str, epoch: int) -> str:
-    return f"restored the checkpoint of epoch {epoch} from {workdir}"
+def select_run(restored: Restored, run: int, workdir: str) -> Restored:
+    """Run ``run`` of a restored seed ensemble, as the solo run of its seed; a solo run is its
+    own run 0."""
+    runs = ensemble.num_runs(restored.task)
+    if not isinstance(run, int) or not 0 <= run < runs:
+        raise JaxgenError(f"--run {run} is not a run of --workdir {workdir}, which holds "
+                          + (f"{runs} runs: pass --run 0..{runs - 1}." if runs > 1 else
+                             "one run: drop --run, or pass --run 0."))
+    if runs == 1:
+        return restored
+    return Restored(ensemble.run_task(restored.task, run),
+                    ensemble.run_state(restored.state, run), restored.epoch)
+
+
+def require_one_run(task: Task, workdir: str) -> None:
+    """A seed ensemble restored whole where one run is wanted: which to pass."""
+    runs = ensemble.num_runs(task)
+    if runs > 1:
+        raise JaxgenError(f"--workdir {workdir} holds a seed ensemble of {runs} runs (seeds "
+                          f"{task.config.seed}..{task.config.seed + runs - 1}); pass --run R "
+                          f"(0..{runs - 1}) to draw from run R.")
+
+
+def restored_line(workdir: str, epoch: int, run: Optional[int] = None) -> str:
+    which = "" if run is None else f"run {run} of "
+    return f"restored {which}the checkpoint of epoch {epoch} from {workdir}"
 
 
 def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
@@ -90,17 +122,20 @@ def newest_meta(workdir: str, flag: str, fix: str) -> tuple[int, dict]:
 
 def sample_images(workdir: str, num: int, seed: int = 0, devices: Optional[list] = None,
                   batch_size: int = 1000, label: Optional[int] = None,
-                  log: Optional[Callable[[str], None]] = None) -> np.ndarray:
+                  log: Optional[Callable[[str], None]] = None,
+                  run: Optional[int] = None) -> np.ndarray:
     """``num`` images in [-1, 1], shape (num, 28, 28, 1), from the generative model of the newest
     readable checkpoint in ``workdir`` (GAN: its generator; VAE: prior samples through the
     decoder), drawn with key ``PRNGKey(seed)``. The same (seed, num) gives the same images. A
     conditional GAN draws category ``label`` (uniform categories when None). ``log`` hears
-    which epoch's checkpoint was restored (an unreadable newer one skipped)."""
+    which epoch's checkpoint was restored (an unreadable newer one skipped). A seed ensemble's
+    workdir needs ``run``, the run to draw from."""
     if num < 1:
         raise JaxgenError(f"--num must be a positive integer, got {num}.")
-    task, state, epoch = restore_newest(workdir, devices=devices)
+    task, state, epoch = restore_newest(workdir, devices=devices, run=run)
+    require_one_run(task, workdir)
     if log is not None:
-        log(restored_line(workdir, epoch))
+        log(restored_line(workdir, epoch, run))
     if not task.is_generative():
         raise JaxgenError(f"--workdir {workdir} holds a {task.name} run, which is not a "
                           "generative model; pass the --workdir of a GAN or VAE run.")

@@ -28,10 +28,10 @@ from jaxgen.checkpoint import Checkpoints
 from jaxgen.data import IMAGE_SHAPE, Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
-from jaxgen.train import program
+from jaxgen.train import ensemble, program
 from jaxgen.train.history import History
 from jaxgen.train.outputs import RunOutputs
-from jaxgen.train.state import TrainState, abstract_state, init_state
+from jaxgen.train.state import TrainState, abstract_state, initial_state
 from jaxgen.train.task import Task, resolve_steps_per_call
 from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
@@ -58,29 +58,75 @@ def _restore_target(task: Task, workdir: str, mesh: Mesh, num_images: int):
 
 
 def _format_metrics(metrics: dict) -> str:
-    return ", ".join(f"{k}: {float(v):.8f}" for k, v in metrics.items())
+    """``name: value, ...``; an ensemble's values (one per run) as ``mean [min, max]``."""
+    def show(v):
+        v = np.asarray(v, dtype=float)
+        if v.ndim == 0:
+            return f"{float(v):.8f}"
+        return f"{v.mean():.8f} [{v.min():.8f}, {v.max():.8f}]"
+
+    return ", ".join(f"{k}: {show(v)}" for k, v in metrics.items())
 
 
-def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints) -> None:
+def _which_run(task: Task, run: Optional[int]) -> str:
+    if run is None or ensemble.num_runs(task) == 1:
+        return ""
+    return f" in run {run} (seed {task.config.seed + run})"
+
+
+def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints, task: Task) -> None:
+    """Every metric finite (an ensemble's: every run's, the first bad run named)."""
     for name, value in metrics.items():
         value = np.asarray(value, dtype=float)
-        if not np.all(np.isfinite(value)):
-            bad = value.ravel()[~np.isfinite(value.ravel())][0]
-            raise JaxgenError(f"{name} became {bad} at epoch {epoch}, step {step}; "
-                              + _stopped(ckpts))
+        bad = ~np.isfinite(value)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            run = int(where[0]) if ensemble.num_runs(task) > 1 else None
+            raise JaxgenError(f"{name} became {value[tuple(where)]} at epoch {epoch}, step "
+                              f"{step}{_which_run(task, run)}; " + _stopped(ckpts))
 
 
-def _all_finite(tree) -> bool:
-    """On the host, from this process's copy: one copy of the model an epoch, where a compiled
-    check would be compiled anew for each model."""
-    return all(np.isfinite(x).all() for x in jax.tree.leaves(parallel.to_host(tree))
-               if jnp.issubdtype(x.dtype, jnp.floating))  # jnp's: bfloat16 is floating too
+def _finite_runs(tree, num_runs: int) -> np.ndarray:
+    """Per run, whether every float of ``tree`` is finite (a solo run: (1,)). On the host, from
+    this process's copy: one copy of the model an epoch, where a compiled check would be
+    compiled anew for each model."""
+    finite = np.ones(num_runs, bool)
+    for x in jax.tree.leaves(parallel.to_host(tree)):
+        if jnp.issubdtype(x.dtype, jnp.floating):  # jnp's: bfloat16 is floating too
+            runs = x.reshape(num_runs, -1) if num_runs > 1 else x.reshape(1, -1)
+            finite &= np.isfinite(runs).all(axis=1)
+    return finite
 
 
-def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints) -> None:
-    if not _all_finite(state.model):
-        raise JaxgenError(f"the model's parameters became non-finite in epoch {epoch}; "
-                          + _stopped(ckpts))
+def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints, task: Task) -> None:
+    finite = _finite_runs(state.model, ensemble.num_runs(task))
+    if not finite.all():
+        run = int(np.argmin(finite))
+        raise JaxgenError(f"the model's parameters became non-finite in epoch {epoch}"
+                          f"{_which_run(task, run)}; " + _stopped(ckpts))
+
+
+def _check_memory(task: Task, mesh: Mesh) -> None:
+    """An ensemble whose train step cannot fit a device is refused before anything starts."""
+    runs = ensemble.num_runs(task)
+    limit = parallel.device_memory_limit(mesh)
+    if runs == 1 or limit is None:
+        return
+    state = jax.eval_shape(lambda: initial_state(task))
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    needed = STEP_MEMORY * size
+    if needed > limit:
+        fits = max(1, int(runs * limit / needed))
+        raise JaxgenError(
+            f"--num-seeds {runs} needs about {needed / 2 ** 30:.1f} GiB a device "
+            f"({STEP_MEMORY} x its {size / 2 ** 30:.2f} GiB train state), more than the "
+            f"{limit / 2 ** 30:.1f} GiB each of its {mesh.size} devices holds; pass "
+            f"--num-seeds {fits} or fewer, or fewer devices.")
+
+
+# A train step holds its state, the gradients and the updated state at once: the estimate of
+# an ensemble's memory is this many copies of its state.
+STEP_MEMORY = 3
 
 
 def _stopped(ckpts: Checkpoints) -> str:
@@ -137,6 +183,7 @@ def train(task: Task, images: Union[Dataset, np.ndarray], workdir: str, mesh: Me
         raise JaxgenError(f"{task.name} trains on labelled images: pass one label per image.")
     config.validate()
     parallel.check_batch_size(config.batch_size, mesh)
+    _check_memory(task, mesh)
     main = parallel.is_main_process()
     log = log if main else (lambda _: None)
     steps_per_epoch = len(images) // config.batch_size  # the last partial batch is dropped
@@ -185,6 +232,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
            steps_per_epoch: int, profile_steps) -> tuple[TrainState, History]:
     """``train`` in a checked, writable and locked workdir."""
     config = task.config
+    runs = ensemble.num_runs(task)
     ckpts = Checkpoints(checkpoint_dir(workdir), max_to_keep=config.keep_checkpoints)
     outputs = RunOutputs(task, workdir, steps_per_epoch, parallel.is_main_process())
 
@@ -193,9 +241,9 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                                         log=log)
         if restored is None:
             start_epoch = 0
-            state = jax.jit(lambda: init_state(task, config.seed),
+            state = jax.jit(lambda: initial_state(task),
                             out_shardings=parallel.replicated(mesh))()
-            history = History({k: [] for k in task.metric_names}, [])
+            history = History.empty(task.metric_names, runs)
         else:
             start_epoch, state, meta = restored
             if start_epoch > config.epochs:  # the run's files would lose its later epochs
@@ -219,7 +267,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             log(f"{workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
                 "nothing to train. Its end-of-run outputs are written anew from the history.")
             # a run killed after its last checkpoint may lack them
-            outputs.run_end(history, _host(task.final_pictures(state.model, state.rng)))
+            outputs.run_end(history, _host(_pictures(task, state, final=True)))
             outputs.close()
             ckpts.close()
             return state, history
@@ -231,10 +279,11 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
 
         def run_steps(n: int):
             if n not in compiled:
-                compiled[n] = program.build_train_step(task, mesh, steps_per_epoch, n)
+                compiled[n] = program.build_train_step(task, mesh, steps_per_epoch, n,
+                                                       num_runs=runs)
             return compiled[n]
 
-        permutation_fn = program.build_permutation(mesh, len(images))
+        permutation_fn = program.build_permutation(mesh, len(images), runs)
         session_start = time.time()
         total_before = history.total_time
         bar_enabled = outputs.main and sys.stderr.isatty()
@@ -243,6 +292,10 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         if per_call > config.log_every:
             log(f"Each compiled call runs {per_call} steps; their log lines come when it ends "
                 "(--steps-per-call 1 prints them as the steps run).")
+        if runs > 1:
+            seeds = ensemble.seeds(task)
+            log(f"Training {runs} runs of seeds {seeds[0]}..{seeds[-1]} in one program; each "
+                "line gives the runs' mean [min, max], metrics.jsonl every run's.")
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.time()
             perm = permutation_fn(state.rng, jnp.int32(epoch))
@@ -260,32 +313,33 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                     bar.update(n)
                 for i in range(done + 1, done + n + 1):
                     if i % config.log_every == 0:
-                        host = parallel.to_host(metrics)
-                        last = {k: host[k][i - done - 1] for k in task.metric_names}
-                        _check_finite(last, epoch, i, ckpts)
+                        host = parallel.to_host(metrics)  # (n,), an ensemble's (runs, n)
+                        last = {k: host[k][..., i - done - 1] for k in task.metric_names}
+                        _check_finite(last, epoch, i, ckpts, task)
                         write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
                               + _format_metrics(last))
                         outputs.step(epoch, i, last)
                 done += n
             if bar:
                 bar.close()
-            epoch_metrics = {k: np.concatenate([c[k] for c in parallel.to_host(chunks)])
+            epoch_metrics = {k: np.concatenate([c[k] for c in parallel.to_host(chunks)], axis=-1)
                              for k in task.metric_names}
-            _check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts)
-            history.per_epoch_time.append(time.time() - epoch_start)
-            for k in task.metric_names:
-                history.metrics[k].extend(epoch_metrics[k].tolist())
+            _check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts, task)
+            history.add_epoch(epoch_metrics, time.time() - epoch_start)
             history.total_time = total_before + (time.time() - session_start)
-            model, lines = task.update_after_epoch(state.model, epoch_metrics)
+            if runs == 1:
+                model, lines = task.update_after_epoch(state.model, epoch_metrics)
+            else:
+                model, lines = ensemble.update_after_epoch(task, state.model, epoch_metrics)
             state = state.replace(model=model)
             for line in lines:
                 log(line)
-            shown = outputs.epoch_pictures(epoch, _host(task.pictures(state.model, state.rng)))
+            shown = outputs.epoch_pictures(epoch, _host(_pictures(task, state)))
             scalars = {}
             for hook in epoch_hooks:
                 scalars.update(hook(task, state, epoch, workdir) or {})
             history.epoch_scalars.append(scalars)
-            _check_finite_state(state, epoch, ckpts)
+            _check_finite_state(state, epoch, ckpts, task)
             # The next step donates (reuses) the state's buffers: the save reads them first.
             ckpts.save_and_wait(epoch, state, {"task": task.name, "epoch": epoch,
                                         "num_images": len(images), "config": config.to_dict(),
@@ -296,11 +350,20 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
             f"epochs time: {history.total_time:.2f}")
         log("Training finish!... save training results")
-        outputs.run_end(history, _host(task.final_pictures(state.model, state.rng)))
+        outputs.run_end(history, _host(_pictures(task, state, final=True)))
         outputs.close()
         ckpts.wait()
         ckpts.close()
     return state, history
+
+
+def _pictures(task: Task, state: TrainState, final: bool = False) -> dict:
+    """The task's pictures after an epoch (``final``: after the last), an ensemble's with every
+    run's."""
+    if ensemble.num_runs(task) > 1:
+        return ensemble.pictures(task, state, final)
+    draw = task.final_pictures if final else task.pictures
+    return draw(state.model, state.rng)
 
 
 def _host(pictures: dict) -> dict:

@@ -13,6 +13,11 @@ process only, and each written whole (``write_atomically``): a reader never sees
 
 Tasks draw (:meth:`~jaxgen.train.task.Task.pictures`) and write nothing. The history files are
 written anew from the history each time, so a resumed run has each row once.
+
+A seed ensemble (``jaxgen.train.ensemble``) writes the same files, each holding every run: each
+grid one block of rows per run (run 0 on top), the history's metrics one list per run, the
+curves one line per run, ``metrics.jsonl`` one row per run (its ``"run"``) and TensorBoard one
+directory per run (``tensorboard/run<r>/``).
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ class RunOutputs:
     def __init__(self, task: Task, workdir: str, steps_per_epoch: int, main: bool):
         self.task, self.workdir, self.main = task, workdir, main
         self.steps_per_epoch = steps_per_epoch
-        self.board = Board(workdir, steps_per_epoch, task.config.log_every) if main else None
+        self.num_runs = task.config.num_seeds
+        self.board = (Board(workdir, steps_per_epoch, task.config.log_every, self.num_runs)
+                      if main else None)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -119,15 +126,19 @@ class RunOutputs:
         steps, log_every = self.steps_per_epoch, self.task.config.log_every
         with write_atomically(self._path("metrics.jsonl")) as f:
             for epoch in range(1, epochs + 1):
-                offset = (epoch - 1) * steps
-                for i in range(log_every, steps + 1, log_every):
-                    row = {"epoch": epoch, "step": i,
-                           **{k: v[offset + i - 1] for k, v in history.metrics.items()}}
-                    f.write(json.dumps(row) + "\n")
-                summary = {"epoch": epoch, "epoch_time": history.per_epoch_time[epoch - 1],
-                           **{f"mean_{k}": float(np.mean(v[offset:offset + steps]))
-                              for k, v in history.metrics.items()}}
-                f.write(json.dumps(summary) + "\n")
+                for run in range(self.num_runs):
+                    metrics = history.run(run).metrics
+                    tag = {} if self.num_runs == 1 else {"run": run}
+                    offset = (epoch - 1) * steps
+                    for i in range(log_every, steps + 1, log_every):
+                        row = {"epoch": epoch, "step": i, **tag,
+                               **{k: v[offset + i - 1] for k, v in metrics.items()}}
+                        f.write(json.dumps(row) + "\n")
+                    summary = {"epoch": epoch, **tag,
+                               "epoch_time": history.per_epoch_time[epoch - 1],
+                               **{f"mean_{k}": float(np.mean(v[offset:offset + steps]))
+                                  for k, v in metrics.items()}}
+                    f.write(json.dumps(summary) + "\n")
         name, title = self.task.name, self.task.title()
         with write_atomically(self._path(f"{name}_history.json")) as f:
             json.dump(history.train_hist(), f)

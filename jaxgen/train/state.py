@@ -1,4 +1,5 @@
-"""The train state: the global step, the run's root key and the task's model pytree."""
+"""The train state: the global step, the run's root key and the task's model pytree (a seed
+ensemble's: every leaf with a leading run axis)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,26 @@ def init_state(task: Task, seed: int) -> TrainState:
                       model=task.init(named_key(rng, "init")))
 
 
+def init_states(task: Task, seeds: jax.Array) -> TrainState:
+    """The train states of the runs of ``seeds`` (uint32 (N,)), stacked: every leaf gets a
+    leading run axis, run r's as ``init_state(task, seeds[r])`` makes it."""
+    return jax.vmap(lambda seed: init_state(task, seed))(seeds)
+
+
+def initial_state(task: Task) -> TrainState:
+    """A fresh run's train state: of ``config.seed``; for a seed ensemble (``num_seeds`` > 1,
+    ``jaxgen.train.ensemble``) its runs' states, of seeds ``seed``, ``seed + 1``, ... stacked.
+    Traceable: jit it with the shardings to create it on a mesh."""
+    config = task.config
+    if config.num_seeds == 1:
+        return init_state(task, config.seed)
+    return init_states(task, config.seed + jnp.arange(config.num_seeds, dtype=jnp.uint32))
+
+
 def abstract_state(task: Task, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the task's train state, without computing it."""
-    shapes = jax.eval_shape(lambda: init_state(task, task.config.seed))
+    """Shapes, dtypes and (replicated) shardings of the task's train state (an ensemble's with
+    its run axis), without computing it."""
+    shapes = jax.eval_shape(lambda: initial_state(task))
     sharding = parallel.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         shapes)

@@ -17,6 +17,7 @@ import jax
 
 from jaxgen.config import POSITIVE_INT, SEED, Settings, setting
 from jaxgen.data import DATASETS
+from jaxgen.errors import JaxgenError
 
 PRECISIONS = ("default", "high", "highest")
 
@@ -45,6 +46,16 @@ class TrainConfig(Settings):
         "(jax.default_matmul_precision): default (the platform's fastest: TF32 on recent NVIDIA "
         "GPUs, bfloat16 passes on TPUs; float32 on CPUs), high, or highest (float32 throughout)",
         choices=PRECISIONS, resumable=True, absent="default")
+    num_seeds: int = setting(
+        1, "independent runs trained together in one compiled program, of seeds --seed, "
+           "--seed + 1, ... (a seed ensemble: docs/library.md)", POSITIVE_INT, absent=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.seed + self.num_seeds > 2 ** 32:
+            raise JaxgenError(f"--num-seeds {self.num_seeds} from --seed {self.seed} reaches "
+                              f"seed {self.seed + self.num_seeds - 1}, above {2 ** 32 - 1}; "
+                              "pass a lower --seed.")
 
 
 def _positive_int(text: str) -> int:
@@ -71,6 +82,8 @@ class Picture:
 
     images: Any  # (N, H, W, C) in [-1, 1]
     ncols: int = 8
+    # A seed ensemble's grid after each epoch shows this many leading rows of each run's.
+    ensemble_rows: int = 1
 
 
 class Task(abc.ABC):

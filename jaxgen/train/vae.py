@@ -191,7 +191,7 @@ class VAETask(Task):
         samples, shown = self._pictures(model.params, rng)
         if shown is None:
             return {"": Picture(samples)}
-        return {"": Picture(samples), "reconstruction": Picture(shown)}
+        return {"": Picture(samples), "reconstruction": Picture(shown, ensemble_rows=2)}
 
     def title(self) -> str:
         return f"VAE (beta={self.config.beta}) on {self.config.dataset}"
