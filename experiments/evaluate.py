@@ -7,7 +7,9 @@ r"""Score a generative model's samples with a dataset classifier, beside the rea
 Draws N samples from the newest checkpoint of --workdir (a GAN or VAE run) and scores them
 against N real training images: FID-style Fréchet distance in the classifier's feature space,
 Inception-Score-style score, class coverage, k-NN precision and recall. The floor is the same
-scores for N real test images. Writes WORKDIR/eval.json and prints a table.
+scores for N real test images. Writes WORKDIR/eval.json and prints a table. A seed ensemble's
+workdir (trained with --num-seeds) has every run scored: the table gives mean ± std over the
+runs, eval.json each run's scores too.
 """
 
 import dataclasses
@@ -39,7 +41,9 @@ def main() -> None:
               f"{result['num_samples']} samples vs {result['num_samples']} training images; "
               f"classifier {clf['path']} (epoch {clf['checkpoint_epoch']}, test accuracy "
               f"{clf['test_accuracy']:.4f})")
-        print(metrics.format_table(result, name=model["task"]))
+        runs = model.get("num_runs", 1)
+        print(metrics.format_table(result, name=model["task"] + (f", {runs} runs" if runs > 1
+                                                                 else "")))
         print(f"wrote {os.path.join(model['workdir'], EVAL_FILE)} "
               f"({result['seconds']:.1f} s)")
 

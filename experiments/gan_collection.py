@@ -16,7 +16,9 @@ config.json, and an eval.json of its last epoch with the same classifier, --num-
 wrote. Writes into --workdir:
   collection.md, collection.csv   one row per GAN: FID, Inception score, classes covered, class
                                   KL, precision, recall, median seconds per epoch; the real-data
-                                  floor
+                                  floor. With --num-seeds N, each GAN trains N runs (seeds
+                                  --seed, --seed + 1, ...) in one program: the table gives
+                                  mean ± std over them, the CSV one row per run
   collection.png                  each GAN's fixed-noise grid after its last epoch
                                   (<TYPE>_epochNNN.png), side by side
 """
@@ -113,7 +115,8 @@ def main() -> None:
             epoch_times = json.load(f)["per_epoch_time"]
         rows.append({"gan": row, **{k: result[k] for k in METRICS + LABELLED if k in result},
                      "seconds_per_epoch": float(np.median(epoch_times)),
-                     "published_fid": PUBLISHED_FID.get(row, "")})
+                     "published_fid": PUBLISHED_FID.get(row, ""),
+                     **{k: result[k] for k in ("std", "runs") if k in result}})
         grids[row] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
         floor.update(result["floor"])  # label accuracy's floor comes with a conditional GAN
     if parallel.is_main_process():
@@ -161,21 +164,37 @@ def machine(mesh) -> str:
 
 def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
                  options: CollectionOptions, machine: str) -> None:
+    """collection.md and collection.csv: a row per GAN; with --num-seeds N > 1 the table gives
+    each score as mean ± std over the N runs and the CSV a row per run (its run and seed)."""
     labelled = [k for k in LABELLED if any(k in row for row in rows)]
     columns = ["gan", *METRICS, *labelled, "seconds_per_epoch", "published_fid"]
+    ensembles = base.num_seeds > 1
     with write_atomically(os.path.join(workdir, "collection.csv"), newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        if ensembles:
+            writer = csv.DictWriter(f, fieldnames=["gan", "run", "seed", *columns[1:]],
+                                    extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({**row, **run} for row in rows for run in row["runs"])
+        else:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows + [{"gan": "real test images (floor)", **floor,
                         "seconds_per_epoch": "", "published_fid": ""}]:
-        lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in columns) + " |")
+        std = row.get("std", {})
+        lines.append("| " + " | ".join(_fmt(row.get(k, "")) + (f" ± {_fmt(std[k])}" if k in std
+                                                                else "")
+                                        for k in columns) + " |")
+    seeds = (f"{base.num_seeds} runs each (seeds {base.seed}..{base.seed + base.num_seeds - 1},"
+             " trained together; each score the mean ± standard deviation over the runs, "
+             "collection.csv each run's; seconds per epoch of all the runs together)"
+             if ensembles else f"seed {base.seed}")
     text = f"""# The GAN collection on {base.dataset}
 
 Command: `python {' '.join(sys.argv)}`
 
-{base.epochs} epochs each at batch {base.batch_size}, seed {base.seed}, each GAN with its own
+{base.epochs} epochs each at batch {base.batch_size}, {seeds}, each GAN with its own
 defaults; {options.num_samples} samples scored against {options.num_samples} training images in
 the feature space of the classifier in `{options.classifier}`; the floor row scores
 {options.num_samples} real test images the same way. Median seconds per epoch on {machine}.

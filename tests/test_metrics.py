@@ -331,6 +331,74 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert os.path.getmtime(out / "infogan" / "eval.json") == scored["infogan"]  # not asked
 
 
+def test_the_scores_of_several_runs_are_their_mean_and_standard_deviation():
+    runs = [{"fid": 10.0, "precision": 0.5}, {"fid": 12.0, "precision": 0.7},
+            {"fid": 14.0, "precision": 0.6, "recall": 0.1}]
+    summary = metrics.summarise_runs(runs)
+    assert summary == {"fid": pytest.approx(12.0), "precision": pytest.approx(0.6),
+                       "std": {"fid": pytest.approx(2.0), "precision": pytest.approx(0.1)}}
+    table = metrics.format_table({**summary, "classes_covered": 9.5, "inception_score": 2.0,
+                                  "class_kl": 0.1, "recall": 0.2,
+                                  "std": {**summary["std"], "classes_covered": 0.5,
+                                          "inception_score": 0.25, "class_kl": 0.0,
+                                          "recall": 0.05},
+                                  "floor": {k: 1 for k in metrics.METRICS}}, name="GAN")
+    assert "12.000 ± 2.000" in table and "9.5 ± 0.5/10" in table
+
+
+def test_a_seed_ensemble_is_scored_run_by_run(runs, tiny_images, tmp_path, capsys):
+    """An ensemble of two runs (seeds 3, 4) evaluated while it trains (a TensorBoard curve
+    per run) and by gan_collection.py --num-seeds 2, which finds it trained and scores each
+    run: the scores of run 1 are those of its samples drawn alone (sample_images(run=1)),
+    the table gives mean ± std, the CSV a row per run."""
+    import csv
+
+    import jax
+
+    from jaxgen import parallel
+    from jaxgen.metrics import Evaluator
+    from jaxgen.runs.evaluate import load_classifier
+    from jaxgen.runs.restore import sample_images
+    from jaxgen.train import loop
+    from jaxgen.train.gan import GANConfig, GANTask
+
+    data_dir, classifier, _ = runs
+    out = tmp_path / "collection"
+    hook = EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
+    config = GANConfig(epochs=2, batch_size=16, log_every=2, seed=3, num_seeds=2)
+    loop.train(GANTask(config), tiny_images, str(out / "gan"),
+               parallel.make_mesh(jax.devices()[:1]), log=lambda _: None, epoch_hooks=[hook])
+    row = json.loads(open(out / "gan" / HISTORY_FILE).read())
+    assert [r["run"] for r in row["runs"]] == [0, 1] and set(row["std"]) >= {"fid", "recall"}
+    for r in range(2):
+        fid = tensorboard_events(out / "gan", f"run{r}")["eval/fid"]
+        assert fid == [(8, pytest.approx(row["runs"][r]["fid"], rel=1e-6))]
+    assert row["fid"] == pytest.approx(np.mean([r["fid"] for r in row["runs"]]))
+
+    code, log, err = run_in_process(
+        "gan_collection.py", "--gan-types", "GAN", "--epochs", 2, "--batch-size", 16,
+        "--seed", 3, "--num-seeds", 2, "--data-dir", data_dir, "--classifier", classifier,
+        "--workdir", out, "--num-samples", NUM, capsys=capsys)
+    assert code == 0, err
+    assert "nothing to train" in log and "Epoch:" not in log
+    result = json.load(open(out / "gan" / "eval.json"))
+    assert result["model"]["num_runs"] == 2
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [(0, 3), (1, 4)]
+    evaluator = Evaluator(load_classifier(str(classifier)), "mnist", NUM, data_dir, 3)
+    alone = evaluator.evaluate(sample_images(str(out / "gan"), NUM, seed=3, run=1))
+    for key in metrics.METRICS:
+        assert result["runs"][1][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
+    assert result["runs"][0]["fid"] != result["runs"][1]["fid"]
+    rows = list(csv.DictReader(open(out / "collection.csv")))
+    assert [(r["gan"], r["run"], r["seed"]) for r in rows] == [("GAN", "0", "3"),
+                                                               ("GAN", "1", "4")]
+    for r, csv_row in enumerate(rows):
+        assert float(csv_row["fid"]) == pytest.approx(result["runs"][r]["fid"], rel=1e-3)
+    table = open(out / "collection.md").read()
+    assert "2 runs each (seeds 3..4" in table
+    assert f"{result['fid']:.2f} ± " in table or f"{result['fid']:.4g} ± " in table
+
+
 # ------------------------------------------------------------------------ bad input
 
 

@@ -12,7 +12,14 @@ Nothing here knows a trainer or a checkpoint: ``jaxgen.runs.evaluate`` restores 
 classifier (``load_classifier``) and scores a run's samples (``evaluate_run``).
 """
 
-from jaxgen.metrics.evaluator import METRICS, Evaluator, format_table, sample_metrics
+from jaxgen.metrics.evaluator import (
+    METRICS,
+    SCORES,
+    Evaluator,
+    format_table,
+    sample_metrics,
+    summarise_runs,
+)
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.metrics.scores import (
                                    class_coverage,
@@ -26,7 +33,8 @@ from jaxgen.metrics.scores import (
                                    trace_sqrt_product,
 )
 
-__all__ = ["METRICS", "Evaluator", "format_table", "sample_metrics", "FeatureExtractor",
+__all__ = ["METRICS", "SCORES", "Evaluator", "format_table", "sample_metrics", "summarise_runs",
+           "FeatureExtractor",
            "class_coverage", "frechet_distance", "frechet_distance_of_features",
            "gaussian_stats", "inception_score", "label_accuracy", "matched_label_accuracy",
            "precision_recall", "trace_sqrt_product"]

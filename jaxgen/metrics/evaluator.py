@@ -125,8 +125,22 @@ class Evaluator:
                 "checkpoint_epoch": self.extractor.epoch}
 
 
+SCORES = METRICS + ("label_accuracy",)  # a conditional model's scores add its label accuracy
+
+
+def summarise_runs(runs: list[dict], keys=SCORES) -> dict:
+    """The scores of several runs (each a dict of ``keys``, default :data:`SCORES`, e.g. a seed
+    ensemble's): each score's mean over the runs, and under ``"std"`` their sample standard
+    deviation (of n - 1 degrees of freedom). A key some run lacks is left out."""
+    keys = [k for k in keys if all(k in run for run in runs)]
+    values = {k: np.asarray([run[k] for run in runs], dtype=float) for k in keys}
+    return {**{k: float(v.mean()) for k, v in values.items()},
+            "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}}
+
+
 def format_table(result: dict, name: str = "model") -> str:
-    """The scores of ``result`` (as ``evaluate_run`` returns) beside the floor, as text."""
+    """The scores of ``result`` (as ``evaluate_run`` returns) beside the floor, as text; a seed
+    ensemble's (with ``"std"``) as mean ± std over its runs."""
     rows = [("FID (lower is better)", "fid", "{:.3f}"),
             ("Inception score (max 10)", "inception_score", "{:.3f}"),
             ("classes covered", "classes_covered", "{:d}/10"),
@@ -135,9 +149,17 @@ def format_table(result: dict, name: str = "model") -> str:
             ("recall (k=%d)" % result.get("k", 3), "recall", "{:.3f}")]
     if "label_accuracy" in result:
         rows.append(("label accuracy", "label_accuracy", "{:.3f}"))
-    lines = [f"{'':26s}{name:>14s}{'real-data floor':>18s}"]
+    std = result.get("std")
+    width = 22 if std else 14
+    lines = [f"{'':26s}{name:>{width}s}{'real-data floor':>18s}"]
     for label, key, fmt in rows:
-        lines.append(f"{label:26s}{fmt.format(result[key]):>14s}"
+        if std:  # a mean over runs: classes covered too is a fraction
+            number = "{:.1f}" if key == "classes_covered" else fmt.split("/")[0]
+            shown = (f"{number.format(result[key])} ± {number.format(std[key])}"
+                     + ("/10" if key == "classes_covered" else ""))
+        else:
+            shown = fmt.format(result[key])
+        lines.append(f"{label:26s}{shown:>{width}s}"
                      f"{fmt.format(result['floor'][key]):>18s}")
     if "code_to_class" in result:
         lines.append("categorical codes matched to classes: "

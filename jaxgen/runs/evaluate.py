@@ -19,11 +19,13 @@ from jaxgen.metrics.evaluator import (
     check_dataset,
     check_num_samples,
     real_splits,
+    summarise_runs,
     train_classifier_hint,
 )
 from jaxgen.metrics.features import FeatureExtractor
 from jaxgen.runs.registry import task_class
 from jaxgen.runs.restore import draw_samples, newest_meta, restore_newest
+from jaxgen.train import ensemble
 from jaxgen.train.classifier import ClassifierTask
 from jaxgen.workdir import write_atomically
 
@@ -58,7 +60,11 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     """Scores ``num_samples`` samples of the generative run in ``workdir`` (its newest
     checkpoint) and the real-data floor, with the classifier in ``classifier_dir``; writes
     ``workdir/eval.json`` (process 0) and returns its content. Everything is checked before
-    anything is computed or written."""
+    anything is computed or written.
+
+    A seed ensemble's workdir (``--num-seeds``) has each run scored on samples drawn with the
+    same key; the scores are their mean, ``"std"`` their standard deviation over the runs
+    (``metrics.summarise_runs``) and ``"runs"`` each run's scores, with its seed."""
     start = time.time()
     if not isinstance(k, int) or not 1 <= k < num_samples:
         raise JaxgenError(f"--k must be a positive integer below --num-samples {num_samples}, "
@@ -76,10 +82,22 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
     evaluator = Evaluator(extractor, dataset, num_samples, data_dir, seed, k)
     # As sample_images draws them; the epoch is the checkpoint's actually restored.
     model = restore_newest(workdir, devices=devices)
-    scores, floor = _score_samples(evaluator, model.task, model.state.model,
-                                   jax.random.PRNGKey(seed))
+    runs = ensemble.num_runs(model.task)
+    if runs == 1:
+        scores, floor = _score_samples(evaluator, model.task, model.state.model,
+                                       jax.random.PRNGKey(seed))
+    else:
+        per_run = []
+        for r in range(runs):
+            scores, floor = _score_samples(evaluator, model.task,
+                                           ensemble.run_state(model.state.model, r),
+                                           jax.random.PRNGKey(seed))
+            per_run.append({"run": r, "seed": model.task.config.seed + r, **scores})
+            log(f"run {r} (seed {model.task.config.seed + r}): FID {scores['fid']:.3f}")
+        scores = {**summarise_runs(per_run), "runs": per_run}
     result = {"model": {"workdir": os.path.abspath(workdir), "task": task_name,
-                        "dataset": dataset, "checkpoint_epoch": model.epoch},
+                        "dataset": dataset, "checkpoint_epoch": model.epoch,
+                        **({"num_runs": runs} if runs > 1 else {})},
               **scores,
               "num_samples": num_samples, "seed": seed, "k": k,
               "floor": floor, "classifier": evaluator.classifier_info(),
@@ -143,18 +161,25 @@ class EvaluateEvery:
             extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
             self._evaluator = Evaluator(extractor, task.config.dataset, self.num_samples,
                                         self.data_dir, self.seed, self.k, "--eval-samples")
-        scores, floor = _score_samples(self._evaluator, task, state.model,
-                                       named_key(state.rng, "sample", 1))
+        runs = ensemble.num_runs(task)
+        if runs == 1:
+            scores, floor = _score_samples(self._evaluator, task, state.model,
+                                           named_key(state.rng, "sample", 1))
+            shown = {f"eval/{k}": v for k, v in scores.items() if _is_number(v)}
+        else:  # each run's samples from its own fixed key; TensorBoard: a curve per run
+            per_run = []
+            for r in range(runs):
+                run_scores, floor = _score_samples(
+                    self._evaluator, task, ensemble.run_state(state.model, r),
+                    named_key(state.rng[r], "sample", 1))
+                per_run.append({"run": r, **run_scores})
+            scores = {**summarise_runs(per_run), "runs": per_run}
+            shown = {f"eval/{k}": [run[k] for run in per_run] for k in scores["std"]}
         row = {"epoch": epoch, **scores, "floor": floor}
         if parallel.is_main_process():
             self._write(task, workdir, row)
-            print(f"Eval: [{epoch:2d}] FID {row['fid']:.3f} (floor {row['floor']['fid']:.3f}), "
-                  f"IS {row['inception_score']:.3f}, classes {row['classes_covered']}, "
-                  f"precision {row['precision']:.3f}, recall {row['recall']:.3f}"
-                  + (f", label accuracy {row['label_accuracy']:.3f}"
-                     if "label_accuracy" in row else ""), flush=True)
-        return {**{f"eval/{k}": v for k, v in scores.items() if _is_number(v)},
-                **{f"eval_floor/{k}": v for k, v in floor.items() if _is_number(v)}}
+            print(f"Eval: [{epoch:2d}] {_scores_line(row)}", flush=True)
+        return {**shown, **{f"eval_floor/{k}": v for k, v in floor.items() if _is_number(v)}}
 
     def _write(self, task, workdir: str, row: dict) -> None:
         path = os.path.join(workdir, HISTORY_FILE)
@@ -166,12 +191,29 @@ class EvaluateEvery:
         rows.append(row)
         with write_atomically(path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        viz.plot_curves({"FID": [r["fid"] for r in rows],
+        fid = ([r["fid"] for r in rows] if "runs" not in row else
+               [[r["runs"][i]["fid"] for r in rows] for i in range(len(row["runs"]))])
+        viz.plot_curves({"FID": fid,
                          "real-data floor": [r["floor"]["fid"] for r in rows]},
                         os.path.join(workdir, f"{task.name}_fid.png"), xlabel="epoch",
                         ylabel=f"FID ({self.num_samples} samples)",
                         title=f"{task.name} on {task.config.dataset}",
                         x=[r["epoch"] for r in rows])
+
+
+def _scores_line(row: dict) -> str:
+    """An evaluation's scores in one line (an ensemble's as mean ± std over its runs)."""
+    std = row.get("std", {})
+
+    def show(key: str, fmt: str) -> str:
+        return fmt.format(row[key]) + (f" ± {fmt.format(std[key])}" if key in std else "")
+
+    return (f"FID {show('fid', '{:.3f}')} (floor {row['floor']['fid']:.3f}), "
+            f"IS {show('inception_score', '{:.3f}')}, "
+            f"classes {show('classes_covered', '{:.1f}' if std else '{}')}, "
+            f"precision {show('precision', '{:.3f}')}, recall {show('recall', '{:.3f}')}"
+            + (f", label accuracy {show('label_accuracy', '{:.3f}')}"
+               if "label_accuracy" in row else ""))
 
 
 def _is_number(value) -> bool:
