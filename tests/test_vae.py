@@ -244,3 +244,33 @@ def test_conv_architecture_round_trips_shapes():
     assert mu.shape == log_var.shape == (4, 3)
     assert task.decode(params, mu).shape == (4, 28, 28, 1)
     assert task.sample_images(model, jax.random.PRNGKey(1), 5).shape == (5, 28, 28, 1)
+
+
+def test_a_seed_ensembles_test_evaluation_gives_each_run_and_their_spread(tiny_images,
+                                                                          tmp_path):
+    """vae_mnist.py's evaluation after training, of an ensemble of two: each run's figures are
+    those of the run evaluated alone (restored as the solo run of its seed), and the file
+    gives their mean and standard deviation."""
+    import dataclasses
+    import json
+
+    from jaxgen.runs.restore import restore_run
+    from jaxgen.train.vae_eval import train_and_evaluate
+
+    config = dataclasses.replace(TINY, num_seeds=2, seed=5)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    logs = []
+    _, _, summary = train_and_evaluate(config, tiny_images, tiny_images[:16],
+                                       str(tmp_path / "vae"), mesh, iwae_k=4, log=logs.append)
+    saved = json.load(open(tmp_path / "vae" / "test_eval.json"))
+    assert saved["runs"] == summary["runs"] and [r["seed"] for r in saved["runs"]] == [5, 6]
+    for r in range(2):
+        task, state = restore_run(str(tmp_path / "vae"), devices=jax.devices()[:1], run=r)
+        alone, _ = evaluate(task, state.model.params, tiny_images[:16], mesh, iwae_k=4)
+        for key in ("neg_elbo", "kl", "iwae_nll", "active_units"):
+            assert saved["runs"][r][key] == pytest.approx(alone[key], rel=1e-5), (r, key)
+    figures = np.array([[run["neg_elbo"], run["kl"]] for run in saved["runs"]])
+    assert (saved["neg_elbo"], saved["kl"]) == pytest.approx(tuple(figures.mean(axis=0)))
+    assert saved["std"]["neg_elbo"] == pytest.approx(abs(figures[0, 0] - figures[1, 0])
+                                                     / np.sqrt(2))
+    assert any(line.startswith("test (mean of 2 runs), nats per image") for line in logs)

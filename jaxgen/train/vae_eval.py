@@ -11,6 +11,7 @@ reused when already written; ``evaluate_cached`` does the same for any split."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -24,7 +25,8 @@ from jax import lax
 from jaxgen import losses, parallel
 from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, Settings, setting
 from jaxgen.errors import JaxgenError
-from jaxgen.train import loop
+from jaxgen.metrics.evaluator import summarise_runs
+from jaxgen.train import ensemble, loop
 from jaxgen.train.state import TrainState
 from jaxgen.train.vae import VAEConfig, VAETask, fixed_targets
 from jaxgen.workdir import write_atomically
@@ -47,6 +49,7 @@ def _chunk_size(k: int, limit: int = 500) -> int:
     return max(d for d in range(1, min(k, limit) + 1) if k % d == 0)
 
 
+@functools.lru_cache(maxsize=4)
 def build_evaluator(task: VAETask, mesh, iwae_k: int):
     """``evaluate(params, x, key) -> per-image dict`` on a batch of targets x sharded over the
     mesh: the 1-sample reconstruction log-likelihood, the KL, the posterior mean and std, and the
@@ -163,7 +166,18 @@ def evaluate_cached(task: VAETask, params, images: np.ndarray, workdir: str, epo
             f"{workdir}/{split}_eval.json.")
         return cached
     log(f"Evaluating on {n} {split} images (importance-weighted bound with k={iwae_k})...")
-    summary, _ = evaluate(task, params, images, mesh, iwae_k=iwae_k, log=log)
+    runs = ensemble.num_runs(task)
+    if runs == 1:
+        summary, _ = evaluate(task, params, images, mesh, iwae_k=iwae_k, log=log)
+    else:  # a seed ensemble: each run's figures, and their mean and spread
+        per_run = []
+        for r in range(runs):
+            run_summary, _ = evaluate(task, ensemble.run_state(params, r), images, mesh,
+                                      iwae_k=iwae_k, log=log)
+            per_run.append({"run": r, "seed": task.config.seed + r, **run_summary})
+            log(f"run {r}: " + format_evaluation(run_summary, split))
+        summary = {**per_run[0], **summarise_runs(per_run, RUN_FIGURES), "runs": per_run}
+        del summary["run"], summary["seed"]
     summary = {"epoch": epoch, **summary}
     if parallel.is_main_process():
         write_evaluation(workdir, summary, epoch, split)
@@ -192,8 +206,16 @@ def train_and_evaluate(config: VAEConfig, train_images: np.ndarray, test_images:
     return task, state, summary
 
 
+# The figures of a run that differ from run to run (an ensemble's mean ± std).
+RUN_FIGURES = ("neg_elbo", "recon", "kl", "iwae_nll", "mse", "mean_sigma", "mu_std",
+               "active_units")
+
+
 def format_evaluation(s: dict, split: str = "test") -> str:
-    return (f"{split}, nats per image: -ELBO {s['neg_elbo']:.2f} = recon {s['recon']:.2f} + KL "
-            f"{s['kl']:.2f}; -log p(x) <= {s['iwae_nll']:.2f} (k={s['iwae_k']}); mean encoder "
-            f"std {s['mean_sigma']:.4g}; std of posterior means {s['mu_std']:.3g}; active units "
-            f"{s['active_units']}/{s['latent_dim']} ({s['num_images']} images)")
+    """One line of a test-set evaluation (an ensemble's: the mean over its runs)."""
+    runs = f" (mean of {len(s['runs'])} runs)" if "runs" in s else ""
+    return (f"{split}{runs}, nats per image: -ELBO {s['neg_elbo']:.2f} = recon "
+            f"{s['recon']:.2f} + KL {s['kl']:.2f}; -log p(x) <= {s['iwae_nll']:.2f} "
+            f"(k={s['iwae_k']}); mean encoder std {s['mean_sigma']:.4g}; std of posterior "
+            f"means {s['mu_std']:.3g}; active units {s['active_units']:g}/{s['latent_dim']} "
+            f"({s['num_images']} images)")
