@@ -1,4 +1,5 @@
-"""Test set-up: eight CPU devices in this process (and in the scripts it starts), tiny IDX data.
+"""Test set-up: eight CPU devices in this process (two in the scripts it starts:
+helpers.SCRIPT_DEVICES), tiny IDX data.
 
     python -m pytest -q              # the suite
     python -m pytest -q -m perf      # the speed-sensitive checks only (page-fault counts,

@@ -4,6 +4,7 @@ pictures the code writes. Plain functions; the fixtures are in conftest.py."""
 import gzip
 import math
 import os
+import re
 import runpy
 import socket
 import struct
@@ -81,10 +82,34 @@ def _command(name: str, args) -> list:
     return [sys.executable, script(name), *map(str, args)]
 
 
+# The simulated CPU devices of the scripts the tests start: several, so that every script's
+# run is data-parallel and sharded as on a machine with several accelerators, and fewer than
+# the test process's eight (whose comparisons of eight devices with one are in-process): each
+# device computes the replicated parts of a step (the optimiser's update) in full, on the same
+# two cores.
+SCRIPT_DEVICES = 2
+
+
+def xla_flags(devices: int) -> str:
+    """The test session's XLA flags for a process of ``devices`` simulated CPU devices."""
+    count = f"--xla_force_host_platform_device_count={devices}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_force_host_platform_device_count=" in flags:
+        return re.sub(r"--xla_force_host_platform_device_count=\d+", count, flags)
+    return f"{flags} {count}".strip()
+
+
+def script_env(env=None) -> dict:
+    """The environment of a script a test starts: the session's, on SCRIPT_DEVICES devices,
+    with ``env`` over it."""
+    return {**os.environ, "XLA_FLAGS": xla_flags(SCRIPT_DEVICES), **(env or {})}
+
+
 def run_script(name: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    """Runs experiments/``name`` as a process, as a user does; waits for it."""
+    """Runs experiments/``name`` as a process, as a user does (on SCRIPT_DEVICES devices);
+    waits for it."""
     return subprocess.run(_command(name, args), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+                          timeout=timeout, env=script_env(env), cwd=REPO)
 
 
 class ScriptProcess:
@@ -96,7 +121,7 @@ class ScriptProcess:
         self._err = tempfile.TemporaryFile("w+")
         self.args = _command(name, args)
         self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True,
-                                     env={**os.environ, **(env or {})}, cwd=REPO)
+                                     env=script_env(env), cwd=REPO)
 
     def wait(self, timeout=600) -> subprocess.CompletedProcess:
         try:

@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 
+from helpers import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_benchmark_writes_every_row_it_prints(tmp_path):
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["XLA_FLAGS"] = ""  # one CPU device, as a user's machine
+    env["XLA_FLAGS"] = xla_flags(1)  # one CPU device, as a user's machine
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--batch-sizes", "8",
          "--steps", "2", "--warmup", "1", "--log-every", "2", "--no-torch", "--malloc-defaults",
@@ -57,7 +59,7 @@ def test_ensemble_benchmark_prints_each_size_in_each_form(tmp_path):
     """--num-seeds: a row for the solo run and for each larger ensemble in both forms, the CPU's
     form marked default, each as in the JSON; "vs N solo" relates them."""
     out = tmp_path / "ensembles.json"
-    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user's machine
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # one CPU device, as a user's machine
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--num-seeds", "1,2",
          "--batch-sizes", "8", "--steps", "1", "--warmup", "1", "--json", str(out)],
@@ -93,7 +95,7 @@ def test_benchmark_times_a_whole_epoch(tmp_path):
     """--epoch at a tiny size: every step of the epoch timed, in calls of the steps asked for
     (here 2 of 3: a call of 2 and one of 1), the device named."""
     out = tmp_path / "epoch.json"
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--epoch",
          "--batch-sizes", "8", "--epoch-images", "24", "--steps-per-call", "2",
@@ -111,7 +113,7 @@ def test_accelerator_check_rehearses_on_cpu(tmp_path):
     """benchmarks/accelerator.py --smoke: the seed's run with its outputs, the kill -9 and
     resume check (bit-identical on CPU), in one command, as it runs on a device."""
     out = tmp_path / "check"
-    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as the device has one GPU
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # one CPU device, as the device has one GPU
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--out", str(out),
          "--smoke", "--accelerator", "cpu", "--parts", "environment,seed_run,resume",

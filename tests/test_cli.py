@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import (
     REPO,
+    SCRIPT_DEVICES,
     ScriptProcess,
     as_pixels,
     curve_pixels,
@@ -55,13 +56,13 @@ def test_run_prints_the_reference_log_lines(trained):
     assert re.search(r"^Epoch: \[ 2\] \[   4/   4\] D_loss: ", stdout, re.M)
     assert re.search(r"^Avg one epoch time: \d+\.\d\d, total 2 epochs time: \d+\.\d\d$", stdout,
                      re.M)
-    assert "8 cpu device(s)" in stdout.splitlines()[0]
+    assert f"{SCRIPT_DEVICES} cpu device(s)" in stdout.splitlines()[0]
 
 
 def test_run_writes_grids_gif_plot_history_and_checkpoints(trained):
     _, workdir, _ = trained
     # Epoch 2's grid: the fixed-noise samples of epoch 2's generator, 8 a row. Drawn again here
-    # on one device: within a grey level (8 devices may round the last bit differently).
+    # on one device: within a grey level (several devices may round the last bit differently).
     task, state = restore_run(str(workdir), devices=jax.devices()[:1])
     expected = as_pixels(task.generate(state.model.g, task.fixed_noise(state.rng)))
     tiles = grid_tiles(workdir / "GAN_epoch002.png", 64, ncols=8)

@@ -12,13 +12,14 @@ from helpers import (
     free_port,
     synthetic_images,
     write_idx_dataset,
+    xla_flags,
 )
 
 from jaxgen.runs.restore import restore_run
 
 
 def _gan(data_dir, workdir, devices_per_process, *extra):
-    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    env = {"XLA_FLAGS": xla_flags(devices_per_process)}
     return ScriptProcess("gan_mnist.py", "--data-dir", data_dir, "--epochs", 1, "--batch-size",
                          16, "--log-every", 1, "--workdir", workdir, *extra, env=env)
 

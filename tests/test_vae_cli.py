@@ -59,7 +59,7 @@ def test_run_logs_trains_and_evaluates(trained):
 
 def test_run_draws_its_samples_and_reconstructions(trained):
     """Epoch 2's pictures, drawn again here from epoch 2's checkpoint on one device: the same
-    images within a grey level (8 devices may round the last bit differently)."""
+    images within a grey level (several devices may round the last bit differently)."""
     _, workdir, _ = trained
     task, state = restore_run(str(workdir), devices=jax.devices()[:1])
     params = state.model.params
