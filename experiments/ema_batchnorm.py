@@ -26,7 +26,7 @@ from jaxgen.errors import JaxgenError
 from jaxgen.keys import named_key
 from jaxgen.metrics.evaluator import Evaluator
 from jaxgen.runs.evaluate import load_classifier
-from jaxgen.runs.restore import draw_samples, restore_run
+from jaxgen.runs.restore import draw_samples, require_one_run, restore_run
 from jaxgen.workdir import write_atomically
 
 
@@ -41,6 +41,7 @@ def main() -> None:
     args = cli.parse_options(Options, __doc__)
     devices = parallel.select_devices(args.accelerator)[:1]
     task, state = restore_run(args.workdir, devices=devices)
+    require_one_run(task, args.workdir)
     if "g_ema" not in getattr(state.model, "extra", {}):
         raise JaxgenError(f"--workdir {args.workdir} holds no moving average of G's weights: "
                           "pass a run trained with --g-ema DECAY.")

@@ -15,7 +15,7 @@ from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, wr
 
 
 def main() -> None:
-    args = cli.training_parser(__doc__, ClassifierConfig).parse_args()
+    args = cli.training_parser(__doc__, ClassifierConfig, exclude=("num_seeds",)).parse_args()
     config = ClassifierConfig.from_flags(args)
     run = cli.prepare_run(args, config, "classifier")
 

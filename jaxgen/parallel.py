@@ -233,7 +233,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 def device_memory_limit(mesh: Mesh) -> Optional[int]:
     """Bytes one device of ``mesh`` can hold: an accelerator's memory limit; on CPU the host's
     physical memory shared by this process's devices; None where neither is known."""
-    device = mesh.devices.flat[0]
+    device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
     try:
         stats = device.memory_stats() or {}
     except Exception:  # a backend without memory statistics

@@ -62,7 +62,8 @@ class AblationOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",), presets=PRESETS)
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "num_seeds"),
+                                presets=PRESETS)
     TestEvalOptions.add_flags(parser, "test-set evaluation after training")
     AblationOptions.add_flags(parser, "the ablation")
     args = cli.parse(parser, presets=PRESETS)

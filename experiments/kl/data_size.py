@@ -132,7 +132,7 @@ class Point:
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma"))
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma", "num_seeds"))
     TestEvalOptions.add_flags(parser, "the evaluation after training (on as many training as "
                                       "test images)")
     DataSizeOptions.add_flags(parser, "the study")

@@ -90,7 +90,7 @@ class SweepOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",))
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "num_seeds"))
     parser.set_defaults(likelihood="gaussian", epochs=10)
     TestEvalOptions.add_flags(parser, "test-set evaluation after training (and as many "
                                       "training images)")

@@ -93,7 +93,8 @@ def evaluate_run(workdir: str, classifier_dir: str, num_samples: int = 10000,
                                            ensemble.run_state(model.state.model, r),
                                            jax.random.PRNGKey(seed))
             per_run.append({"run": r, "seed": model.task.config.seed + r, **scores})
-            log(f"run {r} (seed {model.task.config.seed + r}): FID {scores['fid']:.3f}")
+            if parallel.is_main_process():
+                log(f"run {r} (seed {model.task.config.seed + r}): FID {scores['fid']:.3f}")
         scores = {**summarise_runs(per_run), "runs": per_run}
     result = {"model": {"workdir": os.path.abspath(workdir), "task": task_name,
                         "dataset": dataset, "checkpoint_epoch": model.epoch,

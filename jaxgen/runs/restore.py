@@ -74,7 +74,7 @@ def select_run(restored: Restored, run: int, workdir: str) -> Restored:
     """Run ``run`` of a restored seed ensemble, as the solo run of its seed; a solo run is its
     own run 0."""
     runs = ensemble.num_runs(restored.task)
-    if not isinstance(run, int) or not 0 <= run < runs:
+    if isinstance(run, bool) or not isinstance(run, int) or not 0 <= run < runs:
         raise JaxgenError(f"--run {run} is not a run of --workdir {workdir}, which holds "
                           + (f"{runs} runs: pass --run 0..{runs - 1}." if runs > 1 else
                              "one run: drop --run, or pass --run 0."))

@@ -65,15 +65,18 @@ def update_after_epoch(task: Task, model: Any, metrics: dict) -> tuple[Any, list
     ``metrics`` (name -> (runs, steps)); each run's lines prefixed with its number."""
     if type(task).update_after_epoch is Task.update_after_epoch:
         return model, []  # nothing changes: keep the stacked arrays as they are
-    runs, lines, changed = [], [], False
+    updated, lines = {}, []  # the runs whose model changed
     for r in range(num_runs(task)):
         before = run_state(model, r)
         after, run_lines = task.update_after_epoch(before, {k: np.asarray(v)[r]
                                                             for k, v in metrics.items()})
-        changed |= after is not before
-        runs.append(after)
+        if after is not before:
+            updated[r] = after
         lines += [f"run {r}: {line}" for line in run_lines]
-    return (stack_runs(runs) if changed else model), lines
+    if not updated:
+        return model, lines
+    return stack_runs([updated[r] if r in updated else run_state(model, r)
+                       for r in range(num_runs(task))]), lines
 
 
 def pictures(task: Task, state: TrainState, final: bool = False) -> dict[str, Picture]:

@@ -109,8 +109,8 @@ def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints, task:
 def _check_memory(task: Task, mesh: Mesh) -> None:
     """An ensemble whose train step cannot fit a device is refused before anything starts."""
     runs = ensemble.num_runs(task)
-    limit = parallel.device_memory_limit(mesh)
-    if runs == 1 or limit is None:
+    limit = parallel.device_memory_limit(mesh) if runs > 1 else None
+    if limit is None:
         return
     state = jax.eval_shape(lambda: initial_state(task))
     size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
