@@ -27,19 +27,23 @@ def _gan(data_dir, workdir, devices_per_process, *extra):
 @pytest.fixture(scope="module")
 def distributed_runs(tmp_path_factory):
     """16 training images at batch 16: one step of gan_mnist.py on two processes of one device
-    each (joined by jax.distributed), and on one process of two devices, at the same time."""
+    each (joined by jax.distributed), and on one process of two devices, at the same time; and
+    a seed ensemble of two runs on two processes."""
     directory = tmp_path_factory.mktemp("distributed")
     data_dir = write_idx_dataset(str(directory / "idx"), n_train=16, n_test=16)
-    port = free_port()
-    procs = [_gan(data_dir, directory / "two", 1, "--coordinator-address", f"127.0.0.1:{port}",
-                  "--num-processes", 2, "--process-id", i) for i in range(2)]
+    procs = []
+    for run, extra in (("two", ()), ("ensemble", ("--num-seeds", 2))):
+        port = free_port()
+        procs += [_gan(data_dir, directory / run, 1, "--coordinator-address",
+                       f"127.0.0.1:{port}", "--num-processes", 2, "--process-id", i, *extra)
+                  for i in range(2)]
     procs.append(_gan(data_dir, directory / "one", 2))
     try:
-        *two, one = [p.wait() for p in procs]
+        *two, e0, e1, one = [p.wait() for p in procs]
     finally:  # one that failed leaves the other waiting for it
         for p in procs:
             p.kill()
-    return directory, two, one
+    return directory, two, one, (e0, e1)
 
 
 def _output(proc):
@@ -49,7 +53,7 @@ def _output(proc):
 
 def test_two_processes_match_one_process(distributed_runs):
     # One step, compared as in test_eight_devices_match_one.
-    directory, two, one = distributed_runs
+    directory, two, one, _ = distributed_runs
     outs = [_output(p) for p in two]
     _output(one)
     assert "2 cpu device(s) on 2 process(es)" in outs[0]
@@ -62,3 +66,21 @@ def test_two_processes_match_one_process(distributed_runs):
                              for run in ("two", "one"))
     images = jnp.asarray(synthetic_images(16)[0][..., None], jnp.float32) / 127.5 - 1
     assert_gan_models_close(two.model, one.model, lr=task.config.lr_d, images=images)
+
+
+def test_a_seed_ensemble_on_two_processes_is_its_solo_runs(distributed_runs):
+    """Run 0 of an ensemble of seeds 0 and 1 trained on two processes takes the step the solo
+    run of seed 0 takes on one process of two devices; run 1 another."""
+    directory, _, one, ensemble = distributed_runs
+    outs = [_output(p) for p in ensemble]
+    assert "Training 2 runs of seeds 0..1 in one program" in outs[0] and "Epoch:" not in outs[1]
+    histories = [json.load(open(directory / run / "GAN_history.json"))
+                 for run in ("ensemble", "one")]
+    for key in ("D_loss", "G_loss"):
+        np.testing.assert_allclose(histories[0][key][0], histories[1][key], rtol=1e-5)
+        assert not np.allclose(histories[0][key][1], histories[1][key], rtol=1e-3)
+    device = jax.devices()[:1]
+    task, run0 = restore_run(str(directory / "ensemble"), devices=device, run=0)
+    _, solo = restore_run(str(directory / "one"), devices=device)
+    images = jnp.asarray(synthetic_images(16)[0][..., None], jnp.float32) / 127.5 - 1
+    assert_gan_models_close(run0.model, solo.model, lr=task.config.lr_d, images=images)
