@@ -99,23 +99,31 @@ def _quietly(method):
 
 
 _failed_reads = False  # whether a restore in this process failed while reading arrays
+_failed_saves = False  # whether a save in this process failed or was interrupted
+_held_unraisable: Optional[list] = None  # a save in progress: its loops' reports, held back
+_lingering: list = []  # the reports of a failed save still sent to its file (_HeldReports)
 
 
 def _drop_abandoned_reads(previous_hook):
-    """A ``sys.unraisablehook`` for what a failed restore leaves behind. Orbax reads arrays
-    concurrently; when one fails, the others are abandoned, and as they finish or are collected
-    they raise again where nothing can catch it: Python would print each ("Exception ignored
-    in: <coroutine object _read_array_index_and_device_put ...>", or tensorstore's callbacks'
-    "RuntimeError: Event loop is closed") with a long traceback, often at exit, dozens of
-    them. The cause is in the fallback's warning line already: after a failed restore those two
-    are dropped; any other report goes to ``previous_hook``."""
+    """A ``sys.unraisablehook`` for what a failed restore or save leaves behind. Orbax reads and
+    writes arrays concurrently; when one fails, the others are abandoned, and as they finish or
+    are collected they raise again where nothing can catch it: Python would print each
+    ("Exception ignored in: <coroutine object _read_array_index_and_device_put ...>", or
+    tensorstore's callbacks' "RuntimeError: Event loop is closed") with a long traceback, often
+    at exit, dozens of them. The cause is in the fallback's warning line or the save's error
+    line already: after a failed restore or save those are dropped; any other report goes to
+    ``previous_hook``."""
 
     def hook(unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)
         abandoned_read = code is not None and code.co_name == "_read_array_index_and_device_put"
         loop_closed = (isinstance(unraisable.exc_value, RuntimeError)
                        and str(unraisable.exc_value) == "Event loop is closed")
-        if _failed_reads and (abandoned_read or loop_closed):
+        if (_failed_reads and (abandoned_read or loop_closed)) or (_failed_saves
+                                                                   and loop_closed):
+            return
+        if loop_closed and _held_unraisable is not None:  # a save's: shown if it succeeds
+            _held_unraisable.append(unraisable)
             return
         previous_hook(unraisable)
 
@@ -155,6 +163,67 @@ _STATE_TYPES = ocp.type_handlers.create_type_handler_registry(
     (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
 )
 
+# Where a failed save's reports from orbax's threads are kept (beside the checkpoints).
+DEBUG_LOG = "jaxgen-debug.log"
+
+
+# The loggers of orbax's threads (absl) and of the asyncio loops they run.
+_SAVE_LOGGERS = ("absl", "asyncio")
+
+
+class _HeldReports(logging.Filter):
+    """Orbax's warnings and errors held back while a save runs (from any thread). A save that
+    fails for want of space writes them into a file (:meth:`keep_in`), and so every later one
+    of its abandoned writes; otherwise they are shown afterwards (:meth:`release`)."""
+
+    _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(threadName)s %(message)s")
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.path: Optional[str] = None
+
+    def hold(self) -> "_HeldReports":
+        for name in _SAVE_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if self.path is None:
+            self.records.append(record)
+        else:
+            self._append([record])
+        return False
+
+    def release(self, show: bool = True) -> None:
+        """Stops holding; shows what was held, as it would have been shown."""
+        for name in _SAVE_LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+        for record in self.records if show else ():
+            logging.getLogger(record.name).handle(record)
+        self.records = []
+
+    def keep_in(self, path: str) -> str:
+        """From now on (until the next save starts), writes the held reports and every later
+        one into ``path``; the sentence that names it."""
+        self.path = path
+        _lingering.append(self)
+        if not self._append(self.records):
+            return " (orbax's reports of it could not be written either)"
+        return f" Orbax's reports of the failure: {path}."
+
+    def _append(self, records) -> bool:
+        try:
+            with open(self.path, "a") as f:
+                for record in records:
+                    f.write(self._FORMAT.format(record) + "\n")
+        except OSError:
+            return False
+        return True
+
+
 # What every checkpoint's meta holds (jaxgen.train.loop writes them).
 REQUIRED_META = ("task", "epoch", "config", "history")
 
@@ -193,20 +262,35 @@ class Checkpoints:
     def save_and_wait(self, epoch: int, state: Any, meta: dict) -> None:
         """Saves the checkpoint of ``epoch`` and waits for it. A disk that runs out of space is
         one error naming the directory and the size needed, with the partial save removed (the
-        earlier checkpoints are untouched)."""
+        earlier checkpoints are untouched); what orbax's threads reported of it is kept in
+        :data:`DEBUG_LOG` beside the checkpoints' directory instead of printed. Any other
+        failure is raised with orbax's reports shown as they came."""
+        global _failed_saves, _held_unraisable
+        while _lingering:  # an earlier failed save's abandoned writes are over by now
+            _lingering.pop().release(show=False)
+        held, _held_unraisable = _HeldReports().hold(), []
         try:
             self.save(epoch, state, meta)
             self.wait()
-        except Exception as e:
+        except BaseException as e:
+            _failed_saves = True  # its abandoned writes' callbacks raise at random later
+            _held_unraisable = None
             if not _is_disk_full(e):
+                held.release()
                 raise
             self.discard_partial(epoch)
             needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2 ** 20
+            # Orbax's threads go on failing after this: their reports too go to the file.
+            details = held.keep_in(os.path.join(os.path.dirname(self.directory), DEBUG_LOG))
             raise JaxgenError(
                 f"no space left on the device of {self.directory} to save the checkpoint of "
                 f"epoch {epoch} (about {needed:.0f} MB needed); the partial save was removed and "
                 "the earlier checkpoints are intact. Free some space and rerun the same command "
-                "to resume.") from None
+                f"to resume.{details}") from None
+        held.release()
+        unraisable, _held_unraisable = _held_unraisable, None
+        for report in unraisable:
+            sys.unraisablehook(report)
 
     def read_meta(self, epoch: int) -> dict:
         """The meta of ``epoch``'s checkpoint; a ValueError if it lacks a required field."""

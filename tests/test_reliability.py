@@ -4,6 +4,7 @@ end, a corrupt newest checkpoint, and bad input refused before anything is creat
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,63 @@ def test_a_full_disk_is_one_error_and_keeps_the_earlier_checkpoints(tiny_images,
     monkeypatch.setattr(Checkpoints, "save", real_save)
     state, _ = _train(workdir, tiny_images, epochs=2)  # and the run resumes from epoch 1
     assert float(state.model["count"]) == 8
+
+
+def test_orbax_reports_of_a_full_disk_go_to_a_debug_log_not_the_terminal(
+        tiny_images, tmp_path, monkeypatch, caplog):
+    """What orbax's threads report while a save fails for want of space (absl's errors with
+    their tracebacks, asyncio's, the abandoned writes' "Event loop is closed"), during the save
+    and after it, goes to WORKDIR/jaxgen-debug.log, named in the one error line; a save that
+    fails otherwise shows them, and the next save's are shown again."""
+    import logging
+    import sys
+    import threading
+    import types
+
+    from jaxgen import checkpoint
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    checkpoint.drop_abandoned_reads()  # as jaxgen's scripts install it
+    monkeypatch.setattr(checkpoint, "_failed_saves", False)
+    workdir = tmp_path / "run"
+    _train(workdir, tiny_images, epochs=1)
+    real_save = Checkpoints.save
+
+    def report(message):
+        logging.getLogger("absl").error(message, exc_info=OSError(errno.ENOSPC, "full"))
+        logging.getLogger("asyncio").error(f"{message} (asyncio)")
+        loop_closed = RuntimeError("Event loop is closed")
+        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=loop_closed,
+                                                 exc_traceback=None, err_msg=None, object=None))
+
+    def save_then_fail(error):
+        def save(self, epoch, state, meta):
+            real_save(self, epoch, state, meta)
+            self.wait()
+            thread = threading.Thread(target=report, args=("a writer thread failed",))
+            thread.start()
+            thread.join()
+            raise error
+        return save
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_fail(OSError(errno.ENOSPC, "full")))
+    with caplog.at_level("WARNING"):
+        with pytest.raises(JaxgenError, match=r"Orbax's reports of the failure: "
+                                              + re.escape(str(workdir / "jaxgen-debug.log"))):
+            _train(workdir, tiny_images, epochs=2)
+        report("a late report of an abandoned write")
+    assert not caplog.records
+    log = (workdir / "jaxgen-debug.log").read_text()
+    for message in ("a writer thread failed", "a writer thread failed (asyncio)",
+                    "a late report of an abandoned write"):
+        assert message in log
+    assert "OSError: [Errno 28] full" in log  # with its traceback
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_fail(ValueError("another failure")))
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="another failure"):
+        _train(workdir, tiny_images, epochs=2)
+    assert [r.getMessage() for r in caplog.records] == ["a writer thread failed",
+                                                        "a writer thread failed (asyncio)"]
 
 
 # ----------------------------------------------------------------------------- kill at the end
