@@ -25,6 +25,7 @@ from jaxgen import rendezvous
 from jaxgen.errors import JaxgenError
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"  # a seed ensemble's runs, sharded over rows of devices (runs_mesh)
 ACCELERATORS = ("auto", "cpu", "gpu", "tpu")
 
 
@@ -184,6 +185,19 @@ def select_devices(accelerator: str = "auto") -> list:
 def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def runs_mesh(mesh: Mesh, num_runs: int) -> Optional[Mesh]:
+    """A seed ensemble's runs sharded over ``mesh``'s devices: the 2-D mesh (:data:`RUNS_AXIS`,
+    :data:`DATA_AXIS`) of the same devices in the same order, each row of devices holding its
+    share of the runs and splitting each run's batch over the row, when the device count
+    divides ``num_runs`` (one row per device) or ``num_runs`` divides it (one row per run);
+    else None, and each run is data-parallel over every device."""
+    n = mesh.size
+    rows = n if num_runs % n == 0 else num_runs if n % num_runs == 0 else 1
+    if num_runs == 1 or rows == 1:
+        return None
+    return Mesh(mesh.devices.reshape(rows, n // rows), (RUNS_AXIS, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -83,19 +83,48 @@ def test_run_r_of_an_ensemble_is_the_solo_run_of_seed_plus_r(name, runs_form, ti
     assert len({float(metrics["D_loss"][r, 0]) for r in range(RUNS)}) == RUNS  # runs differ
 
 
+def test_runs_are_sharded_over_rows_of_devices_when_the_counts_divide(tiny_images,
+                                                                      monkeypatch):
+    """The 2-D mesh of runs x data: one row per run, or per device; none when neither count
+    divides the other. Sharded, each device of the vmap program computes less than when every
+    device steps every run (XLA's cost analysis of the compiled programs): the batch's work is
+    split either way, but each device updates only its own run's parameters."""
+    mesh = parallel.make_mesh(jax.devices()[:8])
+    assert dict(parallel.runs_mesh(mesh, 2).shape) == {"runs": 2, "data": 4}
+    assert dict(parallel.runs_mesh(mesh, 16).shape) == {"runs": 8, "data": 1}
+    assert parallel.runs_mesh(mesh, 3) is None and parallel.runs_mesh(mesh, 1) is None
+    task = _task("GAN")
+    state = _ensemble(task, mesh)
+    data = _data(task, tiny_images[:NUM_IMAGES], mesh)
+    perm = jnp.zeros((RUNS, NUM_IMAGES), jnp.int32)
+
+    def flops():
+        with jax.set_mesh(mesh):
+            step = program.build_train_step(task, mesh, NUM_IMAGES // 16, 1, num_runs=RUNS,
+                                            runs_form="vmap")
+            return step.lower(state, data, perm).compile().cost_analysis()["flops"]
+
+    sharded = flops()
+    monkeypatch.setattr(parallel, "runs_mesh", lambda mesh, num_runs: None)
+    assert sharded < flops()
+
+
 def test_an_unknown_form_of_the_runs_is_refused():
     with pytest.raises(ValueError, match="runs_form must be one of map, vmap"):
         program.build_train_step(_task("GAN"), parallel.make_mesh(jax.devices()[:1]), 4,
                                  num_runs=2, runs_form="scan")
 
 
-def test_eight_devices_match_one_for_an_ensemble(tiny_images):
+@pytest.mark.parametrize("runs_form", program.RUNS_FORMS)
+def test_eight_devices_match_one_for_an_ensemble(runs_form, tiny_images):
+    """Each run data-parallel over the eight devices (map), or the two runs sharded over two
+    rows of four devices (vmap: parallel.runs_mesh), against one device."""
     task = _task("GAN")
     images = tiny_images[:NUM_IMAGES]
     results = {}
     for n in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:n])
-        results[n] = _one_step(task, _ensemble(task, mesh), images, mesh, RUNS)
+        results[n] = _one_step(task, _ensemble(task, mesh), images, mesh, RUNS, runs_form)
     (perm1, (one, m1)), (perm8, (eight, m8)) = results[1], results[8]
     np.testing.assert_array_equal(perm1, perm8)
     for k in m1:

@@ -14,11 +14,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxgen import parallel
 from jaxgen.keys import named_key
-from jaxgen.models.layers import compiling_platform
 from jaxgen.train.state import TrainState
 from jaxgen.train.task import Task
 
@@ -46,9 +46,14 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
     ``num_runs`` > 1: a seed ensemble (:mod:`jaxgen.train.ensemble`). ``state`` and ``perm``
     have a leading run axis, each run steps on its own batches, keys and model, and each metric
     comes back as (num_runs, steps_per_call). ``runs_form`` says how the program steps the
-    runs (:data:`RUNS_FORMS`); by default :func:`runs_form_for` the platform compiled for."""
+    runs (:data:`RUNS_FORMS`); by default :func:`runs_form_for` the mesh's platform. In the
+    ``vmap`` form, where ``parallel.runs_mesh`` finds a 2-D mesh (the device count divides the
+    runs, or they divide it), the program shards the runs over rows of devices, each run's
+    batch over its row; state and metrics come in and go out replicated, as for one run."""
     if runs_form not in (None, *RUNS_FORMS):
         raise ValueError(f"runs_form must be one of {', '.join(RUNS_FORMS)}, got {runs_form!r}")
+    form = runs_form or runs_form_for(mesh.devices.flat[0].platform)
+    sharded_runs = parallel.runs_mesh(mesh, num_runs) if form == "vmap" else None
     batch_size = task.config.batch_size
     repl = parallel.replicated(mesh)
 
@@ -79,9 +84,17 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
     def steps(state: TrainState, data, perm: jax.Array):
         if num_runs == 1:
             return run_steps(state, data, perm)
-        if (runs_form or runs_form_for(compiling_platform())) == "vmap":
+        if form == "map":
+            return lax.map(lambda run: run_steps(run[0], data, run[1]), (state, perm))
+        if sharded_runs is None:
             return jax.vmap(run_steps, in_axes=(0, None, 0))(state, data, perm)
-        return lax.map(lambda run: run_steps(run[0], data, run[1]), (state, perm))
+        # Each row of devices takes its runs (a slice of the replicated state: no traffic);
+        # within the runs, the batch constraints (parallel.shard_batch) split over the row.
+        with jax.sharding.use_abstract_mesh(sharded_runs.abstract_mesh):
+            by_run = NamedSharding(sharded_runs, P(parallel.RUNS_AXIS))
+            state, perm = lax.with_sharding_constraint((state, perm), by_run)
+            return jax.vmap(run_steps, in_axes=(0, None, 0),
+                            spmd_axis_name=parallel.RUNS_AXIS)(state, data, perm)
 
     precision = task.config.precision
 
