@@ -16,7 +16,7 @@ from jaxgen.train.classifier import REPORT, ClassifierConfig, ClassifierTask, wr
 
 def main() -> None:
     args = cli.training_parser(__doc__, ClassifierConfig, exclude=("num_seeds",)).parse_args()
-    config = ClassifierConfig.from_flags(args)
+    config = ClassifierConfig.from_flags(args, num_seeds=1)  # one classifier a workdir
     run = cli.prepare_run(args, config, "classifier")
 
     train = data.load_dataset(config.dataset, "train", run.options.data_dir)

@@ -68,7 +68,7 @@ def main() -> None:
     AblationOptions.add_flags(parser, "the ablation")
     args = cli.parse(parser, presets=PRESETS)
 
-    base = VAEConfig.from_flags(args, beta=1.0)
+    base = VAEConfig.from_flags(args, beta=1.0, num_seeds=1)
     options = AblationOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval)

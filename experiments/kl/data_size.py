@@ -139,7 +139,7 @@ def main() -> None:
     parser.set_defaults(likelihood="gaussian", epochs=20, iwae_k=200, eval_images=1000)
     args = cli.parse(parser)
 
-    base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma)
+    base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma, num_seeds=1)
     options = DataSizeOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval, base,

@@ -97,7 +97,7 @@ def main() -> None:
     SweepOptions.add_flags(parser, "the sweeps")
     args = cli.parse(parser)
 
-    base = VAEConfig.from_flags(args, beta=1.0)
+    base = VAEConfig.from_flags(args, beta=1.0, num_seeds=1)
     options = SweepOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval, base,
