@@ -18,9 +18,10 @@ import tempfile
 
 # Must happen before jax is imported anywhere: the sharding tests compare 8 devices with 1.
 # Most of the suite's time is XLA compiling tiny programs: LLVM's cheapest code generation
-# (FAST_COMPILE) compiles them faster and computes the same operations (no fast-math at any
-# level). pytest -n N runs N processes, one a core, so each computes on one thread
-# (ONE_THREAD), where XLA's thread pool in each would make them contend for the same cores.
+# and XLA's older elemental emitters for fusions (FAST_COMPILE) compile them faster and compute
+# the same operations (no fast-math at any level). pytest -n N runs N processes, one a core, so
+# each computes on one thread (ONE_THREAD), where XLA's thread pool in each would make them
+# contend for the same cores.
 # Both may sum in another order than a user's build, so a test that compares rounding with a
 # user's build runs in a process of its own without them (OPTIMISED, set by that test).
 from helpers import FAST_COMPILE, ONE_THREAD, OPTIMISED  # noqa: E402

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA's flags for its cheapest code generation and for one compute thread, which the suite
 # runs with, and the variable that a test comparing rounding with a user's build sets in its
 # own process (tests/conftest.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 OPTIMISED = "JAXGEN_TEST_OPTIMISED_XLA"
 
