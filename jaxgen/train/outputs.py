@@ -118,8 +118,8 @@ class RunOutputs:
         scalars = history.epoch_scalars[epoch - 1] if epoch <= len(history.epoch_scalars) else {}
         self.board.epoch_end(epoch, history.per_epoch_time[epoch - 1], shown, scalars)
 
-    def write_history(self, history: History) -> None:
-        """``metrics.jsonl``, ``<TASK>_history.json`` and the curves."""
+    def write_history(self, history: History, curves: bool = True) -> None:
+        """``metrics.jsonl``, ``<TASK>_history.json`` and (``curves``) the loss curves."""
         if not self.main:
             return
         epochs = len(history.per_epoch_time)
@@ -142,11 +142,14 @@ class RunOutputs:
         name, title = self.task.name, self.task.title()
         with write_atomically(self._path(f"{name}_history.json")) as f:
             json.dump(history.train_hist(), f)
-        viz.plot_curves(history.metrics, self._path(f"{name}_loss.png"), title=title)
+        if curves:
+            viz.plot_curves(history.metrics, self._path(f"{name}_loss.png"), title=title)
 
-    def run_end(self, history: History, final_pictures: Optional[dict]) -> None:
+    def run_end(self, history: History, final_pictures: Optional[dict],
+                curves_drawn: bool = False) -> None:
         """After the last epoch: the pictures drawn once, the animation of the sample grids,
-        the history files and the metric panels."""
+        the history files with the run's total time, the loss curves (unless ``curves_drawn``:
+        the last epoch's end drew them from the same metrics) and the metric panels."""
         if not self.main:
             return
         name = self.task.name
@@ -158,7 +161,7 @@ class RunOutputs:
         frames = [f for f in frames if os.path.exists(f)]
         if frames:
             viz.save_gif(frames, self._path(f"{name}_generate_animation.gif"))
-        self.write_history(history)
+        self.write_history(history, curves=not curves_drawn)
         if self.task.metric_units:
             viz.plot_panels({k: history.metrics[k] for k in self.task.metric_units},
                             self._path(f"{name}_curves.png"), ylabels=self.task.metric_units,
