@@ -27,6 +27,21 @@ def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None, **
     return loop.train(task or GANTask(config), images, str(workdir), mesh, log=log, **kwargs)
 
 
+def test_a_fresh_state_on_eight_devices_is_the_state_of_one_on_each():
+    """The loop creates a run's first state once and copies it to every device of the mesh:
+    each device holds, bit for bit, the state computed on one device alone."""
+    from jaxgen.train.state import initial_state, initial_state_on
+
+    task = GANTask(CONFIG)
+    mesh = parallel.make_mesh(jax.devices()[:8])
+    with jax.set_mesh(mesh):
+        state = initial_state_on(task, mesh)
+    alone = jax.jit(lambda: initial_state(task))()
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(alone)):
+        assert x.sharding == parallel.replicated(mesh) and len(x.addressable_shards) == 8
+        for shard in x.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(y))
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_images):

@@ -31,7 +31,7 @@ from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
 from jaxgen.train import ensemble, program
 from jaxgen.train.history import History
 from jaxgen.train.outputs import RunOutputs
-from jaxgen.train.state import TrainState, abstract_state, initial_state
+from jaxgen.train.state import TrainState, abstract_state, initial_state, initial_state_on
 from jaxgen.train.task import Task, resolve_steps_per_call
 from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
@@ -241,8 +241,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                                         log=log)
         if restored is None:
             start_epoch = 0
-            state = jax.jit(lambda: initial_state(task),
-                            out_shardings=parallel.replicated(mesh))()
+            state = initial_state_on(task, mesh)
             history = History.empty(task.metric_names, runs)
         else:
             start_epoch, state, meta = restored

@@ -43,6 +43,25 @@ def initial_state(task: Task) -> TrainState:
     return init_states(task, config.seed + jnp.arange(config.num_seeds, dtype=jnp.uint32))
 
 
+def initial_state_on(task: Task, mesh: Mesh) -> TrainState:
+    """:func:`initial_state`, replicated over ``mesh``: computed once, on this process's first
+    device of the mesh, and copied to its other devices (each process computes the same
+    values). Computing it replicated would compute it on every device; simulated CPU devices
+    share the same cores."""
+    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    sharding = parallel.replicated(mesh)
+    with jax.set_mesh(parallel.make_mesh(devices[:1])):
+        once = jax.jit(lambda: initial_state(task),
+                       out_shardings=jax.sharding.SingleDeviceSharding(devices[0]))()
+
+    def spread(x: jax.Array) -> jax.Array:
+        copies = [x if d == devices[0] else jax.device_put(x, d)
+                  for d in sharding.addressable_devices]
+        return jax.make_array_from_single_device_arrays(x.shape, sharding, copies)
+
+    return jax.tree.map(spread, once)
+
+
 def abstract_state(task: Task, mesh: Mesh) -> TrainState:
     """Shapes, dtypes and (replicated) shardings of the task's train state (an ensemble's with
     its run axis), without computing it."""
