@@ -1,6 +1,8 @@
 """Seed ensembles (jaxgen.train.ensemble): run r of an ensemble stepped by one program is the
 solo run of seed + r, on one device and on eight."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from helpers import host_leaves
 
 from jaxgen import parallel
 from jaxgen.train import ensemble, gan_variants, program
-from jaxgen.train.state import init_state
+from jaxgen.train.state import init_state, initial_state_on
 
 RUNS, NUM_IMAGES = 2, 64
 # Tolerances. Losses: the solo and the batched programs compute the same maths and may round
@@ -44,8 +46,11 @@ def _one_step(task, state, images, mesh, num_runs, runs_form=None):
 
 
 def _ensemble(task, mesh):
-    return jax.jit(lambda: ensemble.init_ensemble(task, RUNS),
-                   out_shardings=parallel.replicated(mesh))()
+    """The initial state of an ensemble of RUNS runs of ``task``'s config, replicated over
+    ``mesh`` as the loop creates it."""
+    runs = type(task)(dataclasses.replace(task.config, num_seeds=RUNS))
+    with jax.set_mesh(mesh):
+        return initial_state_on(runs, mesh)
 
 
 def _assert_params_close(a, b, task):
