@@ -279,14 +279,14 @@ def test_an_ensemble_that_cannot_fit_is_refused_before_it_starts(monkeypatch, ti
 def test_a_diverging_run_is_named(tmp_path):
     from jaxgen.checkpoint import Checkpoints
     from jaxgen.errors import JaxgenError
-    from jaxgen.train import loop
+    from jaxgen.train import checks
 
     task = _task("GAN")  # seed 7
     task = type(task)(task.config.__class__(**{**task.config.to_dict(), "num_seeds": 3}))
     ckpts = Checkpoints(str(tmp_path / "checkpoints"))
     with pytest.raises(JaxgenError, match=r"G_loss became nan at epoch 2, step 5 in run 2 "
                                           r"\(seed 9\)"):
-        loop._check_finite({"D_loss": np.ones(3), "G_loss": np.array([1.0, 2.0, np.nan])},
+        checks.check_finite({"D_loss": np.ones(3), "G_loss": np.array([1.0, 2.0, np.nan])},
                            2, 5, ckpts, task)
     ckpts.close()
 

@@ -21,7 +21,7 @@ from jaxgen import data, parallel, rendezvous
 from jaxgen.checkpoint import Checkpoints
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.restore import restore_newest
-from jaxgen.train import loop
+from jaxgen.train import checks, loop
 from jaxgen.train.task import Picture, Task, TrainConfig
 from jaxgen.workdir import WorkdirLock, checkpoint_dir
 
@@ -285,13 +285,13 @@ def test_the_parameter_check_sees_every_float_kind_and_only_floats():
     included, is caught; integer leaves (step counts) are not floats and are skipped. A seed
     ensemble's check finds the run that holds it."""
     fine = {"w": jnp.ones((2, 3)), "count": jnp.arange(3), "half": jnp.ones(2, jnp.bfloat16)}
-    assert loop._finite_runs(fine, 1).all()
+    assert checks.finite_runs(fine, 1).all()
     for name, bad in (("w", jnp.array([1.0, jnp.nan])),
                       ("half", jnp.array([jnp.inf], jnp.bfloat16))):
-        assert not loop._finite_runs({**fine, name: bad}, 1).all(), name
+        assert not checks.finite_runs({**fine, name: bad}, 1).all(), name
     runs = {"w": jnp.ones((3, 2, 2)).at[1, 0, 1].set(jnp.inf), "count": jnp.arange(3),
             "half": jnp.ones(3, jnp.bfloat16).at[2].set(jnp.nan)}
-    assert loop._finite_runs(runs, 3).tolist() == [True, False, False]
+    assert checks.finite_runs(runs, 3).tolist() == [True, False, False]
 
 
 # ----------------------------------------------------------------------------- a missing host

@@ -28,10 +28,10 @@ from jaxgen.checkpoint import Checkpoints
 from jaxgen.data import IMAGE_SHAPE, Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.tensorboard import DIRECTORY as TENSORBOARD
-from jaxgen.train import ensemble, program
+from jaxgen.train import checks, ensemble, program
 from jaxgen.train.history import History
 from jaxgen.train.outputs import RunOutputs
-from jaxgen.train.state import TrainState, abstract_state, initial_state, initial_state_on
+from jaxgen.train.state import TrainState, abstract_state, initial_state_on
 from jaxgen.train.task import Task, resolve_steps_per_call
 from jaxgen.workdir import WorkdirLock, checkpoint_dir, ensure_writable
 
@@ -66,75 +66,6 @@ def _format_metrics(metrics: dict) -> str:
         return f"{v.mean():.8f} [{v.min():.8f}, {v.max():.8f}]"
 
     return ", ".join(f"{k}: {show(v)}" for k, v in metrics.items())
-
-
-def _which_run(task: Task, run: Optional[int]) -> str:
-    if run is None or ensemble.num_runs(task) == 1:
-        return ""
-    return f" in run {run} (seed {task.config.seed + run})"
-
-
-def _check_finite(metrics: dict, epoch: int, step: int, ckpts: Checkpoints, task: Task) -> None:
-    """Every metric finite (an ensemble's: every run's, the first bad run named)."""
-    for name, value in metrics.items():
-        value = np.asarray(value, dtype=float)
-        bad = ~np.isfinite(value)
-        if bad.any():
-            where = np.argwhere(bad)[0]
-            run = int(where[0]) if ensemble.num_runs(task) > 1 else None
-            raise JaxgenError(f"{name} became {value[tuple(where)]} at epoch {epoch}, step "
-                              f"{step}{_which_run(task, run)}; " + _stopped(ckpts))
-
-
-def _finite_runs(tree, num_runs: int) -> np.ndarray:
-    """Per run, whether every float of ``tree`` is finite (a solo run: (1,)). On the host, from
-    this process's copy: one copy of the model an epoch, where a compiled check would be
-    compiled anew for each model."""
-    finite = np.ones(num_runs, bool)
-    for x in jax.tree.leaves(parallel.to_host(tree)):
-        if jnp.issubdtype(x.dtype, jnp.floating):  # jnp's: bfloat16 is floating too
-            runs = x.reshape(num_runs, -1) if num_runs > 1 else x.reshape(1, -1)
-            finite &= np.isfinite(runs).all(axis=1)
-    return finite
-
-
-def _check_finite_state(state: TrainState, epoch: int, ckpts: Checkpoints, task: Task) -> None:
-    finite = _finite_runs(state.model, ensemble.num_runs(task))
-    if not finite.all():
-        run = int(np.argmin(finite))
-        raise JaxgenError(f"the model's parameters became non-finite in epoch {epoch}"
-                          f"{_which_run(task, run)}; " + _stopped(ckpts))
-
-
-def _check_memory(task: Task, mesh: Mesh) -> None:
-    """An ensemble whose train step cannot fit a device is refused before anything starts."""
-    runs = ensemble.num_runs(task)
-    limit = parallel.device_memory_limit(mesh) if runs > 1 else None
-    if limit is None:
-        return
-    state = jax.eval_shape(lambda: initial_state(task))
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    needed = STEP_MEMORY * size
-    if needed > limit:
-        fits = max(1, int(runs * limit / needed))
-        raise JaxgenError(
-            f"--num-seeds {runs} needs about {needed / 2 ** 30:.1f} GiB a device "
-            f"({STEP_MEMORY} x its {size / 2 ** 30:.2f} GiB train state), more than the "
-            f"{limit / 2 ** 30:.1f} GiB each of its {mesh.size} devices holds; pass "
-            f"--num-seeds {fits} or fewer, or fewer devices.")
-
-
-# A train step holds its state, the gradients and the updated state at once: the estimate of
-# an ensemble's memory is this many copies of its state.
-STEP_MEMORY = 3
-
-
-def _stopped(ckpts: Checkpoints) -> str:
-    last_saved = _last_saved(ckpts)
-    kept = (f"the last good checkpoint, epoch {last_saved}, is kept in {ckpts.directory}"
-            if last_saved else "no checkpoint was written")
-    return (f"training stopped and {kept}. Lower the learning rates or change --seed, and use a "
-            "new --workdir to start over.")
 
 
 def _progress(total: int, enabled: bool):
@@ -183,7 +114,7 @@ def train(task: Task, images: Union[Dataset, np.ndarray], workdir: str, mesh: Me
         raise JaxgenError(f"{task.name} trains on labelled images: pass one label per image.")
     config.validate()
     parallel.check_batch_size(config.batch_size, mesh)
-    _check_memory(task, mesh)
+    checks.check_memory(task, mesh)
     main = parallel.is_main_process()
     log = log if main else (lambda _: None)
     steps_per_epoch = len(images) // config.batch_size  # the last partial batch is dropped
@@ -314,7 +245,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                     if i % config.log_every == 0:
                         host = parallel.to_host(metrics)  # (n,), an ensemble's (runs, n)
                         last = {k: host[k][..., i - done - 1] for k in task.metric_names}
-                        _check_finite(last, epoch, i, ckpts, task)
+                        checks.check_finite(last, epoch, i, ckpts, task)
                         write(f"Epoch: [{epoch:2d}] [{i:4d}/{steps_per_epoch:4d}] "
                               + _format_metrics(last))
                         outputs.step(epoch, i, last)
@@ -323,7 +254,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
                 bar.close()
             epoch_metrics = {k: np.concatenate([c[k] for c in parallel.to_host(chunks)], axis=-1)
                              for k in task.metric_names}
-            _check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts, task)
+            checks.check_finite(epoch_metrics, epoch, steps_per_epoch, ckpts, task)
             history.add_epoch(epoch_metrics, time.time() - epoch_start)
             history.total_time = total_before + (time.time() - session_start)
             if runs == 1:
@@ -338,7 +269,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
             for hook in epoch_hooks:
                 scalars.update(hook(task, state, epoch, workdir) or {})
             history.epoch_scalars.append(scalars)
-            _check_finite_state(state, epoch, ckpts, task)
+            checks.check_finite_state(state, epoch, ckpts, task)
             # The next step donates (reuses) the state's buffers: the save reads them first.
             ckpts.save_and_wait(epoch, state, {"task": task.name, "epoch": epoch,
                                         "num_images": len(images), "config": config.to_dict(),
@@ -370,8 +301,3 @@ def _host(pictures: dict) -> dict:
     """Pictures with their images on the host (a collective: every process calls it)."""
     return {what: dataclasses.replace(p, images=parallel.to_host(p.images))
             for what, p in pictures.items()}
-
-
-def _last_saved(ckpts: Checkpoints) -> Optional[int]:
-    ckpts.wait()
-    return (ckpts.epochs() or [None])[-1]
