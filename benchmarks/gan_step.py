@@ -40,8 +40,8 @@ import numpy as np
 
 from jaxgen import parallel
 from jaxgen.models.layers import CONV_FORMS
-from jaxgen.train import ensemble, gan_variants, program
-from jaxgen.train.state import init_state
+from jaxgen.train import gan_variants, program
+from jaxgen.train.state import initial_state_on
 from jaxgen.train.task import resolve_steps_per_call
 
 EPOCH_IMAGES = 60000  # the size of MNIST's training split: 937 steps at batch 64
@@ -110,13 +110,12 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_f
             "peak_memory_bytes": peak_memory_bytes(), "page_faults_per_step": faults / steps}
 
 
-def _start(task, steps_per_epoch: int, mesh, num_runs: int = 1):
-    """A fresh train state (of ``num_runs`` runs, an ensemble's), an epoch of random images (with
-    labels for a conditional GAN) on the devices as the loop holds them, and the epoch's shuffle;
-    inside ``jax.set_mesh(mesh)``."""
-    init = ((lambda: init_state(task, 0)) if num_runs == 1
-            else (lambda: ensemble.init_ensemble(task, num_runs)))
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+def _start(task, steps_per_epoch: int, mesh):
+    """A fresh train state as the loop creates it (of ``config.num_seeds`` runs, an
+    ensemble's), an epoch of random images (with labels for a conditional GAN) on the devices
+    as the loop holds them, and the epoch's shuffle; inside ``jax.set_mesh(mesh)``."""
+    num_runs = task.config.num_seeds
+    state = initial_state_on(task, mesh)
     n = steps_per_epoch * task.config.batch_size
     images = np.random.RandomState(0).randint(0, 256, (n, 28, 28, 1), dtype=np.uint8)
     data = parallel.put_replicated(images, mesh)
@@ -133,10 +132,10 @@ def time_ensemble(batch_size: int, num_runs: int, steps: int, warmup: int, mesh,
     every run a step) stepped in ``runs_form``, one step a call, after ``warmup`` untimed
     ones."""
     task_class = gan_variants.task_class(gan_type)
-    task = task_class(task_class.config_class(batch_size=batch_size))
+    task = task_class(task_class.config_class(batch_size=batch_size, num_seeds=num_runs))
     steps_per_epoch = 16
     with jax.set_mesh(mesh):
-        state, data, perm = _start(task, steps_per_epoch, mesh, num_runs)
+        state, data, perm = _start(task, steps_per_epoch, mesh)
         t = time.perf_counter()
         step = program.build_train_step(task, mesh, steps_per_epoch, 1, num_runs=num_runs,
                                         runs_form=runs_form).lower(state, data, perm).compile()

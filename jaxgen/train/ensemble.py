@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.train.state import TrainState, init_states
+from jaxgen.train.state import TrainState
 from jaxgen.train.task import Picture, Task
 
 
@@ -33,12 +33,6 @@ def seeds(task: Task, runs: int = 0) -> list[int]:
     """The seeds of an ensemble's runs (``runs``, default ``num_seeds`` of them):
     ``config.seed``, ``config.seed + 1``, ..."""
     return [task.config.seed + r for r in range(runs or num_runs(task))]
-
-
-def init_ensemble(task: Task, runs: int) -> TrainState:
-    """The stacked train states of ``runs`` runs, run r initialised as the solo run of seed
-    ``config.seed + r``. Traceable: jit it with the shardings to create it on a mesh."""
-    return init_states(task, jnp.asarray(seeds(task, runs), jnp.uint32))
 
 
 def run_state(state: TrainState, run: int) -> TrainState:
