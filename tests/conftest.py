@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 # Must happen before jax is imported anywhere: the sharding tests compare 8 devices with 1.
-# Most of the suite's time is XLA compiling tiny programs: LLVM's cheapest code generation
+# Much of the suite's time is XLA compiling tiny programs: LLVM's cheapest code generation
 # and XLA's older elemental emitters for fusions (FAST_COMPILE) compile them faster and compute
 # the same operations (no fast-math at any level). pytest -n N runs N processes, one a core, so
 # each computes on one thread (ONE_THREAD), where XLA's thread pool in each would make them

@@ -287,7 +287,7 @@ def test_a_diverging_run_is_named(tmp_path):
     with pytest.raises(JaxgenError, match=r"G_loss became nan at epoch 2, step 5 in run 2 "
                                           r"\(seed 9\)"):
         checks.check_finite({"D_loss": np.ones(3), "G_loss": np.array([1.0, 2.0, np.nan])},
-                           2, 5, ckpts, task)
+                            2, 5, ckpts, task)
     ckpts.close()
 
 
