@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import parallel
+from jaxgen import parallel, runtime
 from jaxgen.models.layers import CONV_FORMS
 from jaxgen.train import gan_variants, program
 from jaxgen.train.state import initial_state_on
@@ -219,10 +219,10 @@ def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN"
 def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
                reuse_host_memory: bool) -> dict:
     """The PyTorch reference in its own process, with glibc's malloc defaults or with the
-    settings of ``jaxgen.parallel.reuse_host_memory``."""
+    settings of ``jaxgen.runtime.reuse_host_memory``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     if reuse_host_memory:
-        env.update(parallel.host_memory_environment())
+        env.update(runtime.host_memory_environment())
     proc = subprocess.run([sys.executable, os.path.join(HERE, "torch_gan.py"), "--batch-size",
                            str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
                            "--log-every", str(log_every)], capture_output=True, text=True,
@@ -289,7 +289,7 @@ def main() -> None:
                              "without jaxgen.parallel.compiler_options")
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="also time the first form with glibc's malloc defaults, without "
-                             "jaxgen.parallel.reuse_host_memory (in a separate process)")
+                             "jaxgen.runtime.reuse_host_memory (in a separate process)")
     parser.add_argument("--gan-type", default="GAN", choices=list(gan_variants.OBJECTIVES),
                         help="which GAN's step to time (%(default)s); the PyTorch reference "
                              "is GAN.py's, so other types have no PyTorch row")
@@ -311,17 +311,17 @@ def main() -> None:
             sizes = [0]
         if min(sizes) < 1:
             sys.exit("error: --num-seeds takes positive integers, comma-separated, e.g. 1,2,4.")
-        parallel.reuse_host_memory()  # what jaxgen's scripts do first
+        runtime.reuse_host_memory()  # what jaxgen's scripts do first
         run_ensembles(args, batch_sizes[0], sizes)
         return
     if args.epoch:
-        parallel.reuse_host_memory()  # what jaxgen's scripts do first
+        runtime.reuse_host_memory()  # what jaxgen's scripts do first
         run_epoch(args, batch_sizes[0])
         return
     args.steps_per_call = args.steps_per_call or 1
     if args.steps_per_call < 1 or args.steps % args.steps_per_call:
         sys.exit("error: --steps must be a positive multiple of --steps-per-call.")
-    reused = parallel.reuse_host_memory()  # what jaxgen's scripts do first
+    reused = runtime.reuse_host_memory()  # what jaxgen's scripts do first
     mesh = parallel.make_mesh()
     for b in batch_sizes:
         parallel.check_batch_size(b, mesh)

@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-from jaxgen import checkpoint, parallel
+from jaxgen import checkpoint_reports, parallel, runtime
 from jaxgen.config import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Check, Settings, inherited, setting
 from jaxgen.errors import JaxgenError
 from jaxgen.runs.evaluate import EvaluateEvery
@@ -50,7 +50,7 @@ class RunOptions(Settings):
                                choices=parallel.ACCELERATORS)
     compilation_cache: bool = setting(
         True, "keep compiled programs in JAX's persistent compilation cache "
-              f"(JAX_COMPILATION_CACHE_DIR, else {parallel.CACHE_HINT}), so a rerun or resume "
+              f"(JAX_COMPILATION_CACHE_DIR, else {runtime.CACHE_HINT}), so a rerun or resume "
               "starts without compiling again")
     profile_steps: Optional[str] = setting(
         None, "write a jax.profiler trace of these global steps (1-based, inclusive) into "
@@ -216,7 +216,7 @@ def prepare_run(args: argparse.Namespace, config: Settings, kind: str) -> Run:
     workdir = (options.workdir if options.workdir is not None
                else os.path.join(DEFAULT_CHECKPOINTS, f"{kind}_{config.dataset}"))
     check_workdir(workdir)
-    parallel.use_compilation_cache(options.compilation_cache)
+    runtime.use_compilation_cache(options.compilation_cache)
     mesh = start_devices(options.accelerator, distributed)
     parallel.check_batch_size(config.batch_size, mesh)
     log = print if parallel.is_main_process() else (lambda _: None)
@@ -248,11 +248,11 @@ def run(main: Callable[[], None]) -> None:
     Ctrl-C and SIGTERM one line saying how to resume (exit status 130 and 143).
     Standard output is line-buffered, so a log redirected to a file or a pipe shows each line
     when it is printed, not minutes later. Host memory is reused from step to step
-    (:func:`jaxgen.parallel.reuse_host_memory`), and compiled programs are kept in JAX's
-    persistent compilation cache (:func:`jaxgen.parallel.use_compilation_cache`), whose
-    unreadable entries are replaced (:func:`jaxgen.parallel.repairing_compilation_cache`); what
+    (:func:`jaxgen.runtime.reuse_host_memory`), and compiled programs are kept in JAX's
+    persistent compilation cache (:func:`jaxgen.runtime.use_compilation_cache`), whose
+    unreadable entries are replaced (:func:`jaxgen.runtime.repairing_compilation_cache`); what
     a failed restore's abandoned reads would print is dropped
-    (:func:`jaxgen.checkpoint.drop_abandoned_reads`)."""
+    (:func:`jaxgen.checkpoint_reports.drop_abandoned_reads`)."""
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not, e.g., a notebook's)
         sys.stdout.reconfigure(line_buffering=True)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -261,11 +261,11 @@ def run(main: Callable[[], None]) -> None:
         # lands in a garbage-collection callback (JAX registers one) would be swallowed
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
-    parallel.reuse_host_memory()
-    checkpoint.drop_abandoned_reads()
-    parallel.use_compilation_cache()  # a training script's --no-compilation-cache: off again
+    runtime.reuse_host_memory()
+    checkpoint_reports.drop_abandoned_reads()
+    runtime.use_compilation_cache()  # a training script's --no-compilation-cache: off again
     try:
-        with parallel.repairing_compilation_cache():
+        with runtime.repairing_compilation_cache():
             main()
     except JaxgenError as e:
         print(f"error: {e}", file=sys.stderr)

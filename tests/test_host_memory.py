@@ -1,4 +1,4 @@
-"""parallel.reuse_host_memory: XLA:CPU's per-run scratch memory is reused, not faulted back in.
+"""runtime.reuse_host_memory: XLA:CPU's per-run scratch memory is reused, not faulted back in.
 
 Each case runs in its own process: malloc's settings are process-wide and must be made before
 JAX starts its backend. The page-fault counts depend on the machine and its load: those tests
@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # than any malloc arena but the main one can serve without mmap.
 PROBE = r"""
 import json, resource, sys
-from jaxgen import parallel
-applied = parallel.reuse_host_memory() if sys.argv[1] == "reuse" else None
+from jaxgen import runtime
+applied = runtime.reuse_host_memory() if sys.argv[1] == "reuse" else None
 import jax, jax.numpy as jnp
 
 x = jnp.ones(2**24, jnp.float32)
@@ -35,7 +35,7 @@ for _ in range(runs):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = step(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-late = parallel.reuse_host_memory()  # the backend has started: refused
+late = runtime.reuse_host_memory()  # the backend has started: refused
 print(json.dumps({"applied": applied, "late": late, "temp": temp, "faults": faults}))
 """
 
@@ -83,8 +83,8 @@ def test_the_users_malloc_settings_win():
 @LINUX_ONLY
 def test_the_environment_version_gives_a_new_process_the_same_settings():
     """What the benchmark starts PyTorch with: the settings from the process's start."""
-    from jaxgen import parallel
+    from jaxgen import runtime
 
-    result = _probe("default", warmup=24, **parallel.host_memory_environment())
+    result = _probe("default", warmup=24, **runtime.host_memory_environment())
     pages = result["temp"] / 4096
     assert sorted(result["faults"])[len(result["faults"]) // 2] < 0.02 * pages, result

@@ -144,11 +144,11 @@ def test_orbax_reports_of_a_full_disk_go_to_a_debug_log_not_the_terminal(
     import threading
     import types
 
-    from jaxgen import checkpoint
+    from jaxgen import checkpoint_reports
 
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
-    checkpoint.drop_abandoned_reads()  # as jaxgen's scripts install it
-    monkeypatch.setattr(checkpoint, "_failed_saves", False)
+    checkpoint_reports.drop_abandoned_reads()  # as jaxgen's scripts install it
+    monkeypatch.setattr(checkpoint_reports, "_failed_saves", False)
     workdir = tmp_path / "run"
     _train(workdir, tiny_images, epochs=1)
     real_save = Checkpoints.save
