@@ -11,7 +11,8 @@ PACKAGE = os.path.dirname(jaxgen.__file__)
 # The layers, lowest first; a module belongs to the first layer whose prefix it starts with.
 LAYERS = [
     ("core", ("jaxgen.errors", "jaxgen.config", "jaxgen.keys", "jaxgen.workdir", "jaxgen.data",
-              "jaxgen.rendezvous", "jaxgen.parallel", "jaxgen.checkpoint", "jaxgen.losses",
+              "jaxgen.rendezvous", "jaxgen.parallel", "jaxgen.runtime", "jaxgen.checkpoint",
+              "jaxgen.checkpoint_reports", "jaxgen.losses",
               "jaxgen.viz", "jaxgen.tensorboard", "jaxgen.models")),
     ("metrics", ("jaxgen.metrics",)),
     ("train", ("jaxgen.train",)),
