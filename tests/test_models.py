@@ -37,6 +37,31 @@ def test_generator_and_discriminator_shapes():
                              "ConvTranspose4x4Up_1": (4, 4, 64, 1)}
 
 
+def test_width_scales_every_hidden_layer_and_keeps_images_and_logits():
+    """GANConfig.width 0.25: each hidden layer's channels and units a quarter of the
+    reference's, z in and the image and logits out as they were (EBGAN's code too)."""
+    from jaxgen.models.gan import EnergyDiscriminator
+
+    z, x, key = jnp.zeros((3, 62)), jnp.zeros((3, 28, 28, 1)), jax.random.PRNGKey(0)
+    shapes = {}
+    for name, net, inputs in (("g", Generator(width=0.25), z), ("d", Discriminator(width=0.25), x),
+                              ("e", EnergyDiscriminator(width=0.25), x)):
+        variables = jax.eval_shape(lambda v, n=net: n.init(key, v, train=False), inputs)
+        shapes[name] = {k: v["kernel"].shape for k, v in variables["params"].items()
+                        if "kernel" in v}
+        out = jax.eval_shape(lambda v, i, n=net: n.apply(v, i, train=False), variables, inputs)
+        shapes[name + "_out"] = [o.shape for o in jax.tree.leaves(out)]
+    assert shapes["g"] == {"Dense_0": (62, 256), "Dense_1": (256, 7 * 7 * 32),
+                           "ConvTranspose4x4Up_0": (4, 4, 32, 16),
+                           "ConvTranspose4x4Up_1": (4, 4, 16, 1)}
+    assert shapes["d"] == {"Conv_0": (4, 4, 1, 16), "Conv_1": (4, 4, 16, 32),
+                           "Dense_0": (7 * 7 * 32, 256), "Dense_1": (256, 1)}
+    assert shapes["e"]["Dense_0"] == (14 * 14 * 16, 32) and shapes["e"]["Dense_1"] == (
+        32, 14 * 14 * 16)
+    assert shapes["g_out"] == [(3, 28, 28, 1)] and shapes["d_out"] == [(3,)]
+    assert sorted(shapes["e_out"]) == [(3, 28, 28, 1), (3, 32)]
+
+
 def test_reference_initialisation_normal_002_and_zero_biases():
     g_vars = Generator().init(jax.random.PRNGKey(0), jnp.zeros((1, 62)), train=False)
     d_vars = Discriminator().init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)

@@ -4,6 +4,8 @@ Architecture of ``GAN.py`` in pytorch-generative-model-collections (after Chen e
 InfoGAN):
   G: FC 1024-BN-ReLU, FC 7x7x128-BN-ReLU, deconv 64 (4x4, s2)-BN-ReLU, deconv 1 (4x4, s2)-tanh
   D: conv 64 (4x4, s2)-LReLU(0.2), conv 128 (4x4, s2)-BN-LReLU, FC 1024-BN-LReLU, FC 1
+``width`` scales every hidden layer's channels and units (:func:`scaled`): 1 is the reference's
+architecture; a fraction of it trains the same design faster (quick tries, the test suite).
 Images are NHWC in [-1, 1]. D returns logits: the sigmoid lives in the loss. Every network
 computes in its ``dtype`` (float32 parameters; outputs float32) with convolutions in
 ``conv_forms`` (``jaxgen.models.layers.CONV_FORMS``). EBGAN and BEGAN
@@ -23,25 +25,33 @@ import jax.numpy as jnp
 from jaxgen.models.layers import BatchNorm, Conv4x4Down, ConvTranspose4x4Up, Dense, GroupedBatchNorm
 
 
+def scaled(features: int, width: float) -> int:
+    """A hidden layer's size at ``width`` times the reference's (at least 1)."""
+    return max(1, round(features * width))
+
+
 class Generator(nn.Module):
     """z (N, z_dim) -> images (N, 28, 28, 1) in [-1, 1]."""
 
     image_channels: int = 1
     conv_forms: str = "canonical"  # how the transposed convolutions are computed; same params
     dtype: Any = jnp.float32
+    width: float = 1.0
 
     @nn.compact
     def __call__(self, z: jnp.ndarray, train: bool) -> jnp.ndarray:
+        channels = scaled(128, self.width)
+
         def norm():
             return BatchNorm(use_running_average=not train, dtype=self.dtype)
 
         def up(features):
             return ConvTranspose4x4Up(features, conv_forms=self.conv_forms, dtype=self.dtype)
 
-        x = nn.relu(norm()(Dense(1024, dtype=self.dtype)(z)))
-        x = nn.relu(norm()(Dense(7 * 7 * 128, dtype=self.dtype)(x)))
-        x = x.reshape(x.shape[0], 7, 7, 128)
-        x = nn.relu(norm()(up(64)(x)))
+        x = nn.relu(norm()(Dense(scaled(1024, self.width), dtype=self.dtype)(z)))
+        x = nn.relu(norm()(Dense(7 * 7 * channels, dtype=self.dtype)(x)))
+        x = x.reshape(x.shape[0], 7, 7, channels)
+        x = nn.relu(norm()(up(scaled(64, self.width))(x)))
         x = up(self.image_channels)(x)
         return jnp.tanh(x).astype(jnp.float32)
 
@@ -60,6 +70,7 @@ class Discriminator(nn.Module):
     head_outputs: int = 0
     conv_forms: str = "canonical"
     dtype: Any = jnp.float32
+    width: float = 1.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1,
@@ -77,10 +88,10 @@ class Discriminator(nn.Module):
             planes = jnp.broadcast_to(condition[:, None, None, :].astype(x.dtype),
                                       x.shape[:3] + condition.shape[-1:])
             x = jnp.concatenate([x, planes], axis=-1)
-        x = lrelu(down(64)(x.astype(self.dtype)))
-        x = lrelu(norm("BatchNorm_0")(down(128)(x)))
+        x = lrelu(down(scaled(64, self.width))(x.astype(self.dtype)))
+        x = lrelu(norm("BatchNorm_0")(down(scaled(128, self.width))(x)))
         x = x.reshape(x.shape[0], -1)
-        x = lrelu(norm("BatchNorm_1")(Dense(1024, dtype=self.dtype)(x)))
+        x = lrelu(norm("BatchNorm_1")(Dense(scaled(1024, self.width), dtype=self.dtype)(x)))
         out = Dense(1 + self.head_outputs, dtype=self.dtype)(x).astype(jnp.float32)
         if self.head_outputs == 0:
             return out[:, 0]
@@ -97,18 +108,20 @@ class EnergyDiscriminator(nn.Module):
     """
 
     image_channels: int = 1
-    code_dim: int = 32
+    code_dim: int = 32  # the code is not scaled by width: the pulling-away term reads it
     conv_forms: str = "canonical"
     dtype: Any = jnp.float32
+    width: float = 1.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1):
-        x = nn.relu(Conv4x4Down(64, conv_forms=self.conv_forms, dtype=self.dtype)(
+        channels = scaled(64, self.width)
+        x = nn.relu(Conv4x4Down(channels, conv_forms=self.conv_forms, dtype=self.dtype)(
             x.astype(self.dtype)))
         code = Dense(self.code_dim, dtype=self.dtype)(x.reshape(x.shape[0], -1))
-        x = Dense(14 * 14 * 64, dtype=self.dtype)(code)
+        x = Dense(14 * 14 * channels, dtype=self.dtype)(code)
         x = GroupedBatchNorm(use_running_average=not train, groups=groups, name="BatchNorm_0")(x)
-        x = nn.relu(x).reshape(x.shape[0], 14, 14, 64)
+        x = nn.relu(x).reshape(x.shape[0], 14, 14, channels)
         out = ConvTranspose4x4Up(self.image_channels, conv_forms=self.conv_forms,
                                  dtype=self.dtype)(x)
         return out.astype(jnp.float32), code.astype(jnp.float32)
@@ -125,14 +138,16 @@ class BoundaryDiscriminator(nn.Module):
     image_channels: int = 1
     conv_forms: str = "canonical"
     dtype: Any = jnp.float32
+    width: float = 1.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, groups: int = 1) -> jnp.ndarray:
         del train, groups  # no batch statistics
-        x = nn.relu(Conv4x4Down(64, conv_forms=self.conv_forms, dtype=self.dtype)(
+        channels = scaled(64, self.width)
+        x = nn.relu(Conv4x4Down(channels, conv_forms=self.conv_forms, dtype=self.dtype)(
             x.astype(self.dtype)))
-        code = Dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1))
-        x = Dense(14 * 14 * 64, dtype=self.dtype)(code)
+        code = Dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1))  # as EBGAN's code
+        x = Dense(14 * 14 * channels, dtype=self.dtype)(code)
         out = ConvTranspose4x4Up(self.image_channels, conv_forms=self.conv_forms,
-                                 dtype=self.dtype)(x.reshape(x.shape[0], 14, 14, 64))
+                                 dtype=self.dtype)(x.reshape(x.shape[0], 14, 14, channels))
         return out.astype(jnp.float32)

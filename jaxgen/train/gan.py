@@ -97,8 +97,9 @@ class GANTask(Task):
         objective = self.objective
         self.metric_names = ("D_loss", "G_loss") + objective.extra_metrics
         forms, dtype = config.conv_forms, DTYPES[config.dtype]  # auto: resolved when traced
-        self.generator = Generator(conv_forms=forms, dtype=dtype)
-        self.discriminator = objective.discriminator(conv_forms=forms, dtype=dtype)
+        self.generator = Generator(conv_forms=forms, dtype=dtype, width=config.width)
+        self.discriminator = objective.discriminator(conv_forms=forms, dtype=dtype,
+                                                     width=config.width)
         self.tx_d = objective.optimizer(config.lr_d, config)
         self.tx_g = objective.optimizer(config.lr_g, config)
         # infoGAN's third optimiser, over G's and D's parameters, at D's learning rate.

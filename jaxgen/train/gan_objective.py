@@ -54,6 +54,9 @@ class GANConfig(TrainConfig):
         "transposed convolutions, gradients as NHWC convolutions; written for XLA:CPU), xla "
         "(XLA's own forms), or auto (canonical on CPU, xla on accelerators)",
         choices=("auto",) + CONV_FORMS, resumable=True, absent="auto")
+    width: float = setting(
+        1.0, "G's and D's hidden layers' channels and units as a multiple of the reference's "
+        "(1: the reference's architecture; e.g. 0.25 for quick tries)", POSITIVE, absent=1.0)
     g_ema: float = setting(
         0.0, "decay of an exponential moving average of G's weights, kept in the checkpoint and "
         "used for samples, grids and evaluation (e.g. 0.999; 0: none)",
@@ -117,7 +120,7 @@ class Objective:
     d_loss: DLoss
     g_loss: GLoss
     config_class: type = GANConfig
-    # D's module, called with the keywords conv_forms and dtype (the GAN's settings)
+    # D's module, called with the keywords conv_forms, dtype and width (the GAN's settings)
     discriminator: Callable[..., nn.Module] = Discriminator
     penalty: Optional[Penalty] = None
     optimizer: Callable[[float, Any], optax.GradientTransformation] = adam
