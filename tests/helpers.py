@@ -21,6 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 OPTIMISED = "JAXGEN_TEST_OPTIMISED_XLA"
+# The tests' GANs: the reference's design at an eighth of its width (GANConfig.width, --width).
+# What most tests check (a step against steps, resumes, devices, the scripts' outputs) does not
+# depend on the layers' sizes, and narrow networks step, save and restore far faster. The tests
+# of the architecture, of the reference's step and of old checkpoints use the full width.
+WIDTH = 0.125
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,15 +208,15 @@ G_OUTPUT_ATOL = 3e-2
 D_OUTPUT_ATOL = 2e-4
 
 
-def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
+def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62, width: float = 1.0):
     """Two GAN models that one step took from the same model, batch and key, by computations
     that should be the same maths: compared as far as rounding lets them be.
 
     Every parameter moved by at most lr in each (Adam's first step is lr * g / (|g| + eps)),
     so they are at most 2 lr apart; all but a few elements moved the same way; and what the
     networks compute in training mode (BatchNorm on the batch, blind to the biases before it)
-    agrees. Only one step: GAN training amplifies rounding differences from step to step
-    (docs/testing.md, tolerances)."""
+    agrees (networks of ``width``, GANConfig.width). Only one step: GAN training amplifies
+    rounding differences from step to step (docs/testing.md, tolerances)."""
     import jax
     import jax.numpy as jnp
 
@@ -230,12 +235,14 @@ def assert_gan_models_close(a, b, *, lr: float, images, z_dim: int = 62):
                 moved_apart = np.mean(diff > lr / 10)
                 assert moved_apart < MAX_SHARE_MOVED_APART, (net, name, moved_apart)
     z = jax.random.uniform(jax.random.PRNGKey(123), (images.shape[0], z_dim))
-    g_out = [Generator().apply({"params": m.g.params, "batch_stats": m.g.batch_stats}, z,
-                               train=True, mutable=["batch_stats"])[0] for m in (a, b)]
+    g_out = [Generator(width=width).apply({"params": m.g.params,
+                                           "batch_stats": m.g.batch_stats}, z,
+                                          train=True, mutable=["batch_stats"])[0] for m in (a, b)]
     np.testing.assert_allclose(g_out[0], g_out[1], rtol=0, atol=G_OUTPUT_ATOL)
-    d_out = [Discriminator().apply({"params": m.d.params, "batch_stats": m.d.batch_stats},
-                                   jnp.asarray(images), train=True, mutable=["batch_stats"])[0]
-             for m in (a, b)]
+    d_out = [Discriminator(width=width).apply({"params": m.d.params,
+                                               "batch_stats": m.d.batch_stats},
+                                              jnp.asarray(images), train=True,
+                                              mutable=["batch_stats"])[0] for m in (a, b)]
     np.testing.assert_allclose(d_out[0], d_out[1], rtol=1e-4, atol=D_OUTPUT_ATOL)
 
 

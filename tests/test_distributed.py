@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
+    WIDTH,
     ScriptProcess,
     assert_gan_models_close,
     free_port,
@@ -21,7 +22,8 @@ from jaxgen.runs.restore import restore_run
 def _gan(data_dir, workdir, devices_per_process, *extra):
     env = {"XLA_FLAGS": xla_flags(devices_per_process)}
     return ScriptProcess("gan_mnist.py", "--data-dir", data_dir, "--epochs", 1, "--batch-size",
-                         16, "--log-every", 1, "--workdir", workdir, *extra, env=env)
+                         16, "--log-every", 1, "--width", WIDTH, "--workdir", workdir, *extra,
+                         env=env)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def test_two_processes_match_one_process(distributed_runs):
     (task, two), (_, one) = (restore_run(str(directory / run), devices=jax.devices()[:1])
                              for run in ("two", "one"))
     images = jnp.asarray(synthetic_images(16)[0][..., None], jnp.float32) / 127.5 - 1
-    assert_gan_models_close(two.model, one.model, lr=task.config.lr_d, images=images)
+    assert_gan_models_close(two.model, one.model, lr=task.config.lr_d, images=images,
+                            width=WIDTH)
 
 
 def test_a_seed_ensemble_on_two_processes_is_its_solo_runs(distributed_runs):
@@ -83,4 +86,5 @@ def test_a_seed_ensemble_on_two_processes_is_its_solo_runs(distributed_runs):
     task, run0 = restore_run(str(directory / "ensemble"), devices=device, run=0)
     _, solo = restore_run(str(directory / "one"), devices=device)
     images = jnp.asarray(synthetic_images(16)[0][..., None], jnp.float32) / 127.5 - 1
-    assert_gan_models_close(run0.model, solo.model, lr=task.config.lr_d, images=images)
+    assert_gan_models_close(run0.model, solo.model, lr=task.config.lr_d, images=images,
+                            width=WIDTH)

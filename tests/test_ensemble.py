@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import host_leaves
+from helpers import WIDTH, host_leaves
 
 from jaxgen import parallel
 from jaxgen.train import ensemble, gan_variants, program
@@ -23,7 +23,7 @@ LOSS_ATOL = 1e-5
 
 def _task(name):
     cls = gan_variants.task_class(name)
-    return cls(cls.config_class(batch_size=16, seed=7))
+    return cls(cls.config_class(batch_size=16, seed=7, width=WIDTH))
 
 
 def _data(task, images, mesh):
@@ -142,7 +142,7 @@ def test_eight_devices_match_one_for_an_ensemble(runs_form, tiny_images):
 # ------------------------------------------------------------------ the training loop
 # The loop's tiny run (test_train_loop.py's config) as an ensemble of two: one device, 4 steps
 # an epoch, so the solo run's programs are the ones that file compiles.
-LOOP = dict(epochs=2, batch_size=16, log_every=2)
+LOOP = dict(epochs=2, batch_size=16, log_every=2, width=WIDTH)
 # Two loss curves that agree to the eye: within 1 % at every step.
 CURVE_RTOL = 1e-2
 

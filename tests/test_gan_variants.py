@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import host_leaves
+from helpers import WIDTH, host_leaves
 
 from jaxgen import losses, parallel
 from jaxgen.errors import JaxgenError
@@ -21,7 +21,7 @@ from jaxgen.train import began, gan, gan_variants, loop
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.gan_objective import Objective, Penalty
 
-TINY = dict(epochs=1, batch_size=16, log_every=1)
+TINY = dict(epochs=1, batch_size=16, log_every=1, width=WIDTH)
 
 
 def _images(tiny_images, n=16):
@@ -283,8 +283,9 @@ def _assert_same_update(one, eight, lr):
         rel = 2e-3 if k == "G_loss" else 1e-4
         assert float(m8[k]) == pytest.approx(float(m1[k]), rel=rel, abs=1e-5), k
     a, b = parallel.to_host(a), parallel.to_host(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert np.max(np.abs(np.asarray(x, np.float64) - y)) <= 2 * lr + 1e-4 * np.max(np.abs(x))
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        bound = 2 * lr + 1e-4 * np.max(np.abs(x))
+        assert np.max(np.abs(np.asarray(x, np.float64) - y)) <= bound, jax.tree_util.keystr(path)
     for net in ("g", "d"):
         leaves = jax.tree_util.tree_leaves_with_path(getattr(a, net).params)
         for (path, x), y in zip(leaves, jax.tree.leaves(getattr(b, net).params)):
@@ -299,7 +300,9 @@ def test_eight_devices_match_one_with_a_gradient_penalty(wgan_gp_steps):
 
 
 def test_eight_devices_match_one_with_an_autoencoder_d(tiny_images):
-    task = _task("EBGAN")
+    # At the reference's width: G's loss, read through D after D's step, moves with the few
+    # elements of D whose step rounding flips, and a narrow D has fewer to average them out.
+    task = _task("EBGAN", width=1.0)
     model, step_fn = jax.jit(task.init)(jax.random.PRNGKey(0)), _step_fn(task)
     images = _images(tiny_images)
     _assert_same_update(_one_step(step_fn, model, images, 0),
@@ -313,8 +316,8 @@ def test_uniform_batchnorm_scales_redraw_those_scales_and_nothing_else():
     scale of G and D is a draw of U[0, 1), each layer its own, and every other parameter is
     what the ones init gives."""
     key = jax.random.PRNGKey(3)
-    ones = _task("EBGAN", batchnorm_scale_init="ones").init(key)
-    uniform = _task("EBGAN", batchnorm_scale_init="uniform").init(key)
+    ones = _task("EBGAN", batchnorm_scale_init="ones", width=1.0).init(key)
+    uniform = _task("EBGAN", batchnorm_scale_init="uniform", width=1.0).init(key)
     firsts = []
     for net, layers in (("g", 3), ("d", 1)):
         a = traverse_util.flatten_dict(getattr(ones, net).params)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import (
+    WIDTH,
     classifier_flags,
     curve_pixels,
     failing_writes,
@@ -187,7 +188,8 @@ def runs(tmp_path_factory, tiny_images):
     assert _main("train_classifier.py", "--data-dir", data_dir, "--workdir", classifier,
                  "--epochs", 3, *TINY_FLAGS) == 0
     hook = EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
-    loop.train(GANTask(GANConfig(epochs=2, batch_size=16, log_every=2)), tiny_images, str(gan),
+    loop.train(GANTask(GANConfig(epochs=2, batch_size=16, log_every=2, width=WIDTH)),
+               tiny_images, str(gan),
                parallel.make_mesh(jax.devices()[:1]), log=lambda _: None, epoch_hooks=[hook])
     return data_dir, classifier, gan
 
@@ -279,8 +281,8 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     out = tmp_path / "collection"
     names = ("GAN+EMA", "infoGAN")  # an unconditional and a conditional GAN
     dirs = {"GAN+EMA": "gan_ema", "infoGAN": "infogan"}
-    flags = ("--gan-types", ",".join(names), "--epochs", 1, "--batch-size", 16, "--data-dir",
-             data_dir, "--classifier", classifier, "--workdir", out)
+    flags = ("--gan-types", ",".join(names), "--epochs", 1, "--batch-size", 16, "--width", WIDTH,
+             "--data-dir", data_dir, "--classifier", classifier, "--workdir", out)
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
                                     capsys=capsys)
     assert code == 0, err
@@ -365,7 +367,8 @@ def test_a_seed_ensemble_is_scored_run_by_run(runs, tiny_images, tmp_path, capsy
     data_dir, classifier, _ = runs
     out = tmp_path / "collection"
     hook = EvaluateEvery(str(classifier), 2, NUM, data_dir, dataset="mnist")
-    config = GANConfig(epochs=2, batch_size=16, log_every=2, seed=3, num_seeds=2)
+    config = GANConfig(epochs=2, batch_size=16, log_every=2, seed=3, num_seeds=2,
+                       width=WIDTH)
     loop.train(GANTask(config), tiny_images, str(out / "gan"),
                parallel.make_mesh(jax.devices()[:1]), log=lambda _: None, epoch_hooks=[hook])
     row = json.loads(open(out / "gan" / HISTORY_FILE).read())
@@ -377,7 +380,8 @@ def test_a_seed_ensemble_is_scored_run_by_run(runs, tiny_images, tmp_path, capsy
 
     code, log, err = run_in_process(
         "gan_collection.py", "--gan-types", "GAN", "--epochs", 2, "--batch-size", 16,
-        "--seed", 3, "--num-seeds", 2, "--data-dir", data_dir, "--classifier", classifier,
+        "--width", WIDTH, "--seed", 3, "--num-seeds", 2, "--data-dir", data_dir,
+        "--classifier", classifier,
         "--workdir", out, "--num-samples", NUM, capsys=capsys)
     assert code == 0, err
     assert "nothing to train" in log and "Epoch:" not in log

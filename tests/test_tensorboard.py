@@ -6,7 +6,7 @@ import errno
 import jax
 import numpy as np
 import pytest
-from helpers import run_in_process, write_idx_dataset
+from helpers import WIDTH, run_in_process, write_idx_dataset
 from helpers import tensorboard_events as _events
 from PIL import Image
 
@@ -14,7 +14,7 @@ from jaxgen import parallel, tensorboard
 from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask
 
-CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)  # 4 steps an epoch, 2 logged
+CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2, width=WIDTH)  # 4 steps, 2 logged
 
 
 def _probe(task, state, epoch, workdir):

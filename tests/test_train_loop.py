@@ -8,7 +8,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from helpers import host_leaves
+from helpers import WIDTH, host_leaves
 
 from jaxgen import parallel
 from jaxgen.errors import JaxgenError
@@ -18,7 +18,7 @@ from jaxgen.train import loop
 from jaxgen.train.gan import GANConfig, GANTask
 from jaxgen.train.task import Task, TrainConfig
 
-CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2)
+CONFIG = GANConfig(epochs=2, batch_size=16, log_every=2, width=WIDTH)
 
 
 def _train(workdir, images, config=CONFIG, n_devices=1, task=None, logs=None, **kwargs):
