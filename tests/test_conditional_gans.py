@@ -35,7 +35,7 @@ def _one_device():
 # ----------------------------------------------------------------------------- G and D
 
 def test_the_label_steers_g_and_the_same_label_and_z_give_the_same_image():
-    task = _task("ACGAN", width=1.0)  # the reference's G, whose label moves its output by 1e-3
+    task = _task("ACGAN", width=1.0)  # the reference's G, for which the bound below is set
     model = jax.jit(task.init)(jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(3)  # the same z for every call below
     sample = jax.jit(task.sample_images, static_argnums=2)  # one program for both calls
@@ -128,9 +128,10 @@ def test_infogan_losses_read_the_logit_from_column_0_and_the_codes_from_the_q_he
 def test_infogans_q_head_learns_its_codes(tiny_images):
     """On the tiny images, the information loss's third Adam teaches D's Q head to read back
     the codes G was given: far above chance for the category, and the continuous codes' error
-    well below their variance (1/3 for U(-1, 1), what predicting 0 would score). At the
-    reference's width, for which these figures hold after 60 steps."""
-    task = _task("infoGAN", width=1.0)
+    well below their variance (1/3 for U(-1, 1), what predicting 0 would score). At a quarter
+    of the reference's width: the narrowest of the tests' widths learns too slowly to be
+    judged after 60 steps."""
+    task = _task("infoGAN", width=0.25)
     model = jax.jit(task.init)(jax.random.PRNGKey(0))
     images = jnp.asarray(tiny_images[:16], jnp.float32) / 127.5 - 1.0
     step = jax.jit(task.train_step)
