@@ -7,7 +7,7 @@ import shutil
 
 import jax
 import numpy as np
-from helpers import synthetic_images
+from helpers import WIDTH, synthetic_images
 
 from jaxgen import parallel
 from jaxgen.runs.restore import restore_run, sample_images
@@ -62,7 +62,7 @@ def test_a_gan_checkpoint_without_the_extra_state_restores_and_resumes(tiny_imag
         d: Any
 
     mesh = parallel.make_mesh(jax.devices()[:1])
-    config = GANConfig(epochs=1, batch_size=16, log_every=2)
+    config = GANConfig(epochs=1, batch_size=16, log_every=2, width=WIDTH)
     now, before = tmp_path / "now", tmp_path / "before"
     state, _ = loop.train(GANTask(config), tiny_images, str(now), mesh, log=lambda _: None)
     meta = Checkpoints(checkpoint_dir(str(now)), read_only=True).read_meta(1)
@@ -73,7 +73,7 @@ def test_a_gan_checkpoint_without_the_extra_state_restores_and_resumes(tiny_imag
     task, restored = restore_run(str(before), devices=jax.devices()[:1])
     assert restored.model.extra == {}
     assert all(np.array_equal(a, b) for a, b in zip(host_leaves(restored), host_leaves(state)))
-    longer = GANConfig(epochs=2, batch_size=16, log_every=2)
+    longer = GANConfig(epochs=2, batch_size=16, log_every=2, width=WIDTH)
     resumed = [loop.train(GANTask(longer), tiny_images, str(w), mesh, log=lambda _: None)[0]
                for w in (now, before)]
     assert all(np.array_equal(a, b)
