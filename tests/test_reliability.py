@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import failing_writes, free_port, run_in_process
+from helpers import WIDTH, failing_writes, free_port, run_in_process
 
 from jaxgen import data, parallel, rendezvous
 from jaxgen.checkpoint import Checkpoints
@@ -368,7 +368,8 @@ def test_a_stop_signal_is_one_line_that_says_how_to_resume(sig, status, line, id
 
     workdir = tmp_path / "run"
     proc = ScriptProcess("gan_mnist.py", "--data-dir", idx_dir, "--workdir", workdir,
-                         "--epochs", 1000, "--batch-size", 16, "--log-every", 4)
+                         "--epochs", 1000, "--batch-size", 16, "--log-every", 4,
+                         "--width", WIDTH)
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "1").is_dir() and proc.proc.poll() is None \
             and time.time() < deadline:
