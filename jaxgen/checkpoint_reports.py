@@ -68,18 +68,27 @@ _NOTICE_FILTERS = (_ReadOnlyNotice(), _UnparsableInfoNotice(),  # one of each: "
                    _InterruptionNotice())
 
 
+_quiet_depth = 0  # how many quiet_orbax blocks are open (a quiet method calls another)
+
+
 @contextlib.contextmanager
 def quiet_orbax():
     """Orbax's notices above filtered while jaxgen talks to orbax, and only then: a program
-    that imports jaxgen keeps its own logging as it was."""
+    that imports jaxgen keeps its own logging as it was. Nested blocks keep the filters until
+    the outermost one ends."""
+    global _quiet_depth
     logger = logging.getLogger("absl")
-    for f in _NOTICE_FILTERS:
-        logger.addFilter(f)
+    if _quiet_depth == 0:
+        for f in _NOTICE_FILTERS:
+            logger.addFilter(f)
+    _quiet_depth += 1
     try:
         yield
     finally:
-        for f in _NOTICE_FILTERS:
-            logger.removeFilter(f)
+        _quiet_depth -= 1
+        if _quiet_depth == 0:
+            for f in _NOTICE_FILTERS:
+                logger.removeFilter(f)
 
 
 def quietly(method):
@@ -222,9 +231,11 @@ def note_failed_read() -> None:
 @contextlib.contextmanager
 def held_save_reports():
     """Around one save and its wait: orbax's warnings and errors (from any thread) and the
-    loop-closed reports of its writes are held back, then shown as they came when the save ends,
-    whether it succeeded or failed. Yields the holder: a failure that calls its
-    :meth:`_HeldReports.keep_in` sends them, and every later one, into a file instead."""
+    loop-closed reports of its writes are held back. A save that succeeds shows them as they
+    came; one that fails shows the warnings and errors and drops the loop-closed reports (its
+    abandoned writes', raised at random later), unless it called the yielded holder's
+    :meth:`_HeldReports.keep_in`, which sends the warnings and errors, and every later one, into
+    a file instead."""
     global _failed_saves, _held_unraisable
     while _lingering:  # an earlier failed save's abandoned writes are over by now
         _lingering.pop().release(show=False)
