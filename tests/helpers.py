@@ -22,9 +22,9 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 OPTIMISED = "JAXGEN_TEST_OPTIMISED_XLA"
 # The tests' GANs: the reference's design at an eighth of its width (GANConfig.width, --width).
-# What most tests check (a step against steps, resumes, devices, the scripts' outputs) does not
-# depend on the layers' sizes, and narrow networks step, save and restore far faster. The tests
-# of the architecture, of the reference's step and of old checkpoints use the full width.
+# Narrow networks step, save and restore far faster. Tests whose bounds were set for the
+# reference's architecture (its shapes, the step against the reference's, eight devices against
+# one, precision) keep the full width (docs/testing.md says which).
 WIDTH = 0.125
 
 

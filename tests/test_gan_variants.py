@@ -252,7 +252,8 @@ def test_sampling_splits_its_draws_over_the_devices(monkeypatch):
 def wgan_gp_steps(tiny_images):
     """WGAN-GP from one model: a step that waits for G and one that updates it, on one device,
     and the second on eight."""
-    task = _task("WGAN_GP")
+    task = _task("WGAN_GP", width=1.0)  # the reference's, for which _assert_same_update's
+    # bounds were set
     model = jax.jit(task.init)(jax.random.PRNGKey(0))
     step_fn, images, last = _step_fn(task), _images(tiny_images), task.config.n_critic - 1
     return dict(task=task, model=model, waits=_one_step(step_fn, model, images, 0),

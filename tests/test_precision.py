@@ -131,9 +131,10 @@ def test_dtype_and_precision_flags_refuse_unknown_values(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
-def test_settings_of_runs_saved_before_them_read_as_float32_default_auto():
-    saved = dataclasses.asdict(GANConfig())
-    for name in ("dtype", "precision", "conv_forms"):
+def test_settings_of_runs_saved_before_them_read_as_float32_default_auto_full_width():
+    saved = dataclasses.asdict(GANConfig(width=0.5))
+    for name in ("dtype", "precision", "conv_forms", "width"):
         del saved[name]
     config = GANConfig.from_dict(saved)
-    assert (config.dtype, config.precision, config.conv_forms) == ("float32", "default", "auto")
+    assert (config.dtype, config.precision, config.conv_forms, config.width) == (
+        "float32", "default", "auto", 1.0)
