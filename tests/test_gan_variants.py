@@ -486,3 +486,29 @@ def test_a_new_objective_is_two_functions_and_one_entry(tiny_images, tmp_path):
         del gan_variants.OBJECTIVES["HINGE_TEST"]
         gan_variants.task_class.cache_clear()
     shutil.rmtree(tmp_path / "hinge")
+
+
+def test_a_discriminator_of_ones_own_gets_the_gans_width_dtype_and_forms():
+    """An Objective's own D module, declaring the three fields GANTask passes it (conv_forms,
+    dtype, width), is built with the GAN's settings."""
+    import flax.linen as nn
+
+    class LinearD(nn.Module):
+        conv_forms: str = "canonical"
+        dtype: object = jnp.float32
+        width: float = 1.0
+
+        @nn.compact
+        def __call__(self, x, train, groups=1):
+            hidden = nn.Dense(round(64 * self.width), dtype=self.dtype)(x.reshape(len(x), -1))
+            return nn.Dense(1)(nn.relu(hidden))[:, 0]
+
+    task_cls = type("LinearGAN", (GANTask,), {
+        "objective": Objective("LINEAR_D_TEST", gan_variants.OBJECTIVES["GAN"].d_loss,
+                               gan_variants.OBJECTIVES["GAN"].g_loss, discriminator=LinearD),
+        "name": "LINEAR_D_TEST"})
+    task = task_cls(GANConfig(**{**TINY, "width": 0.5, "conv_forms": "xla"}))
+    assert (task.discriminator.width, task.discriminator.conv_forms) == (0.5, "xla")
+    model = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    assert model.d.params["Dense_0"]["kernel"].shape == (28 * 28, 32)
+    assert model.g.params["Dense_0"]["kernel"].shape == (62, 512)  # G at the same width
