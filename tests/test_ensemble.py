@@ -197,6 +197,46 @@ def test_an_ensemble_resumes_bit_identically(trained, tiny_images, tmp_path):
     assert resumed_history.metrics == history.metrics
 
 
+def test_an_ensemble_killed_during_an_epoch_resumes_bit_identically(tmp_path):
+    """gan_mnist.py --num-seeds 2 killed with SIGKILL as soon as epoch 1's checkpoint is written
+    (so during epoch 2 or its save): the same command again ends where an uninterrupted run of
+    it ends, bit for bit, with the same losses."""
+    import json
+    import signal
+    import time
+
+    from helpers import ScriptProcess, run_script, write_idx_dataset
+
+    from jaxgen.runs.restore import restore_run
+
+    data_dir = write_idx_dataset(str(tmp_path / "idx"))
+
+    def command(workdir):
+        return ("gan_mnist.py", "--data-dir", data_dir, "--epochs", 4, "--batch-size", 16,
+                "--log-every", 4, "--width", WIDTH, "--seed", 3, "--num-seeds", 2, "--workdir",
+                workdir)
+
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    procs = [ScriptProcess(*command(killed)), ScriptProcess(*command(whole))]
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "1").is_dir() and procs[0].proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    procs[0].proc.send_signal(signal.SIGKILL)
+    stopped, finished = (p.wait() for p in procs)
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]  # killed mid-run
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rerun = run_script(*command(killed))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming from the checkpoint of epoch" in rerun.stdout
+    histories = [json.load(open(w / "GAN_history.json")) for w in (killed, whole)]
+    losses = [{k: v for k, v in h.items() if "time" not in k} for h in histories]
+    assert losses[0] == losses[1] and losses[0]
+    states = [restore_run(str(w), devices=jax.devices()[:1])[1] for w in (killed, whole)]
+    for a, b in zip(host_leaves(states[0]), host_leaves(states[1])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_another_number_of_seeds_is_a_conflict_and_changes_nothing(trained, tiny_images):
     from jaxgen.errors import JaxgenError
 
