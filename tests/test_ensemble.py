@@ -371,8 +371,7 @@ def test_seeds_beyond_32_bits_are_refused():
         TrainConfig(seed=2 ** 32 - 2, num_seeds=3).validate()
 
 
-@pytest.mark.parametrize("name", ["train_classifier.py", "kl/ablation.py", "kl/sweeps.py",
-                                  "kl/data_size.py"])
+@pytest.mark.parametrize("name", ["train_classifier.py", "kl/sweeps.py", "kl/data_size.py"])
 def test_scripts_that_train_one_run_offer_no_ensembles(name, tmp_path, capsys, monkeypatch):
     import os
 

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from helpers import (
+    REPO,
     as_pixels,
     curve_pixels,
     grid_tiles,
@@ -122,6 +123,39 @@ def test_ablation_writes_the_table_and_figures(ablation_run):
         assert is_png(workdir / name), name
     for run in ("beta_1", "beta_0", "beta_1_latent2", "beta_0_latent2"):
         assert (workdir / run / "checkpoints" / "1").is_dir(), run
+
+
+def test_ablation_of_seed_ensembles_gives_a_row_per_run_and_mean_and_std(tmp_path, capsys,
+                                                                          monkeypatch):
+    """--num-seeds 2: each beta's two runs (seeds 5 and 6) trained as one ensemble, measured
+    as solo runs (their claims each in its own folder); ablation.csv and claims.csv have a row
+    per run, the markdown tables each figure's mean ± std over the runs of a beta."""
+    import os
+
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments", "kl"))  # its own modules
+    import report
+
+    data_dir = write_idx_dataset(str(tmp_path / "idx"))
+    workdir = tmp_path / "ablation"
+    code, out, err = run_in_process(
+        "kl/ablation.py", "--data-dir", data_dir, "--epochs", 1, "--latent-dim", 3,
+        "--eval-images", 16, "--num-samples", 60, "--picture-latent-dim", 0, "--claims",
+        "--nn-samples", 8, "--seed", 5, "--num-seeds", 2, "--workdir", workdir, *TINY_FLAGS,
+        capsys=capsys)
+    assert code == 0, err[-3000:]
+    rows = list(csv.DictReader(open(workdir / "ablation.csv")))
+    assert [(float(r["beta"]), int(r["seed"])) for r in rows] == [(1, 5), (1, 6), (0, 5), (0, 6)]
+    assert rows[0]["recon"] != rows[1]["recon"]  # two runs, not one twice
+    recon = np.array([float(r["recon"]) for r in rows[:2]])
+    cell = f"{report.fmt(recon.mean(), digits=4)} ± {report.fmt(recon.std(ddof=1), digits=2)}"
+    table = open(workdir / "ablation.md").read()
+    assert re.search(r"^\| 1 \| 2 \| " + re.escape(cell) + r" \|", table, re.M), table
+    assert "2 runs of seeds 5..6" in table
+    claims = list(csv.DictReader(open(workdir / "claims.csv")))
+    assert [int(r["seed"]) for r in claims] == [5, 6, 5, 6]
+    for run in ("run0", "run1"):
+        assert (workdir / "beta_1" / run / "claims.json").is_file(), run
+    assert " ± " in open(workdir / "claims.md").read()
 
 
 @pytest.mark.parametrize("flags, message", [

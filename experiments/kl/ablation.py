@@ -4,9 +4,14 @@ architecture and budget, evaluates both on the test set, and writes the comparis
     python experiments/kl/ablation.py --dataset fashion_mnist --data-dir /path/to/idx-files \\
         --epochs 30 --workdir checkpoints/vae_kl_ablation
 
+With --num-seeds N, each beta trains N runs (seeds --seed, ..., --seed + N - 1) together in
+one compiled program, each run measured as a solo run is.
+
 Writes into --workdir:
   ablation.csv, ablation.md   one row per beta: recon, kl, -ELBO, iwae_nll (nats per image),
-                              mean_sigma, mu_std, active_units, and the prior-sample quality
+                              mean_sigma, mu_std, active_units, and the prior-sample quality;
+                              with --num-seeds N, ablation.csv has a row per run (its seed
+                              column) and ablation.md each figure's mean ± std over the runs
   beta_<b>/                   each model's own run (checkpoints, grids, curves, test_eval.json)
   beta_<b>_latent2/           the same model with a 2-D latent, for the pictures
   latent_scatter.png          test posterior means coloured by class (2-D latent), per beta
@@ -14,7 +19,8 @@ Writes into --workdir:
   prior_samples.png           samples from the N(0, I) prior, per beta
   reconstructions.png         test images (odd rows) and reconstructions (even rows), per beta
   claims.csv, claims.md       with --claims: the measurements of claims.py (probes
-                              of the latent, I(x; z), train/test gaps, memorisation)
+                              of the latent, I(x; z), train/test gaps, memorisation); an
+                              ensemble's in beta_<b>/run<r>/, tabled as ablation.csv/.md are
 
 Every run resumes; rerunning the same command only does what is missing.
 """
@@ -34,7 +40,7 @@ from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import frechet_distance_of_features
 from jaxgen.runs.restore import draw_samples
-from jaxgen.train import vae_eval
+from jaxgen.train import ensemble, vae_eval
 from jaxgen.train.vae import PRESETS, VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
 from jaxgen.workdir import ensure_writable, write_atomically
@@ -62,13 +68,12 @@ class AblationOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "num_seeds"),
-                                presets=PRESETS)
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",), presets=PRESETS)
     TestEvalOptions.add_flags(parser, "test-set evaluation after training")
     AblationOptions.add_flags(parser, "the ablation")
     args = cli.parse(parser, presets=PRESETS)
 
-    base = VAEConfig.from_flags(args, beta=1.0, num_seeds=1)
+    base = VAEConfig.from_flags(args, beta=1.0)
     options = AblationOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval)
@@ -117,7 +122,8 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
                     quality: Optional[tuple[str, claims.QualityFn]] = None,
                     log: Callable[[str], None] = print, measure_claims: bool = False,
                     nn_samples: int = 1000) -> list[dict]:
-    """Trains and evaluates one VAE per config; returns the table's rows.
+    """Trains and evaluates one VAE per config (a seed ensemble with ``num_seeds`` > 1);
+    returns the table's rows, one per run.
 
     ``quality`` is (description, fn): fn maps ``num_samples`` prior samples in [-1, 1] to a dict
     of figures added to each row (e.g. the classifier-space metrics of ``jaxgen.metrics``).
@@ -133,19 +139,25 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         task, state, summary = vae_eval.train_and_evaluate(
             config, train.images, test.images, run_dir, mesh, iwae_k=iwae_k,
             eval_images=eval_images, log=log)
-        row = {"beta": config.beta, **{k: summary[k] for k in EVAL_KEYS}}
-        if quality is not None:
-            samples = draw_samples(task, state.model, num_samples, jax.random.PRNGKey(0))
-            row.update(quality[1](samples))
-        rows.append(row)
-        if measure_claims:
-            n = summary["num_images"]
-            claim_rows.append({"beta": config.beta, **claims.measure(
-                task, state, train, test, run_dir, mesh, summary["epoch"], summary, iwae_k, n,
-                nn_samples=nn_samples, num_samples=num_samples, log=log)})
-        main_runs[label] = (task, state)
+        runs = each_run(task, state, summary)
+        for r, (one_task, one_state, one_summary) in enumerate(runs):
+            seed = {"seed": one_task.config.seed} if len(runs) > 1 else {}
+            row = {"beta": config.beta, **seed, **{k: one_summary[k] for k in EVAL_KEYS}}
+            if quality is not None:
+                samples = draw_samples(one_task, one_state.model, num_samples,
+                                       jax.random.PRNGKey(0))
+                row.update(quality[1](samples))
+            rows.append(row)
+            if measure_claims:
+                claims_dir = run_dir if len(runs) == 1 else os.path.join(run_dir, f"run{r}")
+                os.makedirs(claims_dir, exist_ok=True)
+                claim_rows.append({"beta": config.beta, **seed, **claims.measure(
+                    one_task, one_state, train, test, claims_dir, mesh, summary["epoch"],
+                    one_summary, iwae_k, summary["num_images"], nn_samples=nn_samples,
+                    num_samples=num_samples, log=log)})
+        main_runs[label] = runs[0][:2]  # the pictures: the first run's
         if picture_latent_dim:
-            small = dataclasses.replace(config, latent_dim=picture_latent_dim)
+            small = dataclasses.replace(config, latent_dim=picture_latent_dim, num_seeds=1)
             small_dir = os.path.join(workdir, f"beta_{config.beta:g}_latent{picture_latent_dim}")
             log(f"--- {label}, latent {picture_latent_dim} (pictures): {small_dir}")
             picture_runs[label] = vae_eval.train_and_evaluate(
@@ -159,6 +171,15 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         log(format_table(rows))
         log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
     return rows
+
+
+def each_run(task, state, summary: dict) -> list[tuple]:
+    """(task, state, test summary) of each run: a solo run itself; an ensemble's runs as the
+    solo runs of their seeds, their states on the host."""
+    if ensemble.num_runs(task) == 1:
+        return [(task, state, summary)]
+    return [(ensemble.run_task(task, r), jax.device_get(ensemble.run_state(state, r)),
+             summary["runs"][r]) for r in range(ensemble.num_runs(task))]
 
 
 def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, claims.QualityFn]:
@@ -189,17 +210,33 @@ def _pooled(images: np.ndarray) -> np.ndarray:
 
 
 def format_table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    return report.markdown_table(keys, ([f"{row[k]:g}" if k == "beta" else
-                                         report.fmt(row[k], digits=4) for k in keys]
-                                        for row in rows))
+    """A row per beta; an ensemble's runs (rows with a seed) as each figure's mean ± std."""
+    if "seed" not in rows[0]:
+        keys = list(rows[0])
+        return report.markdown_table(keys, ([f"{row[k]:g}" if k == "beta" else
+                                             report.fmt(row[k], digits=4) for k in keys]
+                                            for row in rows))
+    keys = [k for k in rows[0] if k not in ("beta", "seed")]
+    betas = list(dict.fromkeys(row["beta"] for row in rows))
+    cells = []
+    for beta in betas:
+        runs = [row for row in rows if row["beta"] == beta]
+        values = {k: np.asarray([row[k] for row in runs], float) for k in keys}
+        cells.append([f"{beta:g}", str(len(runs))] + [
+            f"{report.fmt(v.mean(), digits=4)} ± {report.fmt(v.std(ddof=1), digits=2)}"
+            for v in values.values()])
+    return report.markdown_table(["beta", "runs"] + keys, cells)
 
 
 def write_table(rows: list[dict], workdir: str, config: VAEConfig,
                 quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
     report.write_csv(os.path.join(workdir, "ablation.csv"), rows)
-    setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
-             f"{config.seed}; {config.architecture} {','.join(map(str, config.hidden))} "
+    last = config.seed + config.num_seeds - 1
+    seeds = (f"seed {config.seed}" if config.num_seeds == 1 else
+             f"{config.num_seeds} runs of seeds {config.seed}..{last} (mean ± std over the "
+             "runs; ablation.csv has each run's row)")
+    setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, {seeds}; "
+             f"{config.architecture} {','.join(map(str, config.hidden))} "
              f"{config.activation}, latent {config.latent_dim}, {config.likelihood} likelihood"
              + (f" (sigma {config.sigma})" if config.likelihood == "gaussian" else "")
              + f", K={config.mc_samples}, Adam lr {config.lr}. Test figures on {num_images} "
@@ -232,7 +269,7 @@ CLAIM_COLUMNS = ("beta", "rate", "mi", "mi_max", "probe_acc", "nn_acc", "mse_tra
 def write_claims(rows: list[dict], workdir: str) -> None:
     """``claims.csv`` (every measured column) and ``claims.md`` (the claims' columns)."""
     report.write_csv(os.path.join(workdir, "claims.csv"), rows)
-    table = format_table([{k: r[k] for k in CLAIM_COLUMNS} for r in rows])
+    table = format_table([{k: r[k] for k in ("seed",) + CLAIM_COLUMNS if k in r} for r in rows])
     notes = report.column_notes(claims.COLUMNS, only=CLAIM_COLUMNS)
     with write_atomically(os.path.join(workdir, "claims.md")) as f:
         f.write(f"# The claims' measurements\n\n{report.command()}\n\n{table}\n\n{notes}\n")
