@@ -190,11 +190,13 @@ def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
              " trained together; each score the mean ± standard deviation over the runs, "
              "collection.csv each run's; seconds per epoch of all the runs together)"
              if ensembles else f"seed {base.seed}")
+    width = ("" if base.width == 1 else
+             f"G and D at {base.width:g} times the reference's widths (--width), ")
     text = f"""# The GAN collection on {base.dataset}
 
 Command: `python {' '.join(sys.argv)}`
 
-{base.epochs} epochs each at batch {base.batch_size}, {seeds}, each GAN with its own
+{base.epochs} epochs each at batch {base.batch_size}, {seeds}, {width}each GAN with its own
 defaults; {options.num_samples} samples scored against {options.num_samples} training images in
 the feature space of the classifier in `{options.classifier}`; the floor row scores
 {options.num_samples} real test images the same way. Median seconds per epoch on {machine}.

@@ -311,7 +311,7 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert "code_to_class" not in json.load(open(out / "gan_ema" / "eval.json"))
     table = open(out / "collection.md").read()
     assert "| real test images (floor) |" in table and "| infoGAN |" in table
-    assert "| GAN+EMA |" in table
+    assert "| GAN+EMA |" in table and f"G and D at {WIDTH:g} times the reference's" in table
     assert f"{result['floor']['fid']:.2f}" in table or f"{result['floor']['fid']:.4g}" in table
     picture = np.asarray(Image.open(out / "collection.png").convert("L"))
     assert picture.shape[1] > picture.shape[0]  # two panels side by side
