@@ -9,6 +9,7 @@ draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -110,9 +111,12 @@ def build_train_step(task: Task, mesh: Mesh, steps_per_epoch: int, steps_per_cal
                    donate_argnums=0, compiler_options=compiler_options or None)
 
 
+@functools.lru_cache(maxsize=32)
 def build_permutation(mesh: Mesh, num_images: int, num_runs: int = 1):
     """``permutation(rng, epoch)``: the epoch's shuffle of the dataset, from the run's key (of
-    each run's key, (num_runs, num_images), for an ensemble's keys (num_runs, 2))."""
+    each run's key, (num_runs, num_images), for an ensemble's keys (num_runs, 2)). It depends
+    on nothing else, so a process builds (traces and compiles) it once per mesh and size:
+    the runs of a collection or a sweep on the same data share it."""
 
     def shuffle(rng: jax.Array, epoch: jax.Array) -> jax.Array:
         return jax.random.permutation(named_key(rng, "shuffle", epoch), num_images)
