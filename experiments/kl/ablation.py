@@ -39,6 +39,7 @@ from jaxgen.config import DISTINCT_NON_NEGATIVE, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import frechet_distance_of_features
+from jaxgen.metrics.evaluator import summarise_runs
 from jaxgen.runs.restore import draw_samples
 from jaxgen.train import ensemble, vae_eval
 from jaxgen.train.vae import PRESETS, VAEConfig
@@ -221,10 +222,10 @@ def format_table(rows: list[dict]) -> str:
     cells = []
     for beta in betas:
         runs = [row for row in rows if row["beta"] == beta]
-        values = {k: np.asarray([row[k] for row in runs], float) for k in keys}
+        summary = summarise_runs(runs, keys)
         cells.append([f"{beta:g}", str(len(runs))] + [
-            f"{report.fmt(v.mean(), digits=4)} ± {report.fmt(v.std(ddof=1), digits=2)}"
-            for v in values.values()])
+            f"{report.fmt(summary[k], digits=4)} ± {report.fmt(summary['std'][k], digits=2)}"
+            for k in keys])
     return report.markdown_table(["beta", "runs"] + keys, cells)
 
 
