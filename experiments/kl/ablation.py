@@ -39,9 +39,8 @@ from jaxgen.config import DISTINCT_NON_NEGATIVE, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import frechet_distance_of_features
-from jaxgen.metrics.evaluator import summarise_runs
 from jaxgen.runs.restore import draw_samples
-from jaxgen.train import ensemble, vae_eval
+from jaxgen.train import vae_eval
 from jaxgen.train.vae import PRESETS, VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
 from jaxgen.workdir import ensure_writable, write_atomically
@@ -140,7 +139,7 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         task, state, summary = vae_eval.train_and_evaluate(
             config, train.images, test.images, run_dir, mesh, iwae_k=iwae_k,
             eval_images=eval_images, log=log)
-        runs = each_run(task, state, summary)
+        runs = report.each_run(task, state, summary)
         for r, (one_task, one_state, one_summary) in enumerate(runs):
             seed = {"seed": one_task.config.seed} if len(runs) > 1 else {}
             row = {"beta": config.beta, **seed, **{k: one_summary[k] for k in EVAL_KEYS}}
@@ -150,8 +149,7 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
                 row.update(quality[1](samples))
             rows.append(row)
             if measure_claims:
-                claims_dir = run_dir if len(runs) == 1 else os.path.join(run_dir, f"run{r}")
-                os.makedirs(claims_dir, exist_ok=True)
+                claims_dir = report.run_directory(run_dir, r, len(runs))
                 claim_rows.append({"beta": config.beta, **seed, **claims.measure(
                     one_task, one_state, train, test, claims_dir, mesh, summary["epoch"],
                     one_summary, iwae_k, summary["num_images"], nn_samples=nn_samples,
@@ -172,15 +170,6 @@ def run_kl_ablation(configs: Sequence[VAEConfig], train: Dataset, test: Dataset,
         log(format_table(rows))
         log(f"wrote {os.path.join(workdir, 'ablation.md')} and the figures beside it")
     return rows
-
-
-def each_run(task, state, summary: dict) -> list[tuple]:
-    """(task, state, test summary) of each run: a solo run itself; an ensemble's runs as the
-    solo runs of their seeds, their states on the host."""
-    if ensemble.num_runs(task) == 1:
-        return [(task, state, summary)]
-    return [(ensemble.run_task(task, r), jax.device_get(ensemble.run_state(state, r)),
-             summary["runs"][r]) for r in range(ensemble.num_runs(task))]
 
 
 def pixel_quality(train: Dataset, num_samples: int) -> tuple[str, claims.QualityFn]:
@@ -218,15 +207,10 @@ def format_table(rows: list[dict]) -> str:
                                              report.fmt(row[k], digits=4) for k in keys]
                                             for row in rows))
     keys = [k for k in rows[0] if k not in ("beta", "seed")]
-    betas = list(dict.fromkeys(row["beta"] for row in rows))
-    cells = []
-    for beta in betas:
-        runs = [row for row in rows if row["beta"] == beta]
-        summary = summarise_runs(runs, keys)
-        cells.append([f"{beta:g}", str(len(runs))] + [
-            f"{report.fmt(summary[k], digits=4)} ± {report.fmt(summary['std'][k], digits=2)}"
-            for k in keys])
-    return report.markdown_table(["beta", "runs"] + keys, cells)
+    return report.markdown_table(
+        ["beta", "runs"] + keys,
+        ([f"{s['beta']:g}", str(s["runs"])] + [report.mean_std(s, k, 4, 2) for k in keys]
+         for s in report.summarise(rows, ("beta",))))
 
 
 def write_table(rows: list[dict], workdir: str, config: VAEConfig,

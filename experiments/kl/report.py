@@ -1,6 +1,7 @@
 """What the KL study's scripts share: the options and checks of their flags, the classifier's
-scores of prior samples, the records (CSV, markdown tables, numbers, column notes, the command)
-and the pictures of trained VAEs (prior samples, reconstructions, the 2-D latent space)."""
+scores of prior samples, a seed ensemble's runs taken one by one, the records (CSV, markdown
+tables, numbers, means ± std over runs, column notes, the command) and the pictures of trained
+VAEs (prior samples, reconstructions, the 2-D latent space)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from jaxgen.config import POSITIVE_INT, Check, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
 from jaxgen.metrics import Evaluator
+from jaxgen.metrics.evaluator import summarise_runs
 from jaxgen.runs import latents
 from jaxgen.runs.evaluate import load_classifier
 from jaxgen.runs.restore import draw_samples
+from jaxgen.train import ensemble
 from jaxgen.train.vae import fixed_targets, interleave_rows
 from jaxgen.workdir import write_atomically
 
@@ -106,6 +109,54 @@ def classifier_quality(classifier: Optional[str], dataset: str, num_samples: int
         return {column: m[QUALITY_METRICS[column]] for column in columns}
 
     return description, score
+
+
+# ------------------------------------------------------------------------------ seed ensembles
+def each_run(task, state, summary: Optional[dict]) -> list[tuple]:
+    """(task, state, test summary) of each run of a trained VAE: a solo run itself; an
+    ensemble's runs as the solo runs of their seeds, their states on the host (summaries None
+    when ``summary`` is)."""
+    if ensemble.num_runs(task) == 1:
+        return [(task, state, summary)]
+    return [(ensemble.run_task(task, r), jax.device_get(ensemble.run_state(state, r)),
+             None if summary is None else summary["runs"][r])
+            for r in range(ensemble.num_runs(task))]
+
+
+def run_directory(directory: str, run: int, num_runs: int) -> str:
+    """Where run ``run`` of the runs trained in ``directory`` keeps its own measurements: the
+    directory itself for a solo run, ``run<r>/`` in it (made here) for an ensemble's."""
+    if num_runs == 1:
+        return directory
+    path = os.path.join(directory, f"run{run}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def summarise(rows: Sequence[dict], by: Sequence[str]) -> list[dict]:
+    """The rows of several runs grouped by their ``by`` columns (first seen first): per group,
+    the ``by`` columns, ``runs`` (how many), and each other numeric column's mean over the runs
+    with its sample std as ``<column>_std`` (0 for one run); ``seed`` is left out."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for key, runs in groups.items():
+        columns = [k for k, v in runs[0].items() if k not in by and k != "seed"
+                   and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+        spread = summarise_runs(runs, columns)
+        columns = [k for k in columns if k in spread["std"]]  # those every run has
+        out.append({**dict(zip(by, key)), "runs": len(runs),
+                    **{k: spread[k] for k in columns},
+                    **{f"{k}_std": spread["std"][k] for k in columns}})
+    return out
+
+
+def mean_std(entry: dict, column: str, digits: int = 3, std_digits: int = 3) -> str:
+    """A table cell of a ``summarise`` entry: ``mean ± std`` of ``column`` (``-`` without it)."""
+    if column not in entry:
+        return "-"
+    return f"{fmt(entry[column], digits)} ± {fmt(entry[column + '_std'], std_digits)}"
 
 
 # ------------------------------------------------------------------------------ records
