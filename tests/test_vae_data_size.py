@@ -23,7 +23,7 @@ def study(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data_size")
     data_dir = write_idx_dataset(str(directory / "idx"), n_train=64, n_test=40)
     workdir = directory / "study"
-    args = ("--data-dir", data_dir, "--workdir", workdir, "--sizes", "16,64", "--seeds", 2,
+    args = ("--data-dir", data_dir, "--workdir", workdir, "--sizes", "16,64", "--num-seeds", 2,
             "--points", "0:0.1", "--epochs", 2, "--gap-every", 1, "--nn-samples", 8,
             "--num-samples", 60, "--eval-images", 16, *TINY)
     return data_dir, workdir, args
@@ -43,12 +43,17 @@ def test_every_run_trains_as_many_steps_and_is_measured(study, experiments_on_pa
                        "iwae_gap", "nearer_train", "nearer_train_se", "null_nearer_train"):
             assert np.isfinite(float(row[column])), column
         assert 0 <= float(row["null_nearer_train"]) <= 1
-        run = workdir / "runs" / (f"n{row['n']}_beta{float(row['beta']):g}_"
-                                  f"sigma{float(row['sigma']):g}_seed{row['seed']}")
+        # each point's two seeds trained as one ensemble, each run measured in its own folder
+        run = (workdir / "runs" / f"n{row['n']}_beta{float(row['beta']):g}_"
+               f"sigma{float(row['sigma']):g}" / f"run{row['seed']}")
         history = json.load(open(run / "gap_history.json"))
         assert [h["epoch"] for h in history] == [1, 2]
         distances = np.load(run / "nn_distances.npz")
         assert distances["d_train"].shape == (8,) and distances["null_train"].shape == (8,)
+    for n in (16, 64):  # the runs of an ensemble are different runs
+        first, second = ([r for r in rows if int(r["n"]) == n and int(r["seed"]) == k][0]
+                         for k in (0, 1))
+        assert first["mse_train"] != second["mse_train"] and first["mi"] != second["mi"]
     table = open(workdir / "data_size.md").read()
     assert "Command: `python" in table and " ± " in table
     for name in ("claim1_latent", "claim2_overfitting", "claim3_samples", "nn_distances",

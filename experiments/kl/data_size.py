@@ -10,8 +10,9 @@ whatever --seed), so the sets are nested; the test set is the same for all. Ever
 same number of steps whatever n: an epoch is len(training split) images (the n images repeated
 len // n times, shuffled together), so --epochs 20 is 20 x 60,000 images for n = 500 and for
 n = 60,000 alike. A point is a KL weight and a decoder std, beta:sigma (beta_eff = 2 sigma^2 beta;
-the default 1:0.5 is the sigma sweep's strong-KL point, beta_eff = 0.5). Seeds are --seed,
---seed + 1, ...
+the default 1:0.5 is the sigma sweep's strong-KL point, beta_eff = 0.5). Each point and size
+trains --num-seeds runs (default 3; seeds --seed, --seed + 1, ...) together in one compiled
+program, each run measured as a solo run is.
 
 Every --gap-every epochs a run measures its squared error and reconstruction term on training
 and test images (the train/test gap over training). After training, the measurements of
@@ -22,8 +23,9 @@ drawn by a fixed permutation, are held out of those references and scored the sa
 null, which real images never trained on give.
 
 Writes into --workdir:
-  runs/n<n>_beta<b>_sigma<s>_seed<k>/   each run (checkpoints, grids, claims.json,
-                                       gap_history.json, nn_distances.npz)
+  runs/n<n>_beta<b>_sigma<s>/          each point's runs (checkpoints, grids, test_eval.json);
+                                       with several seeds, run<r>/ in it holds each run's
+                                       claims.json, gap_history.json, nn_distances.npz
   data_size_runs.csv                   one row per run, every measurement
   data_size.md                         mean +- std over seeds per point and n, the command
   claim1_latent.png, claim2_overfitting.png, claim3_samples.png
@@ -32,8 +34,8 @@ Writes into --workdir:
   gap_over_training.png                the test - train squared error over training, per n
 
 Every run resumes; rerunning the same command only does what is missing. --part I/K trains and
-measures every K-th run from the I-th (1-based; e.g. two processes at once); without it every
-run, then the tables and figures.
+measures every K-th (point, size) from the I-th (1-based; e.g. two processes at once); without
+it every one, then the tables and figures.
 """
 
 import argparse
@@ -51,7 +53,7 @@ from jaxgen import cli, parallel
 from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.data import Dataset
 from jaxgen.errors import JaxgenError
-from jaxgen.train import vae_eval
+from jaxgen.train import ensemble, vae_eval
 from jaxgen.train.vae import VAEConfig
 from jaxgen.train.vae_eval import TestEvalOptions
 from jaxgen.workdir import ensure_writable, write_atomically
@@ -95,8 +97,6 @@ class DataSizeOptions(Settings):
     points: tuple[tuple[float, float], ...] = setting(
         ((0.0, 0.1), (1.0, 0.1), (1.0, 0.5)), "beta:sigma pairs to train (beta_eff = 2 sigma^2 "
         "beta)", VALID_POINTS, metavar="B:S,B:S", parse=_points)
-    seeds: int = setting(3, "runs per point and size, seeds --seed, --seed + 1, ...",
-                         POSITIVE_INT, metavar="N")
     gap_every: int = setting(2, "epochs between measurements of the train/test gap during "
                              "training", POSITIVE_INT, metavar="E")
     gap_images: int = setting(1000, "training (at most n) and test images of those "
@@ -107,7 +107,8 @@ class DataSizeOptions(Settings):
     num_samples: int = report.num_samples_setting()
     classifier: Optional[str] = report.classifier_setting()
     part: Optional[tuple[int, int]] = setting(
-        None, "train and measure every K-th run from the I-th only, and write no table",
+        None, "train and measure every K-th (point, size) from the I-th only, and write no "
+        "table",
         VALID_PART, metavar="I/K", parse=_part)
 
 
@@ -116,11 +117,10 @@ class Point:
     n: int
     beta: float
     sigma: float
-    seed: int
 
     @property
     def name(self) -> str:
-        return f"n{self.n}_beta{self.beta:g}_sigma{self.sigma:g}_seed{self.seed}"
+        return f"n{self.n}_beta{self.beta:g}_sigma{self.sigma:g}"
 
     @property
     def label(self) -> str:
@@ -132,21 +132,21 @@ class Point:
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma", "num_seeds"))
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma"))
     TestEvalOptions.add_flags(parser, "the evaluation after training (on as many training as "
                                       "test images)")
     DataSizeOptions.add_flags(parser, "the study")
-    parser.set_defaults(likelihood="gaussian", epochs=20, iwae_k=200, eval_images=1000)
+    parser.set_defaults(likelihood="gaussian", epochs=20, iwae_k=200, eval_images=1000,
+                        num_seeds=3)
     args = cli.parse(parser)
 
-    base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma, num_seeds=1)
+    base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma)
     options = DataSizeOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval, base,
                     gaussian="for this study (its points set the decoder's std)",
                     compares="the study compares training and test figures")
-    points = [Point(n, beta, sigma, base.seed + r) for r in range(options.seeds)
-              for n in options.sizes for beta, sigma in options.points]
+    points = [Point(n, beta, sigma) for n in options.sizes for beta, sigma in options.points]
     run, train, test = report.start(args, base, (config_of(base, p) for p in points),
                                     "vae_kl_data_size")
     check_sizes(options, len(train), len(test), base.batch_size)
@@ -156,14 +156,13 @@ def main() -> None:
     workdir = ensure_writable(run.workdir)
     chosen = points if options.part is None else points[options.part[0] - 1::options.part[1]]
     run.log(f"Training-set sizes {', '.join(map(str, options.sizes))} on {base.dataset}, "
-            f"{len(chosen)} of {len(points)} runs, {base.epochs} epochs of {len(train)} images "
-            f"each, {run.describe()}")
+            f"{len(chosen)} of {len(points)} points of {base.num_seeds} run(s), {base.epochs} "
+            f"epochs of {len(train)} images each, {run.describe()}")
     rows = []
     for i, p in enumerate(chosen):
-        run.log(f"--- run {i + 1}/{len(chosen)}: n={p.n}, {p.label}, seed {p.seed}")
-        rows.append(train_and_measure(base, p, subset(train, order, p.n), test, len(train),
-                                      workdir, run.mesh, options, test_eval, quality,
-                                      run.log))
+        run.log(f"--- {i + 1}/{len(chosen)}: n={p.n}, {p.label}, {seeds(base)}")
+        rows += train_and_measure(base, p, subset(train, order, p.n), test, len(train),
+                                  workdir, run.mesh, options, test_eval, quality, run.log)
     if options.part is None and parallel.is_main_process():
         write_results(rows, workdir, base, options, test_eval, quality)
         run.log(f"wrote {os.path.join(workdir, 'data_size.md')} and the figures beside it")
@@ -188,7 +187,12 @@ def check_sizes(options: DataSizeOptions, num_train: int, num_test: int, batch: 
 
 
 def config_of(base: VAEConfig, p: Point) -> VAEConfig:
-    return dataclasses.replace(base, beta=p.beta, sigma=p.sigma, seed=p.seed)
+    return dataclasses.replace(base, beta=p.beta, sigma=p.sigma)
+
+
+def seeds(config: VAEConfig) -> str:
+    last = config.seed + config.num_seeds - 1
+    return f"seed {config.seed}" if last == config.seed else f"seeds {config.seed} to {last}"
 
 
 def subset(train: Dataset, order: np.ndarray, n: int) -> Dataset:
@@ -204,33 +208,42 @@ def repeated(images: np.ndarray, epoch_images: int) -> np.ndarray:
 
 def gap_hook(train_images: np.ndarray, test_images: np.ndarray, every: int, mesh):
     """An epoch hook writing, every ``every`` epochs, the squared error and reconstruction term
-    on ``train_images`` and ``test_images`` to ``gap_history.json`` (kept across resumes)."""
+    on ``train_images`` and ``test_images`` to ``gap_history.json`` (kept across resumes), each
+    run of an ensemble to its own (``report.run_directory``)."""
 
     def hook(task, state, epoch, workdir):
         if epoch % every:
             return
-        path = os.path.join(workdir, "gap_history.json")
-        history = []
-        if os.path.exists(path):
-            with open(path) as f:
-                history = [h for h in json.load(f) if h["epoch"] < epoch]
-        entry = {"epoch": epoch}
-        for split, images in (("train", train_images), ("test", test_images)):
-            summary, _ = vae_eval.evaluate(task, state.model.params, images, mesh, iwae_k=1)
-            entry.update({f"mse_{split}": summary["mse"], f"recon_{split}": summary["recon"]})
-        history.append(entry)
-        if parallel.is_main_process():
-            with write_atomically(path) as f:
-                json.dump(history, f, indent=1)
+        runs = ensemble.num_runs(task)
+        for r in range(runs):
+            params = state.model.params if runs == 1 else ensemble.run_state(
+                state.model.params, r)
+            entry = {"epoch": epoch}
+            for split, images in (("train", train_images), ("test", test_images)):
+                summary, _ = vae_eval.evaluate(task, params, images, mesh, iwae_k=1)
+                entry.update({f"mse_{split}": summary["mse"],
+                              f"recon_{split}": summary["recon"]})
+            if parallel.is_main_process():
+                path = os.path.join(report.run_directory(workdir, r, runs), GAP_FILE)
+                history = []
+                if os.path.exists(path):
+                    with open(path) as f:
+                        history = [h for h in json.load(f) if h["epoch"] < epoch]
+                with write_atomically(path) as f:
+                    json.dump(history + [entry], f, indent=1)
 
     return hook
 
 
+GAP_FILE = "gap_history.json"
+
+
 def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
                       epoch_images: int, workdir: str, mesh, options: DataSizeOptions,
-                      test_eval: TestEvalOptions, quality, log) -> dict:
-    """Trains (or resumes) one run on ``train`` repeated to ``epoch_images`` an epoch, then
-    measures it (``claims.measure``, read back when already measured); its table row."""
+                      test_eval: TestEvalOptions, quality, log) -> list[dict]:
+    """Trains (or resumes) the runs of one point on ``train`` repeated to ``epoch_images`` an
+    epoch, then measures each (``claims.measure``, read back when already measured); their table
+    rows."""
     config = config_of(base, p)
     directory = os.path.join(workdir, "runs", p.name)
     n_eval = min(test_eval.eval_images or len(test), p.n, len(test))
@@ -240,14 +253,19 @@ def train_and_measure(base: VAEConfig, p: Point, train: Dataset, test: Dataset,
     task, state, summary = vae_eval.train_and_evaluate(
         config, images, test.images, directory, mesh, iwae_k=test_eval.iwae_k,
         eval_images=n_eval, epoch_hooks=(hook,), log=log)
-    row = claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
-                             summary, test_eval.iwae_k, n_eval, nn_samples=options.nn_samples,
-                             num_samples=options.num_samples, quality=quality, log=log,
-                             held_out=options.nn_samples)
-    return {"n": p.n, "beta": p.beta, "sigma": p.sigma, "beta_eff": p.beta_eff,
-            "seed": p.seed, "epochs": summary["epoch"],
-            "steps": summary["epoch"] * (len(images) // config.batch_size),
-            **row, "mse_gap": row["mse_test"] - row["mse_train"]}
+    runs = report.each_run(task, state, summary)
+    rows = []
+    for r, (one_task, one_state, one_summary) in enumerate(runs):
+        row = claims.measure(one_task, one_state, train, test,
+                             report.run_directory(directory, r, len(runs)), mesh,
+                             summary["epoch"], one_summary, test_eval.iwae_k, n_eval,
+                             nn_samples=options.nn_samples, num_samples=options.num_samples,
+                             quality=quality, log=log, held_out=options.nn_samples)
+        rows.append({"n": p.n, "beta": p.beta, "sigma": p.sigma, "beta_eff": p.beta_eff,
+                     "seed": one_task.config.seed, "epochs": summary["epoch"],
+                     "steps": summary["epoch"] * (len(images) // config.batch_size),
+                     **row, "mse_gap": row["mse_test"] - row["mse_train"]})
+    return rows
 
 
 # ------------------------------------------------------------------------------ results
@@ -263,23 +281,9 @@ TABLE = [
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (point, n): the mean and std over seeds of every numeric column (``<col>`` and
-    ``<col>_std``), and ``runs``."""
-    groups: dict = {}
-    for row in rows:
-        groups.setdefault((row["beta"], row["sigma"], row["n"]), []).append(row)
-    out = []
-    for (beta, sigma, n), runs in sorted(groups.items()):
-        entry = {"beta": beta, "sigma": sigma, "beta_eff": runs[0]["beta_eff"], "n": n,
-                 "runs": len(runs)}
-        for key in runs[0]:
-            if key in entry or key == "seed" or not isinstance(runs[0][key], (int, float)):
-                continue
-            values = np.asarray([r[key] for r in runs], np.float64)
-            entry[key] = float(values.mean())
-            entry[key + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(entry)
-    return out
+    """Per point and n, in order: ``report.summarise`` of its runs (mean and std over seeds)."""
+    return sorted(report.summarise(rows, ("beta", "sigma", "n")),
+                  key=lambda s: (s["beta"], s["sigma"], s["n"]))
 
 
 def markdown_table(summary: list[dict]) -> str:
@@ -287,8 +291,7 @@ def markdown_table(summary: list[dict]) -> str:
     return report.markdown_table(
         ["beta", "sigma", "n", "runs"] + [h for _, h in TABLE],
         ([f"{s['beta']:g}", f"{s['sigma']:g}", str(s["n"]), str(s["runs"])]
-         + [f"{report.fmt(s[k])} ± {report.fmt(s[k + '_std'])}" if k in s else "-"
-            for k, _ in TABLE] for s in summary))
+         + [report.mean_std(s, k) for k, _ in TABLE] for s in summary))
 
 
 def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: DataSizeOptions,
@@ -303,8 +306,8 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
         notes += f"\n- prior-sample quality: {quality[0]}"
     setup = (f"{base.dataset}; training sets of {', '.join(map(str, options.sizes))} images "
              f"(nested prefixes of one permutation), each repeated to an epoch of the whole "
-             f"split; {base.epochs} epochs, batch {base.batch_size}, seeds {base.seed} to "
-             f"{base.seed + options.seeds - 1}; {base.architecture} 784-"
+             f"split; {base.epochs} epochs, batch {base.batch_size}, {seeds(base)}; "
+             f"{base.architecture} 784-"
              f"{'-'.join(map(str, base.hidden))}-{base.latent_dim}, Gaussian decoder of fixed std "
              f"sigma, K = {base.mc_samples}, Adam lr {base.lr}. Train and test figures on "
              f"min(n, {test_eval.eval_images}) images of each split (IWAE k = "
@@ -320,11 +323,13 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
                                      title)
     histories, distances = {}, {}
     for row in rows:
-        p = Point(row["n"], row["beta"], row["sigma"], row["seed"])
-        directory = os.path.join(workdir, "runs", p.name)
-        with open(os.path.join(directory, "gap_history.json")) as f:
+        p = Point(row["n"], row["beta"], row["sigma"])
+        run = row["seed"] - base.seed
+        directory = report.run_directory(os.path.join(workdir, "runs", p.name), run,
+                                         base.num_seeds)
+        with open(os.path.join(directory, GAP_FILE)) as f:
             histories.setdefault((p.label, p.n), []).append(json.load(f))
-        if p.seed == base.seed:
+        if run == 0:
             with np.load(os.path.join(directory, claims.DISTANCES_FILE)) as d:
                 distances[(p.label, p.n)] = {k: d[k] for k in d.files}
     figures.plot_gap_over_training(histories, os.path.join(workdir,
