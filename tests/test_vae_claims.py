@@ -1,6 +1,7 @@
 """The KL question's pieces: the Gaussian reconstruction term with K samples by hand, the
 sigma/beta equivalence of a fixed-variance decoder, the latent probes and the I(x; z) estimate on
-toys whose answers are known, and the sweeps' refusal of bad input."""
+toys whose answers are known, the sweeps of seed ensembles end to end, and the sweeps' refusal
+of bad input."""
 
 import importlib.util
 import math
@@ -172,3 +173,46 @@ def test_bad_input_is_one_error_line_and_exit_2(script, flags, named, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------------- the sweeps
+def test_sweeps_of_seed_ensembles_give_a_row_per_run_and_mean_and_std(tmp_path, monkeypatch,
+                                                                      capsys):
+    """sweeps.py --num-seeds 2 on a tiny set: each point's two runs trained together and each
+    measured with its own test figures; a CSV row per run, the tables and figures of means."""
+    import csv
+    import json
+
+    from helpers import is_png, run_in_process, write_idx_dataset
+
+    monkeypatch.syspath_prepend(STUDY)
+    data_dir = write_idx_dataset(str(tmp_path / "idx"), n_train=64, n_test=32)
+    workdir = tmp_path / "sweeps"
+    args = ("--data-dir", data_dir, "--workdir", workdir, "--epochs", 1, "--batch-size", 16,
+            "--hidden", 16, "--latent-dim", 3, "--iwae-k", 4, "--eval-images", 16,
+            "--nn-samples", 8, "--num-samples", 60, "--log-every", 50, "--betas", "0,1",
+            "--sigmas", "0.1", "--mc-samples-sweep", "1", "--k-sweep-betas", "1",
+            "--picture-betas", "0", "--seed", 5, "--num-seeds", 2)
+    code, out, err = run_in_process("kl/sweeps.py", *args, capsys=capsys)
+    assert code == 0, err[-3000:]
+    rows = list(csv.DictReader(open(workdir / "beta_sweep.csv")))
+    assert [(float(r["beta"]), int(r["seed"])) for r in rows] == [(0, 5), (0, 6), (1, 5), (1, 6)]
+    for beta in (0, 1):
+        point = workdir / "runs" / f"beta{beta}_sigma0.1_K1"
+        runs = json.load(open(point / "test_eval.json"))["runs"]
+        for r, row in enumerate(r for r in rows if float(r["beta"]) == beta):
+            # each run's measurements are its own: its rate is its own test KL
+            assert float(row["rate"]) == pytest.approx(runs[r]["kl"], rel=1e-6)
+            assert (point / f"run{r}" / "claims.json").is_file()
+        assert runs[0]["kl"] != runs[1]["kl"]
+    # the point the sigma and K sweeps share with the beta sweep is trained and measured once
+    for name in ("sigma_sweep", "mc_samples_sweep"):
+        again = list(csv.DictReader(open(workdir / f"{name}.csv")))
+        assert again == [r for r in rows if float(r["beta"]) == 1], name
+    table = open(workdir / "beta_sweep.md").read()
+    assert "| beta | sigma | K | epochs | runs |" in table and " ± " in table
+    assert "2 runs a point, seeds 5..6" in table
+    for name in ("beta_sweep", "rate_distortion", "encoder_sigma", "prior_samples",
+                 "reconstructions", "nearest_images", "latent_scatter", "latent_grid"):
+        assert is_png(workdir / f"{name}.png"), name
+    # (that rerunning reads each run's measurements back: test_vae_data_size.py)

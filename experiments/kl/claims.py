@@ -209,6 +209,8 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
 
 
 def sigma_history(workdir: str) -> np.ndarray:
-    """The encoder's mean std at every training step of the run in ``workdir``."""
+    """The encoder's mean std at every training step of the run in ``workdir`` (of a seed
+    ensemble: the mean over its runs)."""
     with open(os.path.join(workdir, "VAE_history.json")) as f:
-        return np.asarray(json.load(f)["sigma"], np.float64)
+        sigma = np.asarray(json.load(f)["sigma"], np.float64)
+    return sigma.mean(axis=0) if sigma.ndim == 2 else sigma

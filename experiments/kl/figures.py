@@ -97,7 +97,8 @@ LINE_STYLES = ("-", "--", ":", "-.")  # a line's style by its group or column
 def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                group: Optional[str] = None) -> None:
     """One panel per measurement against the swept column (evenly spaced, labelled by value);
-    with ``group``, one line style per value of that column (e.g. beta in the K sweep)."""
+    with ``group``, one line style per value of that column (e.g. beta in the K sweep). Rows
+    of several runs' means (``report.summarise``) show their std as error bars."""
     panels, fig, axes = _panel_grid(SWEEP_PANELS, rows[0], 4, 3.6, 3.2)
     groups = sorted({r[group] for r in rows}) if group else [None]
     values = sorted({r[swept] for r in rows})
@@ -110,9 +111,12 @@ def plot_sweep(rows: Sequence[dict], swept: str, path: str, title: str,
                 chosen = sorted((r for r in rows if group is None or r[group] == g),
                                 key=lambda r: r[swept])
                 name = label if g is None or key == "mi_max" else f"{label}, {group}={g:g}"
-                ax.plot([values.index(r[swept]) for r in chosen], [r[key] for r in chosen],
-                        ":" if key == "mi_max" else LINE_STYLES[j % len(LINE_STYLES)],
-                        color=colour, marker="o", markersize=3, label=name, linewidth=1)
+                ax.errorbar([values.index(r[swept]) for r in chosen], [r[key] for r in chosen],
+                            yerr=[r[key + "_std"] for r in chosen] if key + "_std" in rows[0]
+                            else None,
+                            linestyle=":" if key == "mi_max" else
+                            LINE_STYLES[j % len(LINE_STYLES)], color=colour, marker="o",
+                            markersize=3, capsize=2, label=name, linewidth=1)
         if _chance_line(ax, cols):  # a scale that shows noise as noise
             ax.set_ylim(0.25, 0.75)
         ax.set_xticks(range(len(values)))

@@ -21,6 +21,12 @@ two sweeps is trained once. Writes into --workdir:
   nearest_images.png           pictures of the runs at --picture-betas
   sweeps.md                    every table, the command and the setup
 
+--num-seeds N trains each point's N runs (seeds --seed, ..., --seed + N - 1) together in one
+compiled program and measures each as a solo run: the CSVs have a row per run (its seed), the
+tables and figures each measurement's mean ± std over the runs, encoder_sigma.png the runs'
+mean curve, the pictures the first run (the 2-D latent runs train one seed); each run's
+claims.json is in run<r>/ of its point's folder.
+
 --sweep beta|sigma|mc-samples trains and measures that sweep's runs only (e.g. two processes at
 once); --sweep all (the default) then reads them back and writes everything. Every run resumes;
 rerunning the same command only does what is missing.
@@ -90,14 +96,14 @@ class SweepOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "num_seeds"))
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",))
     parser.set_defaults(likelihood="gaussian", epochs=10)
     TestEvalOptions.add_flags(parser, "test-set evaluation after training (and as many "
                                       "training images)")
     SweepOptions.add_flags(parser, "the sweeps")
     args = cli.parse(parser)
 
-    base = VAEConfig.from_flags(args, beta=1.0, num_seeds=1)
+    base = VAEConfig.from_flags(args, beta=1.0)
     options = SweepOptions.from_flags(args)
     test_eval = TestEvalOptions.from_flags(args)
     report.validate(options, test_eval, base,
@@ -123,13 +129,13 @@ def main() -> None:
                                                      run.log, base.epochs)
         if name == "beta":
             for beta in options.picture_betas:
-                small = dataclasses.replace(base, beta=beta, latent_dim=2)
+                small = picture_config(base, beta)
                 vae_eval.train_and_evaluate(small, train.images, test.images,
                                             run_dir(workdir, small), run.mesh, eval_images=0,
                                             log=run.log)
         if parallel.is_main_process():
-            write_sweep(name, [measured[c] for c in sweeps[name]], workdir, base, n_eval,
-                        test_eval.iwae_k, quality)
+            write_sweep(name, [row for c in sweeps[name] for row in measured[c]], workdir,
+                        base, n_eval, test_eval.iwae_k, quality)
     if options.sweep == "all" and parallel.is_main_process():
         write_summary(sweeps, measured, workdir, base, options, train, test, run.mesh, n_eval,
                       test_eval.iwae_k, quality)
@@ -153,6 +159,11 @@ def sweep_points(base: VAEConfig, options: SweepOptions) -> dict[str, list[VAECo
     }
 
 
+def picture_config(base: VAEConfig, beta: float) -> VAEConfig:
+    """The 2-D latent run drawn beside the run of ``beta``: one seed, ``--seed``."""
+    return dataclasses.replace(base, beta=beta, latent_dim=2, num_seeds=1)
+
+
 def run_dir(workdir: str, config: VAEConfig, epochs: Optional[int] = None) -> str:
     """``runs/beta<b>_sigma<s>_K<k>``, with ``_epochs<n>`` when the run's epochs are not the
     sweeps' ``epochs`` (the K sweep's own budget) and ``_latent2`` for a 2-D latent."""
@@ -166,17 +177,27 @@ def run_dir(workdir: str, config: VAEConfig, epochs: Optional[int] = None) -> st
 
 def train_and_measure(config: VAEConfig, train: Dataset, test: Dataset, workdir: str, mesh,
                       iwae_k: int, n_eval: int, options: SweepOptions, quality, log,
-                      epochs: int) -> dict:
+                      epochs: int) -> list[dict]:
+    """Trains (or resumes) the runs of one point and measures each; their table rows (with the
+    seed when there are several)."""
     directory = run_dir(workdir, config, epochs)
     log(f"--- beta={config.beta:g}, sigma={config.sigma:g}, K={config.mc_samples}: {directory}")
     task, state, summary = vae_eval.train_and_evaluate(
         config, train.images, test.images, directory, mesh, iwae_k=iwae_k, eval_images=n_eval,
         log=log)
-    row = claims.measure(task, state, train, test, directory, mesh, summary["epoch"],
-                             summary, iwae_k, n_eval, nn_samples=options.nn_samples,
-                             num_samples=options.num_samples, quality=quality, log=log)
-    return {"beta": config.beta, "sigma": config.sigma, "K": config.mc_samples,
-            "epochs": config.epochs, "beta_eff": config.beta * 2 * config.sigma ** 2, **row}
+    runs = report.each_run(task, state, summary)
+    rows = []
+    for r, (one_task, one_state, one_summary) in enumerate(runs):
+        row = claims.measure(one_task, one_state, train, test,
+                             report.run_directory(directory, r, len(runs)), mesh,
+                             summary["epoch"], one_summary, iwae_k, n_eval,
+                             nn_samples=options.nn_samples, num_samples=options.num_samples,
+                             quality=quality, log=log)
+        seed = {"seed": one_task.config.seed} if len(runs) > 1 else {}
+        rows.append({"beta": config.beta, "sigma": config.sigma, "K": config.mc_samples,
+                     "epochs": config.epochs, **seed,
+                     "beta_eff": config.beta * 2 * config.sigma ** 2, **row})
+    return rows
 
 
 # ------------------------------------------------------------------------------ tables
@@ -193,20 +214,35 @@ KEYS = ("beta", "sigma", "K", "epochs")
 
 
 def markdown_tables(rows: list[dict]) -> str:
+    """The tables of ``TABLES``, a row per point; several runs of a point (rows with a seed) as
+    each measurement's mean ± std over them, with their number."""
+    several = "seed" in rows[0]
+    entries = report.summarise(rows, KEYS) if several else rows
+    head = list(KEYS) + (["runs"] if several else [])
     parts = []
     for title, columns in TABLES:
         columns = [c for c in columns if c in rows[0]]
         table = report.markdown_table(
-            list(KEYS) + columns,
-            ([f"{row[k]:g}" for k in KEYS] + [report.fmt(row[c]) for c in columns]
-             for row in rows))
+            head + columns,
+            ([f"{e[k]:g}" for k in head] + [report.mean_std(e, c) if several else
+                                            report.fmt(e[c]) for c in columns]
+             for e in entries))
         parts.append(f"**{title}**\n\n{table}")
     return "\n\n".join(parts)
 
 
+def point_means(rows: list[dict]) -> list[dict]:
+    """A row per point: its runs' means (with ``<column>_std`` when there are several)."""
+    return report.summarise(rows, KEYS) if "seed" in rows[0] else rows
+
+
 def describe_setup(config: VAEConfig, n_eval: int, iwae_k: int) -> str:
-    return (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, seed "
-            f"{config.seed}; {config.architecture} 784-{'-'.join(map(str, config.hidden))}-"
+    last = config.seed + config.num_seeds - 1
+    seeds = (f"seed {config.seed}" if config.num_seeds == 1 else
+             f"{config.num_seeds} runs a point, seeds {config.seed}..{last} (mean ± std over "
+             "the runs; the CSVs have each run's row)")
+    return (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, {seeds}; "
+            f"{config.architecture} 784-{'-'.join(map(str, config.hidden))}-"
             f"{config.latent_dim} {config.activation}, Gaussian decoder of fixed std sigma on "
             f"intensities in [0, 1], Adam lr {config.lr}. Train and test figures on the first "
             f"{n_eval} images of each split (iwae with k={iwae_k}); probes, I(x; z) and the "
@@ -232,7 +268,7 @@ def write_sweep(name: str, rows: list[dict], workdir: str, config: VAEConfig, n_
                 f"Setup: {describe_setup(config, n_eval, iwae_k)}\n\n{markdown_tables(rows)}"
                 f"\n\n{notes}\n")
     swept, group = SWEPT[name]
-    figures.plot_sweep(rows, swept, stem + ".png", f"{SWEEP_TITLES[name]}: "
+    figures.plot_sweep(point_means(rows), swept, stem + ".png", f"{SWEEP_TITLES[name]}: "
                           f"{config.dataset}, Gaussian decoder, {config.epochs} epochs",
                           group=group)
 
@@ -245,7 +281,8 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
     text = [f"# The KL question with a Gaussian decoder\n\n{report.command()}"
             f"\n\nSetup: {describe_setup(base, n_eval, iwae_k)}"]
     for name, configs in sweeps.items():
-        text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables([measured[c] for c in configs])}")
+        rows = [row for c in configs for row in measured[c]]
+        text.append(f"## {SWEEP_TITLES[name]}\n\n{markdown_tables(rows)}")
     notes = report.column_notes(COLUMN_NOTES)
     real = claims.memorisation_baseline(train, test, options.nn_samples)
     notes += (f"\n- the memorisation columns for {options.nn_samples} real images (the last "
@@ -256,16 +293,19 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
     with write_atomically(os.path.join(workdir, "sweeps.md")) as f:
         f.write("\n\n".join(text) + "\n")
 
+    means = {c: point_means(rows)[0] for c, rows in measured.items()}
     series = {}
     for name, label in (("beta", "beta sweep (sigma={s:g}), label: beta"),
                         ("sigma", "sigma sweep (beta={b:g}), label: sigma")):
         key = SWEPT[name][0]
         series[label.format(s=base.sigma, b=options.sigma_sweep_beta)] = [
-            (measured[c]["rate"], measured[c]["mse_test"], f"{measured[c][key]:g}")
+            (means[c]["rate"], means[c]["mse_test"], f"{means[c][key]:g}")
             for c in sweeps[name]]
     figures.plot_rate_distortion(series, os.path.join(workdir, "rate_distortion.png"),
                                     f"{base.dataset}, Gaussian decoder, K={base.mc_samples}, "
-                                    f"{base.epochs} epochs (Alemi et al. 2018)")
+                                    f"{base.epochs} epochs (Alemi et al. 2018)"
+                                    + ("" if base.num_seeds == 1 else
+                                       f"; means of {base.num_seeds} runs"))
     steps_per_epoch = len(train) // base.batch_size
     curves = {f"beta={c.beta:g}": claims.sigma_history(run_dir(workdir, c))
               for c in sweeps["beta"]}
@@ -274,24 +314,27 @@ def write_summary(sweeps: dict, measured: dict, workdir: str, base: VAEConfig,
                    for c in sweeps["mc-samples"] if c.mc_samples != base.mc_samples})
     figures.plot_sigma_curves(curves, steps_per_epoch,
                                  os.path.join(workdir, "encoder_sigma.png"),
-                                 f"encoder std over training, sigma={base.sigma:g}")
+                                 f"encoder std over training, sigma={base.sigma:g}"
+                                 + ("" if base.num_seeds == 1 else
+                                    f", the mean of {base.num_seeds} runs"))
     draw_pictures(base, options.picture_betas, workdir, train, test, mesh)
 
 
 def _restore(config: VAEConfig, workdir: str, train: Dataset, test: Dataset, mesh):
-    """The trained run of ``config`` (its checkpoint, nothing trained: the run is complete)."""
+    """The trained run of ``config`` (its checkpoint, nothing trained: the run is complete); of
+    an ensemble, its first run."""
     task, state, _ = vae_eval.train_and_evaluate(config, train.images, test.images,
                                                  run_dir(workdir, config), mesh, eval_images=0,
                                                  log=lambda _: None)
-    return task, state
+    return report.each_run(task, state, None)[0][:2]
 
 
 def draw_pictures(base: VAEConfig, betas, workdir: str, train: Dataset, test: Dataset,
                   mesh) -> None:
     runs = {f"beta={b:g}": _restore(dataclasses.replace(base, beta=b), workdir, train, test,
                                     mesh) for b in betas}
-    small = {f"beta={b:g}": _restore(dataclasses.replace(base, beta=b, latent_dim=2), workdir,
-                                     train, test, mesh) for b in betas}
+    small = {f"beta={b:g}": _restore(picture_config(base, b), workdir, train, test, mesh)
+             for b in betas}
     title = f"sigma={base.sigma:g}, K={base.mc_samples}"
     samples = report.draw_prior_samples(runs, os.path.join(workdir, "prior_samples.png"),
                                         f"decoder means at z ~ N(0, I), {title}")
