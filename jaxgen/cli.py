@@ -142,12 +142,12 @@ class EvalOptions(Settings):
 
 
 def training_parser(doc: str, config_class: type, exclude: tuple = (),
-                    presets: Optional[dict] = None,
-                    parents: tuple = ()) -> argparse.ArgumentParser:
+                    presets: Optional[dict] = None, parents: tuple = (),
+                    defaults: Optional[dict] = None) -> argparse.ArgumentParser:
     """A training script's parser: its docstring as help, the flags of ``parents``, a flag per
-    field of ``config_class`` (but ``exclude``), the run options and the multi-host flags. With
-    ``presets`` (name -> config), ``--preset NAME`` makes that config's values the defaults;
-    flags given explicitly still win."""
+    field of ``config_class`` (but ``exclude``; ``defaults``: field -> the script's own default),
+    the run options and the multi-host flags. With ``presets`` (name -> config), ``--preset
+    NAME`` makes that config's values the defaults; flags given explicitly still win."""
     parser = argparse.ArgumentParser(description=doc, parents=list(parents),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if presets:
@@ -155,7 +155,7 @@ def training_parser(doc: str, config_class: type, exclude: tuple = (),
                             help="a published configuration; flags given explicitly override "
                                  "it: " + "; ".join(f"{name}: {_describe_preset(config)}"
                                                     for name, config in presets.items()))
-    config_class.add_flags(parser, exclude=exclude)
+    config_class.add_flags(parser, exclude=exclude, defaults=defaults)
     RunOptions.add_flags(parser)
     DistributedOptions.add_flags(parser, "multi-host")
     return parser

@@ -167,16 +167,20 @@ class Settings:
     # ------------------------------------------------------------- flags
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser, title: Optional[str] = None,
-                  exclude: Sequence[str] = ()) -> None:
-        """One flag per declared field (``--field-name``), the field's default as the flag's;
-        in an argument group ``title`` if given."""
+                  exclude: Sequence[str] = (), defaults: Optional[dict] = None) -> None:
+        """One flag per declared field (``--field-name``), the field's default as the flag's
+        (``defaults``: field -> a script's own default instead, shown in the help as well); in
+        an argument group ``title`` if given."""
         target = parser.add_argument_group(title) if title else parser
-        defaults, types = cls(), cls._types()
+        declared, types = cls(), cls._types()
+        unknown = set(defaults or ()) - {f.name for f in cls.declared()} - set(exclude)
+        if unknown:
+            raise ValueError(f"defaults for fields {cls.__name__} lacks: {sorted(unknown)}")
         for f in cls.declared():
             if f.name in exclude:
                 continue
             kind, _ = _base_type(types[f.name])
-            default = getattr(defaults, f.name)
+            default = (defaults or {}).get(f.name, getattr(declared, f.name))
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             parse = f.metadata.get("parse")
             text = f.metadata["help"] + ("" if default is None or parse else

@@ -284,3 +284,20 @@ def test_a_seed_out_of_range_is_one_error_in_the_drawing_scripts(script, seed, t
     args += ["--out", tmp_path / "x.png"] if script == "sample.py" else ["--classifier", tmp_path]
     line = _error(capsys, script, *args)
     assert line == f"error: --seed must be an integer in 0..4294967295, got {seed}."
+
+
+def test_a_scripts_own_defaults_are_its_flags_and_their_help():
+    """A script's own default (e.g. the KL sweeps' Gaussian decoder and 10 epochs) is the value
+    its flag takes when not given, and the one its --help shows."""
+    from jaxgen.train.vae import VAEConfig
+
+    parser = cli.training_parser("doc", VAEConfig, defaults={"epochs": 7,
+                                                              "likelihood": "gaussian"})
+    args = parser.parse_args([])
+    assert (args.epochs, args.likelihood, args.batch_size) == (7, "gaussian",
+                                                               VAEConfig().batch_size)
+    text = " ".join(parser.format_help().split())
+    assert "rerunning with more continues (default: 7)" in text
+    assert "(default: gaussian)" in text and "(default: bernoulli)" not in text
+    with pytest.raises(ValueError, match=r"lacks: \['epoch'\]"):  # a misspelt field
+        cli.training_parser("doc", VAEConfig, defaults={"epoch": 7})

@@ -132,12 +132,13 @@ class Point:
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma"))
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta", "sigma"),
+                                 defaults={"likelihood": "gaussian", "epochs": 20,
+                                           "num_seeds": 3})
     TestEvalOptions.add_flags(parser, "the evaluation after training (on as many training as "
-                                      "test images)")
+                                      "test images)", defaults={"iwae_k": 200,
+                                                                "eval_images": 1000})
     DataSizeOptions.add_flags(parser, "the study")
-    parser.set_defaults(likelihood="gaussian", epochs=20, iwae_k=200, eval_images=1000,
-                        num_seeds=3)
     args = cli.parse(parser)
 
     base = VAEConfig.from_flags(args, beta=1.0, sigma=VAEConfig.sigma)

@@ -96,8 +96,8 @@ class SweepOptions(Settings):
 
 
 def main() -> None:
-    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",))
-    parser.set_defaults(likelihood="gaussian", epochs=10)
+    parser = cli.training_parser(__doc__, VAEConfig, exclude=("beta",),
+                                 defaults={"likelihood": "gaussian", "epochs": 10})
     TestEvalOptions.add_flags(parser, "test-set evaluation after training (and as many "
                                       "training images)")
     SweepOptions.add_flags(parser, "the sweeps")

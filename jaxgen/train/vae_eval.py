@@ -40,8 +40,8 @@ class TestEvalOptions(Settings):
 
     iwae_k: int = setting(5000, "importance samples for the test -log p(x) bound", POSITIVE_INT,
                           metavar="K")
-    eval_images: Optional[int] = setting(None, "evaluate on the first N test images (default: "
-                                         "all; 0: skip)", NON_NEGATIVE_INT, metavar="N")
+    eval_images: Optional[int] = setting(None, "evaluate on the first N test images (0: skip; "
+                                         "unset: all)", NON_NEGATIVE_INT, metavar="N")
 
 
 def _chunk_size(k: int, limit: int = 500) -> int:
