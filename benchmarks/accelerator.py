@@ -31,7 +31,9 @@ Runs, in this order, each part as its own process with its own time limit, all o
 Writes ``DIR/accelerator.json`` (every figure), ``DIR/accelerator.log`` (every part's output)
 and ``DIR/seed_run.tar.gz`` (the seed run's pictures, history, metrics and evaluation; no
 checkpoints). ``--smoke`` runs everything at tiny sizes on synthetic data (2-epoch runs,
-4-step epochs), so the command can be rehearsed on a CPU before a device is lent.
+4-step epochs), so the command can be rehearsed on a CPU before a device is lent; its seed run,
+as long as the resume check's runs, is that check's uninterrupted run. ``--width`` narrows the
+GAN of the ``gan_mnist.py`` runs (the test suite's rehearsal).
 """
 
 from __future__ import annotations
@@ -165,9 +167,10 @@ def base_env(args) -> dict:
 
 
 def gan_command(args, workdir: str, epochs: int, *more) -> list:
+    width = () if args.width == 1 else ("--width", args.width)
     return [sys.executable, os.path.join(ROOT, "experiments", "gan_mnist.py"), "--accelerator",
             args.accelerator, "--dataset", "fashion_mnist", "--data-dir", args.data_dir,
-            "--workdir", workdir, "--epochs", str(epochs), *map(str, more)]
+            "--workdir", workdir, "--epochs", str(epochs), *map(str, width + more)]
 
 
 def part_environment(report, args, env):
@@ -263,18 +266,29 @@ def _kill_during_epoch(report, args, env, workdir, epochs, kill_after_epoch, epo
     return killed, saved
 
 
-def part_resume(report, args, env, name="resume", epoch_s=1.0):
-    epochs = 2 if args.smoke else 5
+RESUME_EPOCHS = {True: 2, False: 5}  # the resume check's runs, with and without --smoke
+
+
+def part_resume(report, args, env, name="resume", epoch_s=1.0, uninterrupted=None):
+    """A run killed with SIGKILL during an epoch, then resumed, against the same command
+    uninterrupted: ``uninterrupted``, the workdir of a finished run of it (the seed run's when
+    it is one), or a run made here."""
+    epochs = RESUME_EPOCHS[args.smoke]
     kill_after = epochs // 2  # killed during the next epoch
     base = os.path.join(args.out, "work", name)
     shutil.rmtree(base, ignore_errors=True)
-    killed_dir, clean_dir = os.path.join(base, "killed"), os.path.join(base, "clean")
+    killed_dir = os.path.join(base, "killed")
     killed, saved = _kill_during_epoch(report, args, env, killed_dir, epochs, kill_after,
                                        epoch_s, min(240, report.left()))
     rerun = run(report, name, gan_command(args, killed_dir, epochs), min(240, report.left()),
                 env)
-    clean = run(report, name, gan_command(args, clean_dir, epochs), min(240, report.left()),
-                env)
+    if uninterrupted is None:
+        clean_dir = os.path.join(base, "clean")
+        clean = run(report, name, gan_command(args, clean_dir, epochs),
+                    min(240, report.left()), env)
+    else:
+        clean_dir, clean = uninterrupted, {"returncode": 0, "wall_s": None}
+        report.say(f"  [{name}] uninterrupted: the seed run, the same command ({clean_dir})")
     seed_dir = os.path.join(args.out, "work", "seed")
     compare_env = {**env, "JAX_PLATFORMS": "cpu"}  # read back on the CPU, leave the device
     c = run(report, name, worker(args, "compare", "--workdirs", killed_dir, clean_dir, seed_dir),
@@ -282,7 +296,8 @@ def part_resume(report, args, env, name="resume", epoch_s=1.0):
     return {"epochs": epochs, "killed_during_epoch": kill_after + 1, "killed": killed,
             "checkpoints_when_killed": saved, "rerun_returncode": rerun["returncode"],
             "clean_returncode": clean["returncode"], "rerun_wall_s": rerun["wall_s"],
-            "clean_wall_s": clean["wall_s"], "comparison": (results(c["lines"]) or [None])[0],
+            "clean_wall_s": clean["wall_s"], "clean_dir": os.path.relpath(clean_dir, args.out),
+            "comparison": (results(c["lines"]) or [None])[0],
             "env_xla_flags": env.get("XLA_FLAGS", "")}
 
 
@@ -365,7 +380,7 @@ def orchestrate(args) -> int:
     # The least time each part needs to say anything (its compile, a run); skipped below that.
     needs = {"environment": 10, "seed_run": 60, "epochs": 60, "tests": 45, "resume": 45,
              "fid": 30, "precision": 30, "variants": 45, "profile": 40, "deterministic": 60}
-    epoch_s = 1.0
+    epoch_s, seed_run = 1.0, None
     for part in args.parts:
         if report.left() < needs[part] * (0.2 if args.smoke else 1):
             report.say(f"-- {part}: skipped, {report.left():.0f} s left")
@@ -379,12 +394,15 @@ def orchestrate(args) -> int:
                 result = part_seed_run(report, args, env)
                 if result.get("per_epoch_time"):
                     epoch_s = min(result["per_epoch_time"])
+                if result["finished"] and result["epochs"] == RESUME_EPOCHS[args.smoke]:
+                    seed_run = result["workdir"]  # the resume check's uninterrupted run
             elif part == "epochs":
                 result = part_epochs(report, args, env, "collection")
             elif part == "tests":
                 result = part_tests(report, args, env)
             elif part == "resume":
-                result = part_resume(report, args, env, epoch_s=epoch_s)
+                result = part_resume(report, args, env, epoch_s=epoch_s,
+                                     uninterrupted=seed_run)
             elif part == "fid":
                 result = part_fid(report, args, env)
             elif part == "precision":
@@ -708,6 +726,9 @@ def main() -> int:
                         help="the GANs of the epochs part (%(default)s)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and synthetic data: a rehearsal on any machine")
+    parser.add_argument("--width", type=float, default=1.0, metavar="W",
+                        help="the GAN's width in the gan_mnist.py runs (%(default)s: the "
+                             "reference's; narrower for a quicker rehearsal)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep DIR/work (workdirs and checkpoints of the runs)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers import xla_flags
+from helpers import WIDTH, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,13 +111,15 @@ def test_benchmark_times_a_whole_epoch(tmp_path):
 
 def test_accelerator_check_rehearses_on_cpu(tmp_path):
     """benchmarks/accelerator.py --smoke: the seed's run with its outputs, the kill -9 and
-    resume check (bit-identical on CPU), in one command, as it runs on a device."""
+    resume check (bit-identical on CPU), in one command, as it runs on a device (on the tests'
+    narrow GAN). The smoke's seed run is the resume check's uninterrupted run."""
     out = tmp_path / "check"
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # one CPU device, as the device has one GPU
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--out", str(out),
          "--smoke", "--accelerator", "cpu", "--parts", "environment,seed_run,resume",
-         "--budget", "500"], capture_output=True, text=True, env=env, timeout=600)
+         "--budget", "500", "--width", str(WIDTH)], capture_output=True, text=True, env=env,
+        timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "accelerator.json").read_text())
     parts = report["parts"]
@@ -127,6 +129,7 @@ def test_accelerator_check_rehearses_on_cpu(tmp_path):
     assert len(seed["per_epoch_time"]) == seed["epochs"] == 2
     resume = parts["resume"]
     assert resume["killed"] and resume["checkpoints_when_killed"] == [1]
+    assert resume["clean_dir"] == os.path.join("work", "seed")
     comparison = resume["comparison"]
     assert comparison["losses_identical"] and comparison["final_state_identical"], comparison
     assert set(comparison["clean_vs_seed_run_first_differing_step"].values()) == {None}
@@ -135,7 +138,9 @@ def test_accelerator_check_rehearses_on_cpu(tmp_path):
         names = set(tar.getnames())
     assert {"seed_run/GAN_epoch001.png", "seed_run/GAN_epoch002.png", "seed_run/GAN_loss.png",
             "seed_run/GAN_generate_animation.gif", "seed_run/run.log"} <= names
-    assert (out / "accelerator.log").read_text().count("Training finish") == 3
+    log = (out / "accelerator.log").read_text()
+    assert log.count("Training finish") == 2  # the seed run and the resumed run
+    assert f"--width {WIDTH}" in log
     assert not (out / "work").exists()  # the runs' checkpoints are not left behind
 
 
