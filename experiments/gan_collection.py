@@ -21,6 +21,13 @@ wrote. Writes into --workdir:
                                   mean ± std over them, the CSV one row per run
   collection.png                  each GAN's fixed-noise grid after its last epoch
                                   (<TYPE>_epochNNN.png), side by side
+  collection_fid.csv, .png        with --eval-every N: every GAN's FID after every N epochs (and
+                                  the last), a row per GAN, epoch (and run); the curves of all
+                                  GANs on one figure (each run a line in its GAN's colour). Each
+                                  GAN's own eval_history.jsonl and <TYPE>_fid.png are in its
+                                  workdir; a GAN trained before without --eval-every has none
+Each GAN's workdir also keeps machine.json, the devices and host its epochs were timed on, so a
+table made later from runs trained elsewhere (e.g. on an accelerator) names them.
 """
 
 import csv
@@ -33,9 +40,15 @@ from typing import Optional
 import numpy as np
 
 from jaxgen import cli, data, parallel, viz
-from jaxgen.config import Check, Settings, setting
+from jaxgen.config import POSITIVE_INT, Check, Settings, setting
 from jaxgen.metrics import METRICS
-from jaxgen.runs.evaluate import EVAL_FILE, classifier_meta, evaluate_run
+from jaxgen.runs.evaluate import (
+    EVAL_FILE,
+    HISTORY_FILE,
+    EvaluateEvery,
+    classifier_meta,
+    evaluate_run,
+)
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig
 from jaxgen.workdir import write_atomically
@@ -72,6 +85,9 @@ class CollectionOptions(Settings):
                               Check(bool, "the workdir of a trained classifier"), metavar="DIR")
     num_samples: int = setting(10000, "samples (and real images) per score",
                                Check(lambda v: v >= 2, "at least 2"), metavar="N")
+    eval_every: Optional[int] = setting(None, "also score every GAN during training, after "
+                                        "every N epochs and the last (FID-over-epochs curves: "
+                                        "collection_fid.png)", POSITIVE_INT, metavar="N")
 
 
 def main() -> None:
@@ -94,9 +110,12 @@ def main() -> None:
                         else config)
     run = cli.prepare_run(args, base, "gan_collection")
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
+    hooks = ([] if options.eval_every is None else
+             [EvaluateEvery(options.classifier, options.eval_every, options.num_samples,
+                            run.options.data_dir, dataset=base.dataset, seed=base.seed)])
 
     train = None
-    rows, grids, floor = [], {}, {}
+    rows, grids, floor, histories = [], {}, {}, {}
     for row, (name, config) in configs.items():
         workdir = os.path.join(run.workdir, row.lower().replace(EMA.lower(), "_ema"))
         result = scored_run(workdir, name, config, options, classifier_epoch)
@@ -105,7 +124,10 @@ def main() -> None:
             if train is None:
                 train = data.load_dataset(base.dataset, "train", run.options.data_dir)
             loop.train(gan_variants.task_class(name)(config), train, workdir, run.mesh,
-                       log=run.log, profile_steps=run.options.profile_range)
+                       log=run.log, epoch_hooks=hooks, profile_steps=run.options.profile_range)
+            if parallel.is_main_process():  # what timed its epochs, for a table made later
+                with write_atomically(os.path.join(workdir, MACHINE_FILE)) as f:
+                    json.dump({"machine": machine(run.mesh)}, f)
             result = evaluate_run(workdir, options.classifier, options.num_samples,
                                   data_dir=run.options.data_dir, seed=base.seed,
                                   devices=list(run.mesh.devices.flat), log=run.log)
@@ -115,16 +137,22 @@ def main() -> None:
             epoch_times = json.load(f)["per_epoch_time"]
         rows.append({"gan": row, **{k: result[k] for k in METRICS + LABELLED if k in result},
                      "seconds_per_epoch": float(np.median(epoch_times)),
+                     "machine": trained_on(workdir),
                      "published_fid": PUBLISHED_FID.get(row, ""),
                      **{k: result[k] for k in ("std", "runs") if k in result}})
         grids[row] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
+        histories[row] = read_eval_history(workdir)
         floor.update(result["floor"])  # label accuracy's floor comes with a conditional GAN
     if parallel.is_main_process():
-        write_tables(rows, floor, run.workdir, base, options, machine(run.mesh))
+        write_tables(rows, floor, run.workdir, base, options)
         viz.save_picture_panels(grids, os.path.join(run.workdir, "collection.png"),
                                 title=f"after {base.epochs} epochs on {base.dataset}, the same "
                                       "fixed noise", per_row=4)
         run.log(f"wrote {os.path.join(run.workdir, 'collection.md')} and collection.png")
+        if options.eval_every is not None:
+            write_fid_curves({k: v for k, v in histories.items() if v}, run.workdir, base,
+                             options)
+            run.log("wrote collection_fid.csv and collection_fid.png")
 
 
 def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOptions,
@@ -152,6 +180,18 @@ def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOp
     return result if same else None
 
 
+MACHINE_FILE = "machine.json"  # in each GAN's workdir: the machine its epochs were timed on
+
+
+def trained_on(workdir: str) -> str:
+    """The machine a GAN of the collection was trained on (its ``machine.json``)."""
+    try:
+        with open(os.path.join(workdir, MACHINE_FILE)) as f:
+            return json.load(f)["machine"]
+    except (OSError, ValueError, KeyError):
+        return "an unrecorded machine"
+
+
 def machine(mesh) -> str:
     """The devices, and the CPU's model name where /proc/cpuinfo has it."""
     try:
@@ -163,7 +203,7 @@ def machine(mesh) -> str:
 
 
 def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
-                 options: CollectionOptions, machine: str) -> None:
+                 options: CollectionOptions) -> None:
     """collection.md and collection.csv: a row per GAN; with --num-seeds N > 1 the table gives
     each score as mean ± std over the N runs and the CSV a row per run (its run and seed)."""
     labelled = [k for k in LABELLED if any(k in row for row in rows)]
@@ -190,6 +230,10 @@ def write_tables(rows: list, floor: dict, workdir: str, base: GANConfig,
              " trained together; each score the mean ± standard deviation over the runs, "
              "collection.csv each run's; seconds per epoch of all the runs together)"
              if ensembles else f"seed {base.seed}")
+    named = list(dict.fromkeys(row["machine"] for row in rows))
+    machines = (named[0] if len(named) == 1 else
+                "; ".join(f"{m} ({', '.join(r['gan'] for r in rows if r['machine'] == m)})"
+                          for m in named))
     width = ("" if base.width == 1 else
              f"G and D at {base.width:g} times the reference's widths (--width), ")
     text = f"""# The GAN collection on {base.dataset}
@@ -199,7 +243,7 @@ Command: `python {' '.join(sys.argv)}`
 {base.epochs} epochs each at batch {base.batch_size}, {seeds}, {width}each GAN with its own
 defaults; {options.num_samples} samples scored against {options.num_samples} training images in
 the feature space of the classifier in `{options.classifier}`; the floor row scores
-{options.num_samples} real test images the same way. Median seconds per epoch on {machine}.
+{options.num_samples} real test images the same way. Median seconds per epoch on {machines}.
 `published_fid`: Lucic et al. (2018),
 Fashion-MNIST, in Inception features: only their order compares. A `+EMA` row is that GAN
 trained with a moving average of G's weights (decay {options.ema_decay:g}), scored on the
@@ -211,6 +255,42 @@ average's samples.
 """
     with write_atomically(os.path.join(workdir, "collection.md")) as f:
         f.write(text)
+
+
+def read_eval_history(workdir: str) -> list[dict]:
+    """The scores a run's --eval-every hook wrote, one dict per evaluation ([] without)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANConfig,
+                     options: CollectionOptions) -> None:
+    """collection_fid.csv (a row per GAN, evaluation and run) and collection_fid.png (FID
+    against the epoch, every GAN; an ensemble's runs each a line in its GAN's colour)."""
+    ensembles = base.num_seeds > 1
+    with write_atomically(os.path.join(workdir, "collection_fid.csv"), newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["gan", "epoch", *(["run", "seed"] if ensembles else []), "fid",
+                         "floor_fid"])
+        for gan, rows in histories.items():
+            for r in rows:
+                runs = r["runs"] if ensembles else [r]
+                for i, one in enumerate(runs):
+                    writer.writerow([gan, r["epoch"], *([i, base.seed + i] if ensembles else []),
+                                     one["fid"], r["floor"]["fid"]])
+    epochs = sorted({r["epoch"] for rows in histories.values() for r in rows})
+    curves = {gan: ([[r["runs"][i]["fid"] for r in rows] for i in range(base.num_seeds)]
+                    if ensembles else [r["fid"] for r in rows])
+              for gan, rows in histories.items() if [r["epoch"] for r in rows] == epochs}
+    floor = next(iter(histories.values()))[-1]["floor"]["fid"]
+    curves["real-data floor"] = [floor] * len(epochs)
+    runs = f", {base.num_seeds} runs each" if ensembles else ""
+    viz.plot_curves(curves, os.path.join(workdir, "collection_fid.png"), xlabel="epoch",
+                    ylabel=f"FID ({options.num_samples} samples)",
+                    title=f"the collection on {base.dataset}{runs}", x=epochs)
 
 
 def _fmt(value) -> str:

@@ -211,7 +211,7 @@ def prepare_run(args: argparse.Namespace, config: Settings, kind: str) -> Run:
     options.validate()
     distributed = DistributedOptions.from_flags(args)
     distributed.validate()
-    if hasattr(args, "eval_every"):
+    if all(hasattr(args, f.name) for f in EvalOptions.declared()):  # a script with its flags
         EvalOptions.from_flags(args).validate()
     workdir = (options.workdir if options.workdir is not None
                else os.path.join(DEFAULT_CHECKPOINTS, f"{kind}_{config.dataset}"))

@@ -271,8 +271,9 @@ def test_evaluation_hook_matches_evaluate_run_and_keeps_each_epoch_once(runs, tm
 def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path, capsys):
     """gan_collection.py: a row per GAN from its own eval.json and history (label accuracy for
     the conditional ones, infoGAN's codes matched to classes), the floor row, the last epoch's
-    grids side by side; a rerun trains and scores nothing again, and a rerun that asks for other
-    scores scores again without training."""
+    grids side by side, with --eval-every every GAN's FID over the epochs; a rerun trains and
+    scores nothing again, and a rerun that asks for other scores scores again without
+    training."""
     import csv
 
     from PIL import Image
@@ -282,7 +283,8 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     names = ("GAN+EMA", "infoGAN")  # an unconditional and a conditional GAN
     dirs = {"GAN+EMA": "gan_ema", "infoGAN": "infogan"}
     flags = ("--gan-types", ",".join(names), "--epochs", 1, "--batch-size", 16, "--width", WIDTH,
-             "--data-dir", data_dir, "--classifier", classifier, "--workdir", out)
+             "--data-dir", data_dir, "--classifier", classifier, "--workdir", out,
+             "--eval-every", 1)
     code, log, err = run_in_process("gan_collection.py", *flags, "--num-samples", NUM,
                                     capsys=capsys)
     assert code == 0, err
@@ -313,6 +315,16 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert "| real test images (floor) |" in table and "| infoGAN |" in table
     assert "| GAN+EMA |" in table and f"G and D at {WIDTH:g} times the reference's" in table
     assert f"{result['floor']['fid']:.2f}" in table or f"{result['floor']['fid']:.4g}" in table
+    curves = list(csv.DictReader(open(out / "collection_fid.csv")))
+    for name in names:  # each GAN's FID after its one epoch, as its own hook wrote it
+        (scored,) = [json.loads(line) for line in open(out / dirs[name] / "eval_history.jsonl")]
+        (row,) = [r for r in curves if r["gan"] == name]
+        assert int(row["epoch"]) == scored["epoch"] == 1
+        assert float(row["fid"]) == pytest.approx(scored["fid"], rel=1e-6)
+    assert is_png(out / "collection_fid.png")
+    machine = json.load(open(out / "infogan" / "machine.json"))["machine"]
+    assert "cpu device(s)" in machine and f"per epoch on {machine}." in " ".join(
+        open(out / "collection.md").read().split())
     picture = np.asarray(Image.open(out / "collection.png").convert("L"))
     assert picture.shape[1] > picture.shape[0]  # two panels side by side
     assert is_png(out / "collection.png") and picture.std() > 10
