@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxgen import cli, data, parallel, viz
 from jaxgen.config import POSITIVE_INT, Check, Settings, setting
+from jaxgen.errors import JaxgenError
 from jaxgen.metrics import METRICS
 from jaxgen.runs.evaluate import (
     EVAL_FILE,
@@ -85,6 +86,9 @@ class CollectionOptions(Settings):
                               Check(bool, "the workdir of a trained classifier"), metavar="DIR")
     num_samples: int = setting(10000, "samples (and real images) per score",
                                Check(lambda v: v >= 2, "at least 2"), metavar="N")
+    tabulate_only: bool = setting(False, "train and score nothing: make the table and figures "
+                                  "from each GAN's files in --workdir (runs trained elsewhere, "
+                                  "e.g. on an accelerator)")
     eval_every: Optional[int] = setting(None, "also score every GAN during training, after "
                                         "every N epochs and the last (FID-over-epochs curves: "
                                         "collection_fid.png)", POSITIVE_INT, metavar="N")
@@ -110,7 +114,7 @@ def main() -> None:
                         else config)
     run = cli.prepare_run(args, base, "gan_collection")
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
-    hooks = ([] if options.eval_every is None else
+    hooks = ([] if options.eval_every is None or options.tabulate_only else
              [EvaluateEvery(options.classifier, options.eval_every, options.num_samples,
                             run.options.data_dir, dataset=base.dataset, seed=base.seed)])
 
@@ -118,7 +122,8 @@ def main() -> None:
     rows, grids, floor, histories = [], {}, {}, {}
     for row, (name, config) in configs.items():
         workdir = os.path.join(run.workdir, row.lower().replace(EMA.lower(), "_ema"))
-        result = scored_run(workdir, name, config, options, classifier_epoch)
+        result = (scored_files(workdir, row, config) if options.tabulate_only else
+                  scored_run(workdir, name, config, options, classifier_epoch))
         if result is None:
             run.log(f"--- {row} on {base.dataset}, {base.epochs} epochs: {workdir}")
             if train is None:
@@ -190,6 +195,21 @@ def trained_on(workdir: str) -> str:
             return json.load(f)["machine"]
     except (OSError, ValueError, KeyError):
         return "an unrecorded machine"
+
+
+def scored_files(workdir: str, row: str, config: GANConfig) -> dict:
+    """The eval.json of a GAN trained for ``config.epochs`` (--tabulate-only)."""
+    try:
+        with open(os.path.join(workdir, EVAL_FILE)) as f:
+            result = json.load(f)
+        epoch = result["model"]["checkpoint_epoch"]
+    except (OSError, ValueError, KeyError):
+        raise JaxgenError(f"--tabulate-only: {workdir} holds no scores of {row} ({EVAL_FILE}); "
+                          f"train and score it first, or leave it out of --gan-types.") from None
+    if epoch != config.epochs:
+        raise JaxgenError(f"--tabulate-only: {row} in {workdir} was scored after epoch {epoch}, "
+                          f"not --epochs {config.epochs}; pass --epochs {epoch}.")
+    return result
 
 
 def machine(mesh) -> str:

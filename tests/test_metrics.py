@@ -336,6 +336,27 @@ def test_gan_collection_trains_scores_and_tabulates_each_gan_once(runs, tmp_path
     assert "trained and scored already" in log and "Epoch:" not in log
     assert {n: os.path.getmtime(out / n / "eval.json") for n in scored} == scored
 
+    # Runs trained elsewhere, brought back without their checkpoints: tabulated, not trained.
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(out, elsewhere, ignore=shutil.ignore_patterns("checkpoints", "collection*"))
+    moved = tuple(elsewhere if f == out else f for f in flags)
+    code, log, err = run_in_process("gan_collection.py", *moved, "--num-samples", NUM,
+                                    "--tabulate-only", capsys=capsys)
+    assert code == 0, err
+    assert "Epoch:" not in log and "trained and scored already" in log
+    assert {n: os.path.getmtime(elsewhere / n / "eval.json") for n in scored} == {
+        n: os.path.getmtime(out / n / "eval.json") for n in scored}  # copied, not scored anew
+    assert list(csv.DictReader(open(elsewhere / "collection.csv"))) == rows
+    assert (list(csv.DictReader(open(elsewhere / "collection_fid.csv")))
+            == list(csv.DictReader(open(out / "collection_fid.csv"))))
+    missing = ("--gan-types", "GAN+EMA,WGAN", *moved[2:])
+    code, _, err = run_in_process("gan_collection.py", *missing, "--num-samples", NUM,
+                                  "--tabulate-only", capsys=capsys)
+    assert code == 2 and "--tabulate-only: " in err and "holds no scores of WGAN" in err, err
+    assert not (elsewhere / "wgan" / "checkpoints").exists()
+
     one = ("--gan-types", "GAN+EMA", *flags[2:])  # one GAN alone, scored anew
     code, log, err = run_in_process("gan_collection.py", *one, "--num-samples", NUM - 4,
                                     capsys=capsys)
