@@ -23,7 +23,7 @@ wrote. Writes into --workdir:
                                   (<TYPE>_epochNNN.png), side by side
   collection_fid.csv, .png        with --eval-every N: every GAN's FID after every N epochs (and
                                   the last), a row per GAN, epoch (and run); the curves of all
-                                  GANs on one figure (each run a line in its GAN's colour). Each
+                                  GANs on one figure (each its runs' mean and each run). Each
                                   GAN's own eval_history.jsonl and <TYPE>_fid.png are in its
                                   workdir; a GAN trained before without --eval-every has none
 Each GAN's workdir also keeps machine.json, the devices and host its epochs were timed on, so a
@@ -289,7 +289,7 @@ def read_eval_history(workdir: str) -> list[dict]:
 def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANConfig,
                      options: CollectionOptions) -> None:
     """collection_fid.csv (a row per GAN, evaluation and run) and collection_fid.png (FID
-    against the epoch, every GAN; an ensemble's runs each a line in its GAN's colour)."""
+    against the epoch, every GAN in its colour: the runs' mean, and each run's thin line)."""
     ensembles = base.num_seeds > 1
     with write_atomically(os.path.join(workdir, "collection_fid.csv"), newline="") as f:
         writer = csv.writer(f)
@@ -306,11 +306,10 @@ def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANCo
                     if ensembles else [r["fid"] for r in rows])
               for gan, rows in histories.items() if [r["epoch"] for r in rows] == epochs}
     floor = next(iter(histories.values()))[-1]["floor"]["fid"]
-    curves["real-data floor"] = [floor] * len(epochs)
-    runs = f", {base.num_seeds} runs each" if ensembles else ""
-    viz.plot_curves(curves, os.path.join(workdir, "collection_fid.png"), xlabel="epoch",
-                    ylabel=f"FID ({options.num_samples} samples)",
-                    title=f"the collection on {base.dataset}{runs}", x=epochs)
+    runs = f", {base.num_seeds} seeds each" if ensembles else ""
+    viz.plot_score_curves(curves, floor, os.path.join(workdir, "collection_fid.png"), epochs,
+                          ylabel=f"FID ({options.num_samples} samples)",
+                          title=f"the collection on {base.dataset}{runs}")
 
 
 def _fmt(value) -> str:

@@ -107,6 +107,38 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
     _save_figure(fig, path)
 
 
+def plot_score_curves(curves: dict[str, Iterable], floor: float, path: str, x: Sequence[float],
+                      ylabel: str, title: Optional[str] = None) -> None:
+    """Many models' scores against the epoch on one log-scale figure (e.g. a collection's FID):
+    each model a colour of its own (up to 20), its runs' mean a line with markers and each run
+    (of a seed ensemble, (runs, points)) a thin line beside it; the real-data ``floor`` dashed
+    black; the legend outside the axes."""
+    fig, ax = _figure(figsize=(9.5, 5))
+    colours = matplotlib.colormaps["tab20"].colors
+    xs = np.asarray(x, dtype=float)
+    for i, (label, values) in enumerate(curves.items()):
+        runs, colour = _runs(values), colours[(2 * i) % 20 if i < 10 else 2 * (i - 10) + 1]
+        if len(runs) > 1:
+            for values in runs:
+                ax.plot(xs, values, color=colour, linewidth=0.5, alpha=0.5)
+            label = f"{label} (mean of {len(runs)} runs)"
+        ax.plot(xs, runs.mean(axis=0), color=colour, linewidth=1.4, marker="o", markersize=3,
+                label=label)
+    ax.axhline(floor, color="black", linestyle="--", linewidth=1, label="real-data floor")
+    ax.set_yscale("log")
+    if all(float(v).is_integer() for v in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _save_figure(fig, path)
+
+
 def _runs(values) -> np.ndarray:
     """A curve as (runs, points): one run for a flat sequence."""
     values = np.asarray(list(values), dtype=float)
