@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import REPO, write_idx_dataset
+from helpers import REPO, WIDTH, write_idx_dataset
 
 from jaxgen.errors import JaxgenError
 from jaxgen.runs import registry
@@ -28,17 +28,19 @@ def _python_block(path: str, heading: str) -> str:
 def test_train_from_python_runs_as_written(tmp_path, monkeypatch):
     code = _python_block(os.path.join(REPO, "docs", "library.md"), "## Train from Python")
     data_dir = write_idx_dataset(str(tmp_path / "idx"), n_train=144, n_test=144)
-    # the same block at a tiny size: its data, one epoch of two steps, 136 samples (the fewest
-    # above the classifier's 128 features that the scores take)
+    # the same block at a tiny size: its data, one epoch of two steps of the tests' narrow GAN
+    # on one device (the sharding tests compare eight with one), 136 samples (the fewest above
+    # the classifier's 128 features that the scores take)
     classifier = os.path.join(REPO, "experiments", "results", "classifier_fashion_mnist")
     for old, new in (('"/usr/share/datasets/fashion-mnist"', repr(data_dir)),
-                     ("epochs=1)", "epochs=1, batch_size=72)"),
+                     ("epochs=1)", f"epochs=1, batch_size=72, width={WIDTH})"),
+                     ("parallel.make_mesh()", "parallel.make_mesh(jax.devices()[:1])"),
                      ("num_samples=10000", "num_samples=136"),
                      ('"experiments/results/classifier_fashion_mnist"', repr(classifier))):
         assert code.count(old) == 1, old
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
-    namespace = {}
+    namespace = {"jax": jax}
     exec(compile(code, "docs/library.md", "exec"), namespace)
     assert namespace["images"].shape == (64, 28, 28, 1)
     assert int(namespace["state"].step) == 2
