@@ -280,8 +280,7 @@ def _train(task: Task, images: np.ndarray, workdir: str, mesh: Mesh, log, labels
         log(f"Avg one epoch time: {np.mean(history.per_epoch_time):.2f}, total {config.epochs} "
             f"epochs time: {history.total_time:.2f}")
         log("Training finish!... save training results")
-        outputs.run_end(history, _host(_pictures(task, state, final=True)),
-                        curves_drawn=True)  # by the last epoch_end, from these metrics
+        outputs.run_end(history, _host(_pictures(task, state, final=True)))
         outputs.close()
         ckpts.wait()
         ckpts.close()

@@ -111,10 +111,12 @@ class RunOutputs:
         return shown
 
     def epoch_end(self, epoch: int, history: History, shown: dict) -> None:
-        """After ``epoch`` is saved: the history files and TensorBoard's epoch."""
+        """After ``epoch`` is saved: the history files (the curves are drawn when the run ends,
+        as the reference draws its loss plot: a figure an epoch would cost a short epoch's
+        time) and TensorBoard's epoch."""
         if not self.main:
             return
-        self.write_history(history)
+        self.write_history(history, curves=False)
         scalars = history.epoch_scalars[epoch - 1] if epoch <= len(history.epoch_scalars) else {}
         self.board.epoch_end(epoch, history.per_epoch_time[epoch - 1], shown, scalars)
 
@@ -145,11 +147,9 @@ class RunOutputs:
         if curves:
             viz.plot_curves(history.metrics, self._path(f"{name}_loss.png"), title=title)
 
-    def run_end(self, history: History, final_pictures: Optional[dict],
-                curves_drawn: bool = False) -> None:
+    def run_end(self, history: History, final_pictures: Optional[dict]) -> None:
         """After the last epoch: the pictures drawn once, the animation of the sample grids,
-        the history files with the run's total time, the loss curves (unless ``curves_drawn``:
-        the last epoch's end drew them from the same metrics) and the metric panels."""
+        the history files with the run's total time, the loss curves and the metric panels."""
         if not self.main:
             return
         name = self.task.name
@@ -161,7 +161,7 @@ class RunOutputs:
         frames = [f for f in frames if os.path.exists(f)]
         if frames:
             viz.save_gif(frames, self._path(f"{name}_generate_animation.gif"))
-        self.write_history(history, curves=not curves_drawn)
+        self.write_history(history)
         if self.task.metric_units:
             viz.plot_panels({k: history.metrics[k] for k in self.task.metric_units},
                             self._path(f"{name}_curves.png"), ylabels=self.task.metric_units,
