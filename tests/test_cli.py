@@ -10,7 +10,6 @@ import pytest
 from helpers import (
     REPO,
     SCRIPT_DEVICES,
-    ScriptProcess,
     as_pixels,
     curve_pixels,
     grid_tiles,
@@ -27,24 +26,18 @@ from jaxgen.train.gan import GANConfig
 
 @pytest.fixture(scope="module")
 def gan_cli_run(tmp_path_factory):
-    """gan_mnist.py for two epochs on a tiny IDX dataset, on this session's 8 CPU devices; then
-    sample.py from its workdir, to a .png and to a .npy."""
+    """gan_mnist.py for two epochs on a tiny IDX dataset, as a process of its own."""
     directory = tmp_path_factory.mktemp("gan_cli")
     data_dir = write_idx_dataset(str(directory / "idx"))
     workdir = directory / "run"
     train = run_script("gan_mnist.py", "--data-dir", data_dir, "--epochs", 2, "--batch-size", 16,
                        "--log-every", 2, "--workdir", workdir)
-    samples = {}
-    if train.returncode == 0:  # the two sample.py runs at the same time
-        procs = {out: ScriptProcess("sample.py", "--workdir", workdir, "--num", 10, "--out", out)
-                 for out in (directory / "s.png", directory / "s.npy")}
-        samples = {out: proc.wait() for out, proc in procs.items()}
-    return data_dir, workdir, train, samples
+    return data_dir, workdir, train
 
 
 @pytest.fixture(scope="module")
 def trained(gan_cli_run):
-    data_dir, workdir, proc, _ = gan_cli_run
+    data_dir, workdir, proc = gan_cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data_dir, workdir, proc.stdout
 
@@ -77,12 +70,14 @@ def test_run_writes_grids_gif_plot_history_and_checkpoints(trained):
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
 
 
-def test_sample_writes_a_grid_and_an_array(trained, gan_cli_run):
-    samples = gan_cli_run[3]
-    png, npy = samples
-    for out, proc in samples.items():
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"wrote 10 images (prior) to {out}" in proc.stdout
+def test_sample_writes_a_grid_and_an_array(trained, tmp_path, capsys):
+    _, workdir, _ = trained
+    png, npy = tmp_path / "s.png", tmp_path / "s.npy"
+    for out in (png, npy):
+        code, stdout, err = run_in_process("sample.py", "--workdir", workdir, "--num", 10,
+                                           "--out", out, capsys=capsys)
+        assert code == 0, err[-3000:]
+        assert f"wrote 10 images (prior) to {out}" in stdout
     images = np.load(npy)
     assert images.shape == (10, 28, 28, 1) and images.dtype == np.float32
     assert -1 <= images.min() < images.max() <= 1

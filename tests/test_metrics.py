@@ -15,7 +15,6 @@ from helpers import (
     failing_writes,
     is_png,
     run_in_process,
-    run_script,
     script,
     tensorboard_events,
     write_idx_dataset,
@@ -202,11 +201,11 @@ def _sane(scores_: dict) -> None:
     assert 0 <= scores_["precision"] <= 1 and 0 <= scores_["recall"] <= 1
 
 
-def test_evaluate_script_writes_scores_and_floor(runs):
+def test_evaluate_script_writes_scores_and_floor(runs, capsys):
     data_dir, classifier, gan = runs
-    proc = run_script("evaluate.py", "--workdir", gan, "--classifier", classifier,
-                      "--num-samples", NUM, "--data-dir", data_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = run_in_process("evaluate.py", "--workdir", gan, "--classifier", classifier,
+                                    "--num-samples", NUM, "--data-dir", data_dir, capsys=capsys)
+    assert code == 0, err[-3000:]
     result = json.load(open(gan / "eval.json"))
     for key in metrics.METRICS + ("num_samples", "floor", "classifier", "model"):
         assert key in result, key
@@ -219,9 +218,8 @@ def test_evaluate_script_writes_scores_and_floor(runs):
     assert result["classifier"]["path"] == str(classifier)
     assert result["classifier"]["dataset"] == "mnist"
     assert result["classifier"]["test_accuracy"] == pytest.approx(report["test_accuracy"])
-    assert "real-data floor" in proc.stdout and f"test accuracy {report['test_accuracy']:.4f}" \
-        in proc.stdout
-    assert f"{result['fid']:.3f}" in proc.stdout and f"{result['floor']['fid']:.3f}" in proc.stdout
+    assert "real-data floor" in out and f"test accuracy {report['test_accuracy']:.4f}" in out
+    assert f"{result['fid']:.3f}" in out and f"{result['floor']['fid']:.3f}" in out
 
 
 def test_evaluation_during_training_writes_history_and_curve(runs):
