@@ -151,3 +151,31 @@ def test_accelerator_check_refuses_a_data_dir_without_the_files(tmp_path):
         timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: --data-dir {tmp_path} holds no Fashion-MNIST IDX")
+
+
+def test_seed_scale_archives_every_run_but_its_checkpoints(tmp_path):
+    """benchmarks/seed_scale.py brings a device's runs back in one archive: every file of every
+    run (grids, scores, histories, TensorBoard) but the checkpoints, the compilation cache and
+    the lock files."""
+    import tarfile
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import seed_scale
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    work = tmp_path / "work"
+    files = ["collection/gan/eval.json", "collection/gan/GAN_epoch001.png",
+             "collection/gan/tensorboard/run0/events", "collection/collection.md",
+             "vae/beta_1/test_eval.json", "vae/ablation.md"]
+    left_out = ["collection/gan/checkpoints/1/state", "collection/gan/.lock",
+                "vae/beta_1/checkpoints/2/state", "xla-cache/entry", "data/train.gz"]
+    for name in files + left_out:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(name)
+    archived = seed_scale.archive(str(work), str(tmp_path / "part.tar.gz"))
+    assert archived == ["collection", "vae"]
+    with tarfile.open(tmp_path / "part.tar.gz") as tar:
+        kept = {m.name for m in tar.getmembers() if m.isfile()}
+        assert tar.extractfile("vae/ablation.md").read() == b"vae/ablation.md"
+    assert kept == set(files)
