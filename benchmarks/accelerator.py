@@ -83,14 +83,12 @@ SEED_RUN_FILES = ("*.png", "*.gif", "*_history.json", "metrics.jsonl", "config.j
 
 
 # ============================================================================ the orchestrator
-class Report:
-    """The JSON and the log, written after every part so that a cut-off run keeps what ran."""
+class Log:
+    """A check's log file (and stdout), and the time left of its budget."""
 
-    def __init__(self, out: str, budget: float):
-        self.out, self.budget, self.start = out, budget, time.time()
-        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "budget_s": budget,
-                     "parts": {}}
-        self.log_file = open(os.path.join(out, "accelerator.log"), "w")
+    def __init__(self, path: str, budget: float):
+        self.budget, self.start = budget, time.time()
+        self.log_file = open(path, "w")
 
     def left(self) -> float:
         return self.budget - (time.time() - self.start)
@@ -99,6 +97,16 @@ class Report:
         print(text, flush=True)
         self.log_file.write(text + "\n")
         self.log_file.flush()
+
+
+class Report(Log):
+    """The JSON and the log, written after every part so that a cut-off run keeps what ran."""
+
+    def __init__(self, out: str, budget: float):
+        super().__init__(os.path.join(out, "accelerator.log"), budget)
+        self.out = out
+        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "budget_s": budget,
+                     "parts": {}}
 
     def part(self, name: str, result: dict) -> None:
         self.data["parts"][name] = result
@@ -112,7 +120,7 @@ class Report:
                    os.path.join(self.out, "accelerator.json"))
 
 
-def run(report: Report, label: str, command: list, limit: float, env: dict = None,
+def run(report: Log, label: str, command: list, limit: float, env: dict = None,
         log_path: str = None) -> dict:
     """Runs ``command`` in its own process group for at most ``limit`` seconds, its output into
     the log (and ``log_path``); returns its exit status, wall time and output."""
@@ -705,18 +713,24 @@ def write_synthetic_idx(directory: str, n_train: int = SMOKE_IMAGES, n_test: int
     return directory
 
 
+def add_device_flags(parser: argparse.ArgumentParser, scored: str) -> None:
+    """--accelerator, --data-dir, --classifier and --smoke, as the device checks share them."""
+    parser.add_argument("--accelerator", default="gpu", choices=("gpu", "tpu", "cpu"),
+                        help="the platform to run on (%(default)s)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="Fashion-MNIST's four IDX .gz files (synthetic with --smoke)")
+    parser.add_argument("--classifier", default=CLASSIFIER, metavar="DIR",
+                        help=f"the classifier whose features score {scored} (the committed one)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and synthetic data: a rehearsal on any machine")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="where accelerator.json, accelerator.log and seed_run.tar.gz go")
-    parser.add_argument("--accelerator", default="gpu", choices=("gpu", "tpu", "cpu"),
-                        help="the platform to check (%(default)s)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="Fashion-MNIST's four IDX .gz files (synthetic with --smoke)")
-    parser.add_argument("--classifier", default=CLASSIFIER, metavar="DIR",
-                        help="the classifier the seed run's FID is scored with (the committed "
-                             "one)")
+    add_device_flags(parser, "the seed run's FID")
     parser.add_argument("--budget", type=float, default=480, metavar="SECONDS",
                         help="the whole check's time; parts that no longer fit are skipped "
                              "(%(default)s)")
@@ -724,8 +738,6 @@ def main() -> int:
                         help="comma-separated parts to run, in order (%(default)s)")
     parser.add_argument("--gans", default=",".join(GANS),
                         help="the GANs of the epochs part (%(default)s)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes and synthetic data: a rehearsal on any machine")
     parser.add_argument("--width", type=float, default=1.0, metavar="W",
                         help="the GAN's width in the gan_mnist.py runs (%(default)s: the "
                              "reference's; narrower for a quicker rehearsal)")

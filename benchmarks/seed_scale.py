@@ -32,29 +32,12 @@ import os
 import shutil
 import sys
 import tarfile
-import time
 
-from accelerator import CLASSIFIER, ROOT, base_env, run, write_synthetic_idx
+from accelerator import ROOT, Log, add_device_flags, base_env, run, write_synthetic_idx
 
 PARTS = {1: ("GAN", "LSGAN", "WGAN", "WGAN_GP", "DRAGAN", "EBGAN", "BEGAN"),
          2: ("CGAN", "ACGAN", "infoGAN", "HINGE", "RaGAN", "GAN+EMA")}
 GAN_TYPES = PARTS[1] + PARTS[2]
-
-
-class Log:
-    """The part's log file (and stdout), and the time left of its budget."""
-
-    def __init__(self, path: str, budget: float):
-        self.budget, self.start = budget, time.time()
-        self.file = open(path, "w")
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
-        self.file.write(text + "\n")
-        self.file.flush()
 
 
 def commands(args, data_dir: str, work: str) -> list[tuple[str, list]]:
@@ -95,22 +78,14 @@ def main() -> int:
     parser.add_argument("--part", type=int, required=True, choices=sorted(PARTS),
                         help="1: the unconditional GANs; 2: the conditional ones, HINGE, RaGAN, "
                              "GAN+EMA and the VAE")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="Fashion-MNIST's four IDX .gz files (synthetic with --smoke)")
-    parser.add_argument("--accelerator", default="gpu", choices=("gpu", "tpu", "cpu"),
-                        help="the platform to train on (%(default)s)")
+    add_device_flags(parser, "the samples")
     parser.add_argument("--epochs", type=int, default=50, metavar="N",
                         help="epochs of every run (%(default)s, the reference's)")
     parser.add_argument("--num-seeds", type=int, default=5, metavar="N",
                         help="runs of each GAN, trained together (%(default)s)")
-    parser.add_argument("--classifier", default=CLASSIFIER, metavar="DIR",
-                        help="the classifier whose features score the samples (the committed "
-                             "one)")
     parser.add_argument("--budget", type=float, default=560, metavar="SECONDS",
                         help="the part's time; what is not finished by then is left out "
                              "(%(default)s)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes and synthetic data: a rehearsal on any machine")
     args = parser.parse_args()
     if args.smoke:
         args.num_seeds = min(args.num_seeds, 2)
