@@ -116,21 +116,25 @@ def main() -> None:
     classifier_epoch, _ = classifier_meta(options.classifier)  # checked before any training
     hooks = ([] if options.eval_every is None or options.tabulate_only else
              [EvaluateEvery(options.classifier, options.eval_every, options.num_samples,
-                            run.options.data_dir, dataset=base.dataset, seed=base.seed)])
+                            run.options.data_dir, dataset=base.dataset, seed=base.seed,
+                            samples_flag="--num-samples")])
 
     train = None
     rows, grids, floor, histories = [], {}, {}, {}
     for row, (name, config) in configs.items():
         workdir = os.path.join(run.workdir, row.lower().replace(EMA.lower(), "_ema"))
-        result = (scored_files(workdir, row, config) if options.tabulate_only else
-                  scored_run(workdir, name, config, options, classifier_epoch))
+        result = (scored_files(workdir, row, name, config, options) if options.tabulate_only
+                  else scored_run(workdir, name, config, options, classifier_epoch))
         if result is None:
             run.log(f"--- {row} on {base.dataset}, {base.epochs} epochs: {workdir}")
             if train is None:
                 train = data.load_dataset(base.dataset, "train", run.options.data_dir)
-            loop.train(gan_variants.task_class(name)(config), train, workdir, run.mesh,
-                       log=run.log, epoch_hooks=hooks, profile_steps=run.options.profile_range)
-            if parallel.is_main_process():  # what timed its epochs, for a table made later
+            before = len(epoch_times_of(workdir, name))
+            _, history = loop.train(gan_variants.task_class(name)(config), train, workdir,
+                                    run.mesh, log=run.log, epoch_hooks=hooks,
+                                    profile_steps=run.options.profile_range)
+            if len(history.per_epoch_time) > before and parallel.is_main_process():
+                # what timed its latest epochs, for a table made later from its files
                 with write_atomically(os.path.join(workdir, MACHINE_FILE)) as f:
                     json.dump({"machine": machine(run.mesh)}, f)
             result = evaluate_run(workdir, options.classifier, options.num_samples,
@@ -138,8 +142,7 @@ def main() -> None:
                                   devices=list(run.mesh.devices.flat), log=run.log)
         else:
             run.log(f"--- {row}: trained and scored already ({workdir})")
-        with open(os.path.join(workdir, f"{name}_history.json")) as f:
-            epoch_times = json.load(f)["per_epoch_time"]
+        epoch_times = epoch_times_of(workdir, name)
         rows.append({"gan": row, **{k: result[k] for k in METRICS + LABELLED if k in result},
                      "seconds_per_epoch": float(np.median(epoch_times)),
                      "machine": trained_on(workdir),
@@ -156,8 +159,7 @@ def main() -> None:
         run.log(f"wrote {os.path.join(run.workdir, 'collection.md')} and collection.png")
         if options.eval_every is not None:
             write_fid_curves({k: v for k, v in histories.items() if v}, run.workdir, base,
-                             options)
-            run.log("wrote collection_fid.csv and collection_fid.png")
+                             options, run.log)
 
 
 def scored_run(workdir: str, name: str, config: GANConfig, options: CollectionOptions,
@@ -197,19 +199,39 @@ def trained_on(workdir: str) -> str:
         return "an unrecorded machine"
 
 
-def scored_files(workdir: str, row: str, config: GANConfig) -> dict:
-    """The eval.json of a GAN trained for ``config.epochs`` (--tabulate-only)."""
+def scored_files(workdir: str, row: str, name: str, config: GANConfig,
+                 options: CollectionOptions) -> dict:
+    """The eval.json of a GAN trained and scored as the command says (--tabulate-only): its
+    epochs, runs, samples and seed, with its history and last grid beside it."""
     try:
         with open(os.path.join(workdir, EVAL_FILE)) as f:
             result = json.load(f)
-        epoch = result["model"]["checkpoint_epoch"]
+        scored = {"--epochs": result["model"]["checkpoint_epoch"],
+                  "--num-seeds": result["model"].get("num_runs", 1),
+                  "--num-samples": result["num_samples"], "--seed": result["seed"]}
     except (OSError, ValueError, KeyError):
         raise JaxgenError(f"--tabulate-only: {workdir} holds no scores of {row} ({EVAL_FILE}); "
                           f"train and score it first, or leave it out of --gan-types.") from None
-    if epoch != config.epochs:
-        raise JaxgenError(f"--tabulate-only: {row} in {workdir} was scored after epoch {epoch}, "
-                          f"not --epochs {config.epochs}; pass --epochs {epoch}.")
+    asked = {"--epochs": config.epochs, "--num-seeds": config.num_seeds,
+             "--num-samples": options.num_samples, "--seed": config.seed}
+    for flag, value in scored.items():
+        if value != asked[flag]:
+            raise JaxgenError(f"--tabulate-only: {row} in {workdir} was trained and scored with "
+                              f"{flag} {value}, not {asked[flag]}; pass {flag} {value}.")
+    for needed in (f"{name}_history.json", f"{name}_epoch{config.epochs:03d}.png"):
+        if not os.path.exists(os.path.join(workdir, needed)):
+            raise JaxgenError(f"--tabulate-only: {workdir} lacks {needed}, which the table "
+                              f"needs; bring back the whole workdir of {row}.")
     return result
+
+
+def epoch_times_of(workdir: str, name: str) -> list[float]:
+    """The per-epoch times of the run in ``workdir`` ([] before its first epoch)."""
+    path = os.path.join(workdir, f"{name}_history.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["per_epoch_time"]
 
 
 def machine(mesh) -> str:
@@ -287,9 +309,14 @@ def read_eval_history(workdir: str) -> list[dict]:
 
 
 def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANConfig,
-                     options: CollectionOptions) -> None:
+                     options: CollectionOptions, log) -> None:
     """collection_fid.csv (a row per GAN, evaluation and run) and collection_fid.png (FID
-    against the epoch, every GAN in its colour: the runs' mean, and each run's thin line)."""
+    against the epoch, every GAN in its colour: the runs' mean, and each run's thin line); the
+    figure leaves out, and says so, a GAN scored after other epochs than the most."""
+    if not histories:
+        log("no GAN has scores over its epochs (eval_history.jsonl, written when it trains "
+            "with --eval-every): collection_fid.csv and .png not written.")
+        return
     ensembles = base.num_seeds > 1
     with write_atomically(os.path.join(workdir, "collection_fid.csv"), newline="") as f:
         writer = csv.writer(f)
@@ -301,15 +328,21 @@ def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANCo
                 for i, one in enumerate(runs):
                     writer.writerow([gan, r["epoch"], *([i, base.seed + i] if ensembles else []),
                                      one["fid"], r["floor"]["fid"]])
-    epochs = sorted({r["epoch"] for rows in histories.values() for r in rows})
+    schedules = [tuple(r["epoch"] for r in rows) for rows in histories.values()]
+    epochs = max(set(schedules), key=schedules.count)  # the most GANs' epochs
     curves = {gan: ([[r["runs"][i]["fid"] for r in rows] for i in range(base.num_seeds)]
                     if ensembles else [r["fid"] for r in rows])
-              for gan, rows in histories.items() if [r["epoch"] for r in rows] == epochs}
+              for gan, rows in histories.items() if tuple(r["epoch"] for r in rows) == epochs}
+    left_out = [gan for gan in histories if gan not in curves]
+    if left_out:
+        log(f"collection_fid.png leaves out {', '.join(left_out)}: scored after other epochs "
+            f"than {', '.join(map(str, epochs))} (collection_fid.csv has them).")
     floor = next(iter(histories.values()))[-1]["floor"]["fid"]
     runs = f", {base.num_seeds} seeds each" if ensembles else ""
     viz.plot_score_curves(curves, floor, os.path.join(workdir, "collection_fid.png"), epochs,
                           ylabel=f"FID ({options.num_samples} samples)",
                           title=f"the collection on {base.dataset}{runs}")
+    log("wrote collection_fid.csv and collection_fid.png")
 
 
 def _fmt(value) -> str:

@@ -582,3 +582,41 @@ def test_too_few_eval_samples_stop_training_before_it_starts(runs, tmp_path, cap
                   "--eval-every", 1, "--classifier", classifier, "--eval-samples", 5)
     assert "--eval-samples 5 is too few" in line and "at least 9" in line
     assert not (tmp_path / "g").exists()
+
+
+def test_the_collections_fid_curves_give_each_run_and_say_what_they_leave_out(tmp_path):
+    """collection_fid.csv has a row per GAN, evaluation and run (an ensemble's from its runs'
+    scores, each with its seed); the figure leaves out, and says so, a GAN scored after other
+    epochs; without any scores over epochs nothing is written, and the log says why."""
+    import csv
+    import importlib.util
+
+    from jaxgen.train.gan import GANConfig
+
+    spec = importlib.util.spec_from_file_location("gan_collection", script("gan_collection.py"))
+    collection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collection)
+
+    def row(epoch, fids):
+        return {"epoch": epoch, "fid": float(np.mean(fids)), "floor": {"fid": 0.5},
+                "runs": [{"run": r, "fid": f} for r, f in enumerate(fids)]}
+
+    histories = {"GAN": [row(2, [30.0, 34.0]), row(4, [20.0, 22.0])],
+                 "WGAN": [row(2, [50.0, 40.0]), row(4, [25.0, 27.0])],
+                 "EBGAN": [row(3, [90.0, 80.0])]}
+    base = GANConfig(num_seeds=2, seed=7, epochs=4)
+    options = collection.CollectionOptions(classifier="c", num_samples=100, eval_every=2)
+    logs = []
+    collection.write_fid_curves(histories, str(tmp_path), base, options, logs.append)
+    rows = list(csv.DictReader(open(tmp_path / "collection_fid.csv")))
+    assert [(r["gan"], int(r["epoch"]), int(r["run"]), int(r["seed"]), float(r["fid"]))
+            for r in rows][:4] == [("GAN", 2, 0, 7, 30.0), ("GAN", 2, 1, 8, 34.0),
+                                   ("GAN", 4, 0, 7, 20.0), ("GAN", 4, 1, 8, 22.0)]
+    assert len(rows) == 10 and {float(r["floor_fid"]) for r in rows} == {0.5}
+    assert is_png(tmp_path / "collection_fid.png")
+    assert any("leaves out EBGAN" in line for line in logs), logs
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    collection.write_fid_curves({}, str(empty), base, options, logs.append)
+    assert not list(empty.iterdir()) and "no GAN has scores over its epochs" in logs[-1]

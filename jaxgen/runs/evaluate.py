@@ -135,21 +135,22 @@ class EvaluateEvery:
     The samples come from one fixed key of the run (``named_key(rng, "sample", 1)``), so the
     curve shows the model changing, not the latent draws. The classifier is checked when the
     hook is made (so bad input stops training before it starts) and restored at the first
-    evaluation, onto the training mesh's devices."""
+    evaluation, onto the training mesh's devices. ``samples_flag`` is the flag that set
+    ``num_samples``, which an error about it names."""
 
     def __init__(self, classifier_dir: str, every: int, num_samples: int = 10000,
                  data_dir: Optional[str] = None, dataset: Optional[str] = None, seed: int = 0,
-                 k: int = 3):
+                 k: int = 3, samples_flag: str = "--eval-samples"):
         if not isinstance(every, int) or every < 1:
             raise JaxgenError(f"--eval-every must be a positive integer, got {every}.")
         _, meta = classifier_meta(classifier_dir)
         if dataset is not None:
             check_dataset(meta["config"]["dataset"], dataset, classifier_dir)
-        check_num_samples(num_samples, meta["config"]["feature_dim"], "--eval-samples")
+        check_num_samples(num_samples, meta["config"]["feature_dim"], samples_flag)
         if dataset is not None:  # the real images too, before an epoch is trained
-            real_splits(num_samples, dataset, data_dir, "--eval-samples")
+            real_splits(num_samples, dataset, data_dir, samples_flag)
         self.classifier_dir, self.every, self.num_samples = classifier_dir, every, num_samples
-        self.data_dir, self.seed, self.k = data_dir, seed, k
+        self.data_dir, self.seed, self.k, self.samples_flag = data_dir, seed, k, samples_flag
         self._evaluator: Optional[Evaluator] = None
 
     def __call__(self, task, state, epoch: int, workdir: str) -> Optional[dict]:
@@ -161,7 +162,7 @@ class EvaluateEvery:
         if self._evaluator is None:
             extractor = load_classifier(self.classifier_dir, devices=list(mesh.devices.flat))
             self._evaluator = Evaluator(extractor, task.config.dataset, self.num_samples,
-                                        self.data_dir, self.seed, self.k, "--eval-samples")
+                                        self.data_dir, self.seed, self.k, self.samples_flag)
         runs = ensemble.num_runs(task)
         if runs == 1:
             scores, floor = _score_samples(self._evaluator, task, state.model,
