@@ -689,7 +689,8 @@ def worker_compare(args) -> None:
     out["final_epoch"] = [ra.epoch, rb.epoch]
     out["final_state_identical"] = all(np.array_equal(x, y) for x, y in zip(la, lb))
     out["leaves_differing"] = sum(not np.array_equal(x, y) for x, y in zip(la, lb))
-    if os.path.exists(os.path.join(seed, "GAN_history.json")):
+    if os.path.exists(os.path.join(seed, "GAN_history.json")) and \
+            os.path.realpath(seed) != os.path.realpath(clean):  # (with --smoke, the same run)
         s = losses(seed)
         out["clean_vs_seed_run_first_differing_step"] = {
             k: first_difference(b[k], s[k][:len(b[k])]) for k in b}
