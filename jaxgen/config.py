@@ -173,9 +173,10 @@ class Settings:
         an argument group ``title`` if given."""
         target = parser.add_argument_group(title) if title else parser
         declared, types = cls(), cls._types()
-        unknown = set(defaults or ()) - {f.name for f in cls.declared()} - set(exclude)
+        unknown = set(defaults or ()) - ({f.name for f in cls.declared()} - set(exclude))
         if unknown:
-            raise ValueError(f"defaults for fields {cls.__name__} lacks: {sorted(unknown)}")
+            raise ValueError(f"defaults= names fields that are not flags of {cls.__name__} "
+                             f"here: {sorted(unknown)}; declare them, or do not exclude them")
         for f in cls.declared():
             if f.name in exclude:
                 continue

@@ -294,5 +294,7 @@ def test_a_scripts_own_defaults_are_its_flags_and_their_help():
     text = " ".join(parser.format_help().split())
     assert "rerunning with more continues (default: 7)" in text
     assert "(default: gaussian)" in text and "(default: bernoulli)" not in text
-    with pytest.raises(ValueError, match=r"lacks: \['epoch'\]"):  # a misspelt field
-        cli.training_parser("doc", VAEConfig, defaults={"epoch": 7})
+    with pytest.raises(ValueError, match=r"not flags of VAEConfig here: \['epoch'\]"):
+        cli.training_parser("doc", VAEConfig, defaults={"epoch": 7})  # a misspelt field
+    with pytest.raises(ValueError, match=r"not flags of VAEConfig here: \['beta'\]"):
+        cli.training_parser("doc", VAEConfig, exclude=("beta",), defaults={"beta": 0.5})
