@@ -94,8 +94,11 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     data_dir = (write_synthetic_idx(os.path.join(work, "data")) if args.smoke and
                 args.data_dir is None else args.data_dir)
-    if data_dir is None or not os.path.exists(os.path.join(data_dir,
-                                                           "train-images-idx3-ubyte.gz")):
+    if data_dir is None:
+        print("error: --data-dir is missing; pass the directory of Fashion-MNIST's four IDX "
+              ".gz files, or --smoke for synthetic data.", file=sys.stderr)
+        return 2
+    if not os.path.exists(os.path.join(data_dir, "train-images-idx3-ubyte.gz")):
         print(f"error: --data-dir {data_dir} holds no Fashion-MNIST IDX files "
               "(train-images-idx3-ubyte.gz, ...); pass the directory that holds them, or "
               "--smoke for synthetic data.", file=sys.stderr)
