@@ -24,7 +24,7 @@ def study(tmp_path_factory):
     data_dir = write_idx_dataset(str(directory / "idx"), n_train=64, n_test=40)
     workdir = directory / "study"
     args = ("--data-dir", data_dir, "--workdir", workdir, "--sizes", "16,64", "--num-seeds", 2,
-            "--points", "0:0.1", "--epochs", 2, "--gap-every", 1, "--nn-samples", 8,
+            "--points", "0:0.1", "--seed", 3, "--epochs", 2, "--gap-every", 1, "--nn-samples", 8,
             "--num-samples", 60, "--eval-images", 16, *TINY)
     return data_dir, workdir, args
 
@@ -35,7 +35,7 @@ def test_every_run_trains_as_many_steps_and_is_measured(study, experiments_on_pa
     assert code == 0, err[-3000:]
     rows = list(csv.DictReader(open(workdir / "data_size_runs.csv")))
     assert {(int(r["n"]), float(r["beta"]), float(r["sigma"]), int(r["seed"])) for r in rows} \
-        == {(n, 0, 0.1, k) for n in (16, 64) for k in (0, 1)} and len(rows) == 4
+        == {(n, 0, 0.1, k) for n in (16, 64) for k in (3, 4)} and len(rows) == 4
     # the same number of steps whatever n: 16 images repeated 4 times are an epoch of 64
     assert {int(r["steps"]) for r in rows} == {2 * 64 // 16}
     for row in rows:
@@ -45,14 +45,14 @@ def test_every_run_trains_as_many_steps_and_is_measured(study, experiments_on_pa
         assert 0 <= float(row["null_nearer_train"]) <= 1
         # each point's two seeds trained as one ensemble, each run measured in its own folder
         run = (workdir / "runs" / f"n{row['n']}_beta{float(row['beta']):g}_"
-               f"sigma{float(row['sigma']):g}" / f"run{row['seed']}")
+               f"sigma{float(row['sigma']):g}" / f"run{int(row['seed']) - 3}")
         history = json.load(open(run / "gap_history.json"))
         assert [h["epoch"] for h in history] == [1, 2]
         distances = np.load(run / "nn_distances.npz")
         assert distances["d_train"].shape == (8,) and distances["null_train"].shape == (8,)
     for n in (16, 64):  # the runs of an ensemble are different runs
         first, second = ([r for r in rows if int(r["n"]) == n and int(r["seed"]) == k][0]
-                         for k in (0, 1))
+                         for k in (3, 4))
         assert first["mse_train"] != second["mse_train"] and first["mi"] != second["mi"]
     table = open(workdir / "data_size.md").read()
     assert "Command: `python" in table and " ± " in table

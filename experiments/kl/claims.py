@@ -167,6 +167,8 @@ def measure(task: VAETask, state, train: Dataset, test: Dataset, workdir: str, m
         if cached.get("key") == key:
             log(f"Claims measurements of epoch {epoch} read from {path}.")
             return cached["row"]
+    if parallel.is_main_process():  # an ensemble's run<r>/, made at its first measurement
+        os.makedirs(workdir, exist_ok=True)
     params = state.model.params
     train_summary = vae_eval.evaluate_cached(task, params, train.images[:eval_images], workdir,
                                              epoch, mesh, iwae_k=iwae_k, split="train", log=log)

@@ -225,7 +225,9 @@ def gap_hook(train_images: np.ndarray, test_images: np.ndarray, every: int, mesh
                 entry.update({f"mse_{split}": summary["mse"],
                               f"recon_{split}": summary["recon"]})
             if parallel.is_main_process():
-                path = os.path.join(report.run_directory(workdir, r, runs), GAP_FILE)
+                directory = report.run_directory(workdir, r, runs)
+                os.makedirs(directory, exist_ok=True)
+                path = os.path.join(directory, GAP_FILE)
                 history = []
                 if os.path.exists(path):
                     with open(path) as f:

@@ -125,12 +125,9 @@ def each_run(task, state, summary: Optional[dict]) -> list[tuple]:
 
 def run_directory(directory: str, run: int, num_runs: int) -> str:
     """Where run ``run`` of the runs trained in ``directory`` keeps its own measurements: the
-    directory itself for a solo run, ``run<r>/`` in it (made here) for an ensemble's."""
-    if num_runs == 1:
-        return directory
-    path = os.path.join(directory, f"run{run}")
-    os.makedirs(path, exist_ok=True)
-    return path
+    directory itself for a solo run, ``run<r>/`` in it for an ensemble's (made by what writes
+    there)."""
+    return directory if num_runs == 1 else os.path.join(directory, f"run{run}")
 
 
 def summarise(rows: Sequence[dict], by: Sequence[str]) -> list[dict]:
