@@ -110,14 +110,14 @@ def plot_curves(curves: dict[str, Iterable[float]], path: str, xlabel: str = "It
 def plot_score_curves(curves: dict[str, Iterable], floor: float, path: str, x: Sequence[float],
                       ylabel: str, title: Optional[str] = None) -> None:
     """Many models' scores against the epoch on one log-scale figure (e.g. a collection's FID):
-    each model a colour of its own (up to 20), its runs' mean a line with markers and each run
+    each model a colour of its own (20, then again), its runs' mean a line with markers and each run
     (of a seed ensemble, (runs, points)) a thin line beside it; the real-data ``floor`` dashed
     black; the legend outside the axes."""
     fig, ax = _figure(figsize=(9.5, 5))
     colours = matplotlib.colormaps["tab20"].colors
     xs = np.asarray(x, dtype=float)
     for i, (label, values) in enumerate(curves.items()):
-        runs, colour = _runs(values), colours[(2 * i) % 20 if i < 10 else 2 * (i - 10) + 1]
+        runs, colour = _runs(values), colours[(2 * i + i // 10) % 20]  # dark ones, then light
         if len(runs) > 1:
             for values in runs:
                 ax.plot(xs, values, color=colour, linewidth=0.5, alpha=0.5)
