@@ -45,10 +45,10 @@ from jaxgen.errors import JaxgenError
 from jaxgen.metrics import METRICS
 from jaxgen.runs.evaluate import (
     EVAL_FILE,
-    HISTORY_FILE,
     EvaluateEvery,
     classifier_meta,
     evaluate_run,
+    read_history,
 )
 from jaxgen.train import gan_variants, loop
 from jaxgen.train.gan import GANConfig
@@ -149,7 +149,7 @@ def main() -> None:
                      "published_fid": PUBLISHED_FID.get(row, ""),
                      **{k: result[k] for k in ("std", "runs") if k in result}})
         grids[row] = os.path.join(workdir, f"{name}_epoch{base.epochs:03d}.png")
-        histories[row] = read_eval_history(workdir)
+        histories[row] = read_history(workdir)
         floor.update(result["floor"])  # label accuracy's floor comes with a conditional GAN
     if parallel.is_main_process():
         write_tables(rows, floor, run.workdir, base, options)
@@ -297,15 +297,6 @@ average's samples.
 """
     with write_atomically(os.path.join(workdir, "collection.md")) as f:
         f.write(text)
-
-
-def read_eval_history(workdir: str) -> list[dict]:
-    """The scores a run's --eval-every hook wrote, one dict per evaluation ([] without)."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_fid_curves(histories: dict[str, list[dict]], workdir: str, base: GANConfig,

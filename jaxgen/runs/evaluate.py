@@ -127,6 +127,16 @@ def _write_json(path: str, obj) -> None:
         json.dump(obj, f, indent=2)
 
 
+def read_history(workdir: str) -> list[dict]:
+    """The scores :class:`EvaluateEvery` wrote in ``workdir``'s ``eval_history.jsonl``, one dict
+    per evaluation, oldest first ([] when it wrote none)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 class EvaluateEvery:
     """An epoch hook for ``loop.train``: every ``every`` epochs (and after the last), scores
     ``num_samples`` samples of the model being trained as ``evaluate_run`` does, appends the
@@ -184,14 +194,9 @@ class EvaluateEvery:
         return {**shown, **{f"eval_floor/{k}": v for k, v in floor.items() if _is_number(v)}}
 
     def _write(self, task, workdir: str, row: dict) -> None:
-        path = os.path.join(workdir, HISTORY_FILE)
-        rows = []
-        if os.path.exists(path):  # a resumed run evaluates its epochs again: keep each once
-            with open(path) as f:
-                rows = [r for r in map(json.loads, filter(str.strip, f))
-                        if r["epoch"] < row["epoch"]]
-        rows.append(row)
-        with write_atomically(path) as f:
+        # a resumed run evaluates its epochs again: keep each once
+        rows = [r for r in read_history(workdir) if r["epoch"] < row["epoch"]] + [row]
+        with write_atomically(os.path.join(workdir, HISTORY_FILE)) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         fid = ([r["fid"] for r in rows] if "runs" not in row else
                [[r["runs"][i]["fid"] for r in rows] for i in range(len(row["runs"]))])
