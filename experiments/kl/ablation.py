@@ -216,10 +216,10 @@ def format_table(rows: list[dict]) -> str:
 def write_table(rows: list[dict], workdir: str, config: VAEConfig,
                 quality_description: Optional[str], num_images: int, iwae_k: int) -> None:
     report.write_csv(os.path.join(workdir, "ablation.csv"), rows)
-    last = config.seed + config.num_seeds - 1
-    seeds = (f"seed {config.seed}" if config.num_seeds == 1 else
-             f"{config.num_seeds} runs of seeds {config.seed}..{last} (mean ± std over the "
-             "runs; ablation.csv has each run's row)")
+    seeds = report.describe_seeds(config)
+    if config.num_seeds > 1:
+        seeds = (f"{config.num_seeds} runs of {seeds} (mean ± std over the runs; ablation.csv "
+                 "has each run's row)")
     setup = (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, {seeds}; "
              f"{config.architecture} {','.join(map(str, config.hidden))} "
              f"{config.activation}, latent {config.latent_dim}, {config.likelihood} likelihood"

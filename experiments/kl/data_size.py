@@ -161,7 +161,7 @@ def main() -> None:
             f"epochs of {len(train)} images each, {run.describe()}")
     rows = []
     for i, p in enumerate(chosen):
-        run.log(f"--- {i + 1}/{len(chosen)}: n={p.n}, {p.label}, {seeds(base)}")
+        run.log(f"--- {i + 1}/{len(chosen)}: n={p.n}, {p.label}, {report.describe_seeds(base)}")
         rows += train_and_measure(base, p, subset(train, order, p.n), test, len(train),
                                   workdir, run.mesh, options, test_eval, quality, run.log)
     if options.part is None and parallel.is_main_process():
@@ -189,11 +189,6 @@ def check_sizes(options: DataSizeOptions, num_train: int, num_test: int, batch: 
 
 def config_of(base: VAEConfig, p: Point) -> VAEConfig:
     return dataclasses.replace(base, beta=p.beta, sigma=p.sigma)
-
-
-def seeds(config: VAEConfig) -> str:
-    last = config.seed + config.num_seeds - 1
-    return f"seed {config.seed}" if last == config.seed else f"seeds {config.seed} to {last}"
 
 
 def subset(train: Dataset, order: np.ndarray, n: int) -> Dataset:
@@ -309,8 +304,8 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
         notes += f"\n- prior-sample quality: {quality[0]}"
     setup = (f"{base.dataset}; training sets of {', '.join(map(str, options.sizes))} images "
              f"(nested prefixes of one permutation), each repeated to an epoch of the whole "
-             f"split; {base.epochs} epochs, batch {base.batch_size}, {seeds(base)}; "
-             f"{base.architecture} 784-"
+             f"split; {base.epochs} epochs, batch {base.batch_size}, "
+             f"{report.describe_seeds(base)}; {base.architecture} 784-"
              f"{'-'.join(map(str, base.hidden))}-{base.latent_dim}, Gaussian decoder of fixed std "
              f"sigma, K = {base.mc_samples}, Adam lr {base.lr}. Train and test figures on "
              f"min(n, {test_eval.eval_images}) images of each split (IWAE k = "

@@ -123,6 +123,12 @@ def each_run(task, state, summary: Optional[dict]) -> list[tuple]:
             for r in range(ensemble.num_runs(task))]
 
 
+def describe_seeds(config) -> str:
+    """``seed S`` of a solo run, ``seeds S..L`` of an ensemble's runs."""
+    last = config.seed + config.num_seeds - 1
+    return f"seed {config.seed}" if last == config.seed else f"seeds {config.seed}..{last}"
+
+
 def run_directory(directory: str, run: int, num_runs: int) -> str:
     """Where run ``run`` of the runs trained in ``directory`` keeps its own measurements: the
     directory itself for a solo run, ``run<r>/`` in it for an ensemble's (made by what writes

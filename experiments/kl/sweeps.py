@@ -237,10 +237,10 @@ def point_means(rows: list[dict]) -> list[dict]:
 
 
 def describe_setup(config: VAEConfig, n_eval: int, iwae_k: int) -> str:
-    last = config.seed + config.num_seeds - 1
-    seeds = (f"seed {config.seed}" if config.num_seeds == 1 else
-             f"{config.num_seeds} runs a point, seeds {config.seed}..{last} (mean ± std over "
-             "the runs; the CSVs have each run's row)")
+    seeds = report.describe_seeds(config)
+    if config.num_seeds > 1:
+        seeds = (f"{config.num_seeds} runs a point, {seeds} (mean ± std over the runs; the "
+                 "CSVs have each run's row)")
     return (f"{config.dataset}, {config.epochs} epochs, batch {config.batch_size}, {seeds}; "
             f"{config.architecture} 784-{'-'.join(map(str, config.hidden))}-"
             f"{config.latent_dim} {config.activation}, Gaussian decoder of fixed std sigma on "
