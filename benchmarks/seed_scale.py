@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tarfile
 
@@ -120,8 +119,6 @@ def main() -> int:
     with open(stem + ".json", "w") as f:
         json.dump(record, f, indent=1)
     report.say(f"wrote {stem}.tar.gz, .log and .json")
-    if not args.smoke:
-        shutil.rmtree(os.path.join(work, "xla-cache"), ignore_errors=True)
     return 0 if all(c.get("returncode") == 0 for c in record["commands"].values()) else 1
 
 
