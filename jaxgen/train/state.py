@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.sharding import Mesh
 
@@ -33,26 +34,30 @@ def init_states(task: Task, seeds: jax.Array) -> TrainState:
     return jax.vmap(lambda seed: init_state(task, seed))(seeds)
 
 
-def initial_state(task: Task) -> TrainState:
+def initial_state(task: Task, seed=None) -> TrainState:
     """A fresh run's train state: of ``config.seed``; for a seed ensemble (``num_seeds`` > 1,
     ``jaxgen.train.ensemble``) its runs' states, of seeds ``seed``, ``seed + 1``, ... stacked.
-    Traceable: jit it with the shardings to create it on a mesh."""
+    Traceable: jit it with the shardings to create it on a mesh. ``seed`` (uint32, default
+    ``config.seed``) may be a traced argument, so that one program initialises every seed."""
     config = task.config
+    seed = jnp.uint32(config.seed) if seed is None else seed
     if config.num_seeds == 1:
-        return init_state(task, config.seed)
-    return init_states(task, config.seed + jnp.arange(config.num_seeds, dtype=jnp.uint32))
+        return init_state(task, seed)
+    return init_states(task, seed + jnp.arange(config.num_seeds, dtype=jnp.uint32))
 
 
 def initial_state_on(task: Task, mesh: Mesh) -> TrainState:
     """:func:`initial_state`, replicated over ``mesh``: computed once, on this process's first
     device of the mesh, and copied to its other devices (each process computes the same
     values). Computing it replicated would compute it on every device; simulated CPU devices
-    share the same cores."""
+    share the same cores. The seed is the program's argument: runs of the same task that
+    differ in their seed share one compiled program."""
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     sharding = parallel.replicated(mesh)
     with jax.set_mesh(parallel.make_mesh(devices[:1])):
-        once = jax.jit(lambda: initial_state(task),
-                       out_shardings=jax.sharding.SingleDeviceSharding(devices[0]))()
+        once = jax.jit(lambda seed: initial_state(task, seed),
+                       out_shardings=jax.sharding.SingleDeviceSharding(devices[0]))(
+            np.uint32(task.config.seed))
 
     def spread(x: jax.Array) -> jax.Array:
         copies = [x if d == devices[0] else jax.device_put(x, d)
