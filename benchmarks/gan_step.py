@@ -18,6 +18,9 @@ within one run: the ratio is the result, machines differ.
 (``jaxgen.train.ensemble``) at the first --batch-sizes: runs x steps per second, and the time
 of one ensemble step against N solo steps (below 1: the ensemble is cheaper than N runs).
 
+--width W times the GAN at W times the reference's channels (e.g. 0.25; the PyTorch rows are
+the reference's, at width 1 only).
+
 --epoch times one whole epoch instead (937 steps at batch 64, on random images, so no dataset
 is needed) as the training loop runs it: --steps-per-call steps a call, by default auto (the
 whole epoch in one program); it prints the device kind, the seconds
@@ -69,14 +72,19 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the whole process
 
 
+def _task(gan_type: str, width: float, **settings):
+    """The ``gan_type`` GAN at ``width`` times the reference's channels, with ``settings``."""
+    task_class = gan_variants.task_class(gan_type)
+    return task_class(task_class.config_class(width=width, **settings))
+
+
 def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_forms: str,
                 mesh, steps_per_call: int = 1, xla_defaults: bool = False,
-                gan_type: str = "GAN") -> dict:
+                gan_type: str = "GAN", width: float = 1.0) -> dict:
     """Times ``warmup + steps`` steps of ``gan_type``; with ``steps_per_call`` K, each call runs
     K of them. ``xla_defaults`` compiles without ``jaxgen.parallel.compiler_options``."""
     start = time.perf_counter()
-    task_class = gan_variants.task_class(gan_type)
-    task = task_class(task_class.config_class(batch_size=batch_size, conv_forms=conv_forms))
+    task = _task(gan_type, width, batch_size=batch_size, conv_forms=conv_forms)
     steps_per_epoch = 16
     with jax.set_mesh(mesh):
         state, data, perm = _start(task, steps_per_epoch, mesh)
@@ -100,7 +108,7 @@ def time_jaxgen(batch_size: int, steps: int, warmup: int, log_every: int, conv_f
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    return {"framework": f"jaxgen {gan_type} (jax {jax.__version__})",
+    return {"framework": f"jaxgen {gan_type} (jax {jax.__version__})", "width": width,
             "form": f"{conv_forms} forms"
             + (f", {steps_per_call} steps/call" if steps_per_call > 1 else "")
             + (", XLA default options" if xla_defaults else ""),
@@ -127,12 +135,11 @@ def _start(task, steps_per_epoch: int, mesh):
 
 
 def time_ensemble(batch_size: int, num_runs: int, steps: int, warmup: int, mesh,
-                  gan_type: str = "GAN", runs_form: str = "map") -> dict:
+                  gan_type: str = "GAN", runs_form: str = "map", width: float = 1.0) -> dict:
     """Times ``steps`` steps of an ensemble of ``num_runs`` runs of ``gan_type`` (one step of
     every run a step) stepped in ``runs_form``, one step a call, after ``warmup`` untimed
     ones."""
-    task_class = gan_variants.task_class(gan_type)
-    task = task_class(task_class.config_class(batch_size=batch_size, num_seeds=num_runs))
+    task = _task(gan_type, width, batch_size=batch_size, num_seeds=num_runs)
     steps_per_epoch = 16
     with jax.set_mesh(mesh):
         state, data, perm = _start(task, steps_per_epoch, mesh)
@@ -148,7 +155,7 @@ def time_ensemble(batch_size: int, num_runs: int, steps: int, warmup: int, mesh,
             state, metrics = step(state, data, perm)
         jax.block_until_ready((state, metrics))
         seconds = time.perf_counter() - t0
-    return {"gan_type": gan_type, "num_runs": num_runs, "runs_form": runs_form,
+    return {"gan_type": gan_type, "width": width, "num_runs": num_runs, "runs_form": runs_form,
             "batch_size": batch_size,
             "steps_per_s": steps / seconds, "run_steps_per_s": num_runs * steps / seconds,
             "compile_s": compile_s, "peak_memory_bytes": peak_memory_bytes()}
@@ -159,9 +166,11 @@ def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
     parallel.check_batch_size(batch_size, mesh)
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
-          f"{info['device']}; {args.gan_type} at batch {batch_size}")
+          f"{info['device']}; {args.gan_type} at batch {batch_size}"
+          + (f", width {args.width:g}" if args.width != 1 else ""))
     default = program.runs_form_for(mesh.devices.flat[0].platform)
-    rows = [time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form)
+    rows = [time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form,
+                          args.width)
             for n in sizes for form in (program.RUNS_FORMS if n > 1 else ("map",))]
     solo = next((r["steps_per_s"] for r in rows if r["num_runs"] == 1), None)
     header = (f"{'runs':>5} {'form':>14} {'steps/s':>8} {'runs x steps/s':>15} "
@@ -181,13 +190,11 @@ def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
 
 
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
-               num_images: int = EPOCH_IMAGES) -> dict:
+               num_images: int = EPOCH_IMAGES, width: float = 1.0) -> dict:
     """Times one whole epoch of ``gan_type`` on ``num_images`` random images as the loop runs it,
     ``steps_per_call`` steps a call (None: auto, the whole epoch), after one untimed
     call."""
-    task_class = gan_variants.task_class(gan_type)
-    task = task_class(task_class.config_class(batch_size=batch_size,
-                                              steps_per_call=steps_per_call))
+    task = _task(gan_type, width, batch_size=batch_size, steps_per_call=steps_per_call)
     steps_per_epoch = num_images // batch_size
     per_call = resolve_steps_per_call(task.config, steps_per_epoch)
     with jax.set_mesh(mesh):
@@ -209,7 +216,8 @@ def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN"
         jax.block_until_ready((state, metrics))
         seconds = time.perf_counter() - t0
     device = mesh.devices.flat[0]
-    return {"gan_type": gan_type, "device": f"{mesh.size} x {device.device_kind} "
+    return {"gan_type": gan_type, "width": width,
+            "device": f"{mesh.size} x {device.device_kind} "
                                             f"({device.platform})",
             "batch_size": batch_size, "steps": steps_per_epoch, "steps_per_call": per_call,
             "epoch_s": seconds, "steps_per_s": steps_per_epoch / seconds,
@@ -236,13 +244,14 @@ def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
 
 def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, log_every: int,
                                      conv_forms: str, steps_per_call: int,
-                                     gan_type: str = "GAN") -> dict:
+                                     gan_type: str = "GAN", width: float = 1.0) -> dict:
     """``time_jaxgen`` in a fresh process that keeps glibc's malloc defaults (malloc's settings
     are process-wide and fixed once JAX has started)."""
     call = (f"import json, sys; sys.path.insert(0, {HERE!r}); import gan_step; "
             f"from jaxgen import parallel; "
             f"row = gan_step.time_jaxgen({batch_size}, {steps}, {warmup}, {log_every}, "
-            f"{conv_forms!r}, parallel.make_mesh(), {steps_per_call}, gan_type={gan_type!r}); "
+            f"{conv_forms!r}, parallel.make_mesh(), {steps_per_call}, gan_type={gan_type!r}, "
+            f"width={width!r}); "
             f"print(json.dumps(row))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, env=env)
@@ -293,12 +302,17 @@ def main() -> None:
     parser.add_argument("--gan-type", default="GAN", choices=list(gan_variants.OBJECTIVES),
                         help="which GAN's step to time (%(default)s); the PyTorch reference "
                              "is GAN.py's, so other types have no PyTorch row")
+    parser.add_argument("--width", type=float, default=1.0,
+                        help="the networks' channels as a multiple of the reference's "
+                             "(%(default)s: the reference's; the PyTorch reference only then)")
     parser.add_argument("--num-seeds", metavar="N,N,...",
                         help="time seed ensembles of these sizes (e.g. 1,2,4,8) instead")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
+    if not args.width > 0:
+        sys.exit("error: --width must be a positive number, e.g. 0.25.")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     forms = [f.strip() for f in args.conv_forms.split(",")]
     if not set(forms) <= set(CONV_FORMS):
@@ -325,13 +339,18 @@ def main() -> None:
     mesh = parallel.make_mesh()
     for b in batch_sizes:
         parallel.check_batch_size(b, mesh)
-    with_torch = (not args.no_torch and args.gan_type == "GAN"
+    with_torch = (not args.no_torch and args.gan_type == "GAN" and args.width == 1
                   and importlib.util.find_spec("torch") is not None)
     info = machine()
     info["reuse_host_memory"] = reused
     print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on "
-          f"{info['device']}; host memory reused between steps: {'yes' if reused else 'no'}")
-    if not with_torch and not args.no_torch:
+          f"{info['device']}; host memory reused between steps: {'yes' if reused else 'no'}"
+          + (f"; width {args.width:g}" if args.width != 1 else ""))
+    if args.no_torch:
+        pass
+    elif args.gan_type != "GAN" or args.width != 1:
+        print("no PyTorch rows: the reference is GAN.py's vanilla GAN at width 1.")
+    elif not with_torch:
         print("torch is not installed: no PyTorch column (pip install torch==2.13.0 on CPU).")
 
     rows, results = [], []
@@ -343,7 +362,8 @@ def main() -> None:
         entry = {"batch_size": b}
         for form in forms:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every, form,
-                              mesh, args.steps_per_call, gan_type=args.gan_type)
+                              mesh, args.steps_per_call, gan_type=args.gan_type,
+                              width=args.width)
             rows.append(row)
             key = "jaxgen" if form == forms[0] else f"jaxgen_{form}"
             entry[f"{key}_steps_per_s"] = row["steps_per_s"]
@@ -351,14 +371,14 @@ def main() -> None:
         if args.xla_defaults:
             row = time_jaxgen(b, args.steps, args.warmup, args.log_every,
                               forms[0], mesh, args.steps_per_call,
-                              xla_defaults=True, gan_type=args.gan_type)
+                              xla_defaults=True, gan_type=args.gan_type, width=args.width)
             rows.append(row)
             entry["jaxgen_xla_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_xla_defaults_row"] = row
         if args.malloc_defaults:
             row = time_jaxgen_with_malloc_defaults(b, args.steps, args.warmup, args.log_every,
                                                    forms[0], args.steps_per_call,
-                                                   args.gan_type)
+                                                   args.gan_type, args.width)
             rows.append(row)
             entry["jaxgen_malloc_defaults_steps_per_s"] = row["steps_per_s"]
             entry["jaxgen_malloc_defaults_row"] = row
@@ -395,9 +415,11 @@ def run_epoch(args, batch_size: int) -> None:
     if args.epoch_images < batch_size:
         sys.exit("error: --epoch-images must be at least the batch size.")
     info = machine()
-    row = time_epoch(batch_size, mesh, args.steps_per_call, args.gan_type, args.epoch_images)
+    row = time_epoch(batch_size, mesh, args.steps_per_call, args.gan_type, args.epoch_images,
+                     args.width)
     print(f"machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']} on {row['device']}")
-    print(f"{row['gan_type']}: one epoch of {row['steps']} steps at batch {batch_size}, "
+    width = f" at width {args.width:g}" if args.width != 1 else ""
+    print(f"{row['gan_type']}{width}: one epoch of {row['steps']} steps at batch {batch_size}, "
           f"{row['steps_per_call']} steps a call: {row['epoch_s']:.2f} s "
           f"({row['steps_per_s']:.1f} steps/s; compile {row['compile_s']:.1f} s)")
     _write_json(args.json, {"machine": info, "epoch": row})

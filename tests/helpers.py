@@ -80,7 +80,9 @@ def host_leaves(tree) -> list:
 
 # ----------------------------------------------------------------------------- scripts
 def script(name: str) -> str:
-    return os.path.join(REPO, "experiments", name)
+    """The path of experiments/``name``, or of ``name`` if it names benchmarks/ itself."""
+    return os.path.join(REPO, name if name.startswith("benchmarks/") else
+                        os.path.join("experiments", name))
 
 
 def _command(name: str, args) -> list:
@@ -155,6 +157,8 @@ def run_in_process(name: str, *args, capsys) -> tuple[int, str, str]:
         runpy.run_path(script(name), run_name="__main__")
         code = 0
     except SystemExit as e:
+        if isinstance(e.code, str):  # sys.exit("error: ..."), as the interpreter prints it
+            print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else 1
     finally:
         sys.argv = argv

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers import WIDTH, xla_flags
+from helpers import WIDTH, run_in_process, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,16 +18,17 @@ def test_benchmark_writes_every_row_it_prints(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--batch-sizes", "8",
          "--steps", "2", "--warmup", "1", "--log-every", "2", "--no-torch", "--malloc-defaults",
-         "--json", str(out)],
+         "--width", str(WIDTH), "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "host memory reused between steps: yes" in proc.stdout
+    assert f"host memory reused between steps: yes; width {WIDTH:g}" in proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]["reuse_host_memory"] is True
     assert report["steps"] == 2  # the steps asked for
     (entry,) = report["results"]
     assert entry["batch_size"] == 8
     rows = [entry["jaxgen_row"], entry["jaxgen_malloc_defaults_row"]]
+    assert [r["width"] for r in rows] == [WIDTH, WIDTH]
     assert [r["form"] for r in rows] == ["canonical forms",
                                          "canonical forms, glibc malloc defaults"]
     assert entry["jaxgen_steps_per_s"] == entry["jaxgen_row"]["steps_per_s"]
@@ -62,12 +63,14 @@ def test_ensemble_benchmark_prints_each_size_in_each_form(tmp_path):
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # one CPU device, as a user's machine
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--num-seeds", "1,2",
-         "--batch-sizes", "8", "--steps", "1", "--warmup", "1", "--json", str(out)],
+         "--batch-sizes", "8", "--steps", "1", "--warmup", "1", "--width", str(WIDTH), "--json",
+         str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["ensembles"]
     assert [(r["num_runs"], r["runs_form"]) for r in rows] == [(1, "map"), (2, "map"),
                                                                (2, "vmap")]
+    assert {r["width"] for r in rows} == {WIDTH}
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("runs "))
     printed = [line.split() for line in lines[header + 2:header + 2 + len(rows)]]
@@ -77,18 +80,17 @@ def test_ensemble_benchmark_prints_each_size_in_each_form(tmp_path):
         assert line[-5] == f"{row['steps_per_s']:.2f}"
         assert float(line[-3]) == round(rows[0]["steps_per_s"] / row["steps_per_s"]
                                         / row["num_runs"], 2)
-    bad = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--num-seeds", "0,2"],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode != 0 and "--num-seeds takes positive integers" in bad.stderr
 
 
-def test_benchmark_refuses_steps_that_do_not_fill_whole_calls():
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--steps", "5",
-         "--steps-per-call", "2", "--no-torch"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "--steps must be a positive multiple of --steps-per-call" in proc.stderr
+def test_benchmark_refuses_bad_sizes_widths_and_steps_that_do_not_fill_calls(capsys):
+    code, _, err = run_in_process("benchmarks/gan_step.py", "--num-seeds", "0,2", capsys=capsys)
+    assert code != 0 and "--num-seeds takes positive integers" in err
+    code, _, err = run_in_process("benchmarks/gan_step.py", "--steps", 5, "--steps-per-call", 2,
+                                  "--no-torch", capsys=capsys)
+    assert code != 0
+    assert "--steps must be a positive multiple of --steps-per-call" in err
+    code, _, err = run_in_process("benchmarks/gan_step.py", "--width", 0, capsys=capsys)
+    assert code != 0 and "--width must be a positive number" in err
 
 
 def test_benchmark_times_a_whole_epoch(tmp_path):
@@ -99,13 +101,15 @@ def test_benchmark_times_a_whole_epoch(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--epoch",
          "--batch-sizes", "8", "--epoch-images", "24", "--steps-per-call", "2",
-         "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+         "--width", str(WIDTH), "--json", str(out)], capture_output=True, text=True, env=env,
+        timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(out.read_text())["epoch"]
     assert (row["steps"], row["steps_per_call"], row["batch_size"]) == (3, 2, 8)
     assert row["device"].endswith("(cpu)") and row["epoch_s"] > 0
-    assert (f"GAN: one epoch of 3 steps at batch 8, 2 steps a call: {row['epoch_s']:.2f} s"
-            in proc.stdout)
+    assert row["width"] == WIDTH
+    assert (f"GAN at width {WIDTH:g}: one epoch of 3 steps at batch 8, 2 steps a call: "
+            f"{row['epoch_s']:.2f} s" in proc.stdout)
     assert row["device"] in proc.stdout
 
 
