@@ -310,12 +310,13 @@ def write_results(rows: list[dict], workdir: str, base: VAEConfig, options: Data
              f"sigma, K = {base.mc_samples}, Adam lr {base.lr}. Train and test figures on "
              f"min(n, {test_eval.eval_images}) images of each split (IWAE k = "
              f"{test_eval.iwae_k}); probes fitted on the n training images; I(x; z) on the whole "
-             "test set. Each cell: mean ± std over seeds.")
+             "test set." + (" Each cell: mean ± std over the seeds." if base.num_seeds > 1
+                            else ""))
     with write_atomically(os.path.join(workdir, "data_size.md")) as f:
         f.write(f"# The KL question against the training-set size\n\n{report.command()}\n\n"
                 f"Setup: {setup}\n\n{markdown_table(summary)}\n\n{notes}\n")
-    title = (f"{base.dataset}, Gaussian decoder, {base.epochs} epochs of the split; "
-             "mean ± std over seeds")
+    title = (f"{base.dataset}, Gaussian decoder, {base.epochs} epochs of the split"
+             + ("; mean ± std over seeds" if base.num_seeds > 1 else ""))
     for name, panels in figures.DATA_SIZE_FIGURES.items():
         figures.plot_against_size(summary, panels, os.path.join(workdir, name + ".png"),
                                      title)

@@ -156,9 +156,12 @@ def summarise(rows: Sequence[dict], by: Sequence[str]) -> list[dict]:
 
 
 def mean_std(entry: dict, column: str, digits: int = 3, std_digits: int = 3) -> str:
-    """A table cell of a ``summarise`` entry: ``mean ± std`` of ``column`` (``-`` without it)."""
+    """A table cell of a ``summarise`` entry: ``mean ± std`` of ``column`` (``-`` without it;
+    one run's value alone, which has no spread)."""
     if column not in entry:
         return "-"
+    if entry["runs"] == 1:
+        return fmt(entry[column], digits)
     return f"{fmt(entry[column], digits)} ± {fmt(entry[column + '_std'], std_digits)}"
 
 
