@@ -20,6 +20,9 @@ Runs, in this order, each part as its own process with its own time limit, all o
 - ``fid``: ``experiments/evaluate.py`` on the seed's run with the committed classifier;
 - ``precision``: one step of the vanilla GAN on the device at each ``--precision`` and in
   bfloat16, against the reference's step transcribed in float32 on the CPU;
+- ``ensembles``: seed ensembles of 1, 2, 4, 8, 16 and 32 runs of the vanilla GAN stepped in one
+  program (``benchmarks/gan_step.py --num-seeds``, batch 64, both forms): steps per second, runs
+  x steps per second, and one ensemble step's time against one solo step's;
 - ``variants``: the vanilla GAN's epoch with each lever (the CPU-written convolution forms,
   ``--precision highest``, ``--dtype bfloat16``, one step a call) and the penalised GANs in
   bfloat16;
@@ -58,8 +61,10 @@ SCRIPT = os.path.abspath(__file__)
 CLASSIFIER = os.path.join(ROOT, "experiments", "results", "classifier_fashion_mnist")
 WHEELS = os.path.join(".device-data", "wheels")  # pip download tensorboardX --no-deps -d ...
 GANS = ("GAN", "LSGAN", "WGAN", "WGAN_GP", "DRAGAN", "EBGAN", "BEGAN", "CGAN", "ACGAN", "infoGAN")
-PARTS = ("environment", "seed_run", "epochs", "resume", "tests", "fid", "precision", "variants",
-         "profile", "deterministic")
+PARTS = ("environment", "seed_run", "epochs", "resume", "tests", "fid", "precision", "ensembles",
+         "variants", "profile", "deterministic")
+# The seed ensembles' sizes the device times (benchmarks/gan_step.py --num-seeds), and --smoke's.
+ENSEMBLE_SIZES = {False: "1,2,4,8,16,32", True: "1,2"}
 # The suite's tests that say something about the device: the step, the epoch program, resume,
 # restore and sampling (the others are about CPU devices, the command line or files).
 DEVICE_TESTS = (
@@ -324,6 +329,23 @@ def part_fid(report, args, env):
     return {"returncode": r["returncode"], "wall_s": r["wall_s"], "eval": scores}
 
 
+def part_ensembles(report, args, env):
+    """benchmarks/gan_step.py --num-seeds on the device: its rows (one per size and form)."""
+    out = os.path.join(args.out, "work", "ensembles.json")
+    batch, steps, warmup = (8, 1, 1) if args.smoke else (64, 20, 3)
+    width = () if args.width == 1 else ("--width", str(args.width))
+    r = run(report, "ensembles", [sys.executable, os.path.join(HERE, "gan_step.py"),
+                                  "--num-seeds", ENSEMBLE_SIZES[args.smoke], "--batch-sizes",
+                                  str(batch), "--steps", str(steps), "--warmup", str(warmup),
+                                  *width, "--json", out], min(240, report.left()), env)
+    rows = []
+    if r["returncode"] == 0 and os.path.exists(out):
+        with open(out) as f:
+            rows = json.load(f)["ensembles"]
+    return {"rows": rows, "returncode": r["returncode"], "timed_out": r["timed_out"],
+            "wall_s": r["wall_s"]}
+
+
 def part_precision(report, args, env):
     r = run(report, "precision", worker(args, "precision"), min(150, report.left()), env)
     return {"rows": results(r["lines"]), "returncode": r["returncode"], "wall_s": r["wall_s"]}
@@ -387,7 +409,8 @@ def orchestrate(args) -> int:
     report.say(f"accelerator check: parts {', '.join(args.parts)}; budget {args.budget:.0f} s")
     # The least time each part needs to say anything (its compile, a run); skipped below that.
     needs = {"environment": 10, "seed_run": 60, "epochs": 60, "tests": 45, "resume": 45,
-             "fid": 30, "precision": 30, "variants": 45, "profile": 40, "deterministic": 60}
+             "fid": 30, "precision": 30, "ensembles": 45, "variants": 45, "profile": 40,
+             "deterministic": 60}
     epoch_s, seed_run = 1.0, None
     for part in args.parts:
         if report.left() < needs[part] * (0.2 if args.smoke else 1):
@@ -415,6 +438,8 @@ def orchestrate(args) -> int:
                 result = part_fid(report, args, env)
             elif part == "precision":
                 result = part_precision(report, args, env)
+            elif part == "ensembles":
+                result = part_ensembles(report, args, env)
             elif part == "variants":
                 result = part_epochs(report, args, env, "variants")
             elif part == "profile":
@@ -477,6 +502,14 @@ def summary(data: dict) -> str:
             lines.append(f"tests ({k}): {v.get('summary', [''])[-1:]}")
     for row in (parts.get("precision") or {}).get("rows", []):
         lines.append(f"precision {json.dumps(row)}")
+    ensembles = (parts.get("ensembles") or {}).get("rows", [])
+    solo = next((r["steps_per_s"] for r in ensembles if r["num_runs"] == 1), None)
+    for row in ensembles:
+        against = f", a step {solo / row['steps_per_s']:.2f}x one run's" if solo else ""
+        form = "solo" if row["num_runs"] == 1 else row["runs_form"]
+        lines.append(f"ensemble of {row['num_runs']:>2} ({form}): "
+                     f"{row['steps_per_s']:.1f} steps/s, {row['run_steps_per_s']:.0f} runs x "
+                     f"steps/s{against}")
     return "\n".join(lines)
 
 

@@ -115,13 +115,14 @@ def test_benchmark_times_a_whole_epoch(tmp_path):
 
 def test_accelerator_check_rehearses_on_cpu(tmp_path):
     """benchmarks/accelerator.py --smoke: the seed's run with its outputs, the kill -9 and
-    resume check (bit-identical on CPU), in one command, as it runs on a device (on the tests'
-    narrow GAN). The smoke's seed run is the resume check's uninterrupted run."""
+    resume check (bit-identical on CPU) and the seed ensembles' speed, in one command, as it
+    runs on a device (on the tests' narrow GAN). The smoke's seed run is the resume check's
+    uninterrupted run."""
     out = tmp_path / "check"
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # one CPU device, as the device has one GPU
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--out", str(out),
-         "--smoke", "--accelerator", "cpu", "--parts", "environment,seed_run,resume",
+         "--smoke", "--accelerator", "cpu", "--parts", "environment,seed_run,resume,ensembles",
          "--budget", "500", "--width", str(WIDTH)], capture_output=True, text=True, env=env,
         timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -137,6 +138,9 @@ def test_accelerator_check_rehearses_on_cpu(tmp_path):
     comparison = resume["comparison"]
     assert comparison["losses_identical"] and comparison["final_state_identical"], comparison
     assert "clean_vs_seed_run_first_differing_step" not in comparison  # the same run here
+    ensembles = parts["ensembles"]["rows"]  # the seed ensembles' curve, at the smoke's sizes
+    assert [(r["num_runs"], r["runs_form"], r["width"]) for r in ensembles] == [
+        (1, "map", WIDTH), (2, "map", WIDTH), (2, "vmap", WIDTH)]
     import tarfile
     with tarfile.open(out / "seed_run.tar.gz") as tar:
         names = set(tar.getnames())
