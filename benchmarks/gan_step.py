@@ -30,6 +30,7 @@ of the epoch and its compile time.
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -46,6 +47,7 @@ from jaxgen.models.layers import CONV_FORMS
 from jaxgen.train import gan_variants, program
 from jaxgen.train.state import initial_state_on
 from jaxgen.train.task import resolve_steps_per_call
+from jaxgen.workdir import write_atomically
 
 EPOCH_IMAGES = 60000  # the size of MNIST's training split: 937 steps at batch 64
 
@@ -169,24 +171,32 @@ def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
           f"{info['device']}; {args.gan_type} at batch {batch_size}"
           + (f", width {args.width:g}" if args.width != 1 else ""))
     default = program.runs_form_for(mesh.devices.flat[0].platform)
-    rows = [time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form,
-                          args.width)
-            for n in sizes for form in (program.RUNS_FORMS if n > 1 else ("map",))]
-    solo = next((r["steps_per_s"] for r in rows if r["num_runs"] == 1), None)
+    rows, solo = [], None
+    for n in sizes:
+        for form in program.RUNS_FORMS if n > 1 else ("map",):
+            r = time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form,
+                              args.width)
+            solo = r["steps_per_s"] if n == 1 else solo
+            # the time of one ensemble step over the time of N solo steps
+            r["time_vs_solo_runs"] = (round(solo / r["steps_per_s"] / n, 2) if solo else None)
+            rows.append(r)
+            # written after each row: a run stopped early keeps what it measured
+            _write_json(args.json, {"machine": info, "ensembles": rows,
+                                    "complete": len(rows) == sum(1 if m == 1 else 2
+                                                                 for m in sizes)}, say=False)
     header = (f"{'runs':>5} {'form':>14} {'steps/s':>8} {'runs x steps/s':>15} "
               f"{'vs N solo':>10} {'compile s':>9} {'peak MB':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        # the time of one ensemble step over the time of N solo steps
-        against = (f"{solo / r['steps_per_s'] / r['num_runs']:.2f}" if solo else "")
-        r["time_vs_solo_runs"] = float(against) if against else None
+        against = "" if r["time_vs_solo_runs"] is None else f"{r['time_vs_solo_runs']:.2f}"
         form = "solo" if r["num_runs"] == 1 else r["runs_form"] + (
             " (default)" if r["runs_form"] == default else "")
         print(f"{r['num_runs']:>5} {form:>14} {r['steps_per_s']:>8.2f} "
               f"{r['run_steps_per_s']:>15.2f} {against:>10} {r['compile_s']:>9.1f} "
               f"{r['peak_memory_bytes'] / 2**20:>8.0f}")
-    _write_json(args.json, {"machine": info, "ensembles": rows})
+    if args.json:
+        print(f"wrote {args.json}")
 
 
 def time_epoch(batch_size: int, mesh, steps_per_call=None, gan_type: str = "GAN",
@@ -239,6 +249,7 @@ def time_torch(batch_size: int, steps: int, warmup: int, log_every: int,
         raise RuntimeError(f"the PyTorch reference failed:\n{proc.stderr[-2000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["form"] = "reference" + (", malloc as jaxgen's" if reuse_host_memory else "")
+    row["width"] = 1.0  # the reference's architecture
     return row
 
 
@@ -262,12 +273,13 @@ def time_jaxgen_with_malloc_defaults(batch_size: int, steps: int, warmup: int, l
     return row
 
 
-def _write_json(path, report: dict) -> None:
-    """The report as JSON into ``path`` (--json), if one was given."""
+def _write_json(path, report: dict, say: bool = True) -> None:
+    """The report as JSON into ``path`` (--json), if one was given: whole or not at all."""
     if path:
-        with open(path, "w") as f:
+        with write_atomically(path) as f:
             json.dump(report, f, indent=2)
-        print(f"wrote {path}")
+        if say:
+            print(f"wrote {path}")
 
 
 def _fmt(value, spec):
@@ -311,7 +323,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
-    if not args.width > 0:
+    if not (math.isfinite(args.width) and args.width > 0):
         sys.exit("error: --width must be a positive number, e.g. 0.25.")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     forms = [f.strip() for f in args.conv_forms.split(",")]

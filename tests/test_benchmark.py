@@ -17,11 +17,13 @@ def test_benchmark_writes_every_row_it_prints(tmp_path):
     env["XLA_FLAGS"] = xla_flags(1)  # one CPU device, as a user's machine
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan_step.py"), "--batch-sizes", "8",
-         "--steps", "2", "--warmup", "1", "--log-every", "2", "--no-torch", "--malloc-defaults",
-         "--width", str(WIDTH), "--json", str(out)],
+         "--steps", "2", "--warmup", "1", "--log-every", "2", "--malloc-defaults", "--width",
+         str(WIDTH), "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"host memory reused between steps: yes; width {WIDTH:g}" in proc.stdout
+    # the PyTorch reference is GAN.py's architecture: no rows of it for a narrower GAN
+    assert "no PyTorch rows: the reference is GAN.py's vanilla GAN at width 1." in proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]["reuse_host_memory"] is True
     assert report["steps"] == 2  # the steps asked for
@@ -67,7 +69,9 @@ def test_ensemble_benchmark_prints_each_size_in_each_form(tmp_path):
          str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["ensembles"]
+    report = json.loads(out.read_text())
+    rows = report["ensembles"]
+    assert report["complete"]
     assert [(r["num_runs"], r["runs_form"]) for r in rows] == [(1, "map"), (2, "map"),
                                                                (2, "vmap")]
     assert {r["width"] for r in rows} == {WIDTH}
@@ -89,8 +93,9 @@ def test_benchmark_refuses_bad_sizes_widths_and_steps_that_do_not_fill_calls(cap
                                   "--no-torch", capsys=capsys)
     assert code != 0
     assert "--steps must be a positive multiple of --steps-per-call" in err
-    code, _, err = run_in_process("benchmarks/gan_step.py", "--width", 0, capsys=capsys)
-    assert code != 0 and "--width must be a positive number" in err
+    for width in (0, "inf"):
+        code, _, err = run_in_process("benchmarks/gan_step.py", "--width", width, capsys=capsys)
+        assert code != 0 and "--width must be a positive number" in err, width
 
 
 def test_benchmark_times_a_whole_epoch(tmp_path):
@@ -138,6 +143,7 @@ def test_accelerator_check_rehearses_on_cpu(tmp_path):
     comparison = resume["comparison"]
     assert comparison["losses_identical"] and comparison["final_state_identical"], comparison
     assert "clean_vs_seed_run_first_differing_step" not in comparison  # the same run here
+    assert parts["ensembles"]["complete"]
     ensembles = parts["ensembles"]["rows"]  # the seed ensembles' curve, at the smoke's sizes
     assert [(r["num_runs"], r["runs_form"], r["width"]) for r in ensembles] == [
         (1, "map", WIDTH), (2, "map", WIDTH), (2, "vmap", WIDTH)]
