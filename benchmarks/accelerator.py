@@ -36,7 +36,7 @@ and ``DIR/seed_run.tar.gz`` (the seed run's pictures, history, metrics and evalu
 checkpoints). ``--smoke`` runs everything at tiny sizes on synthetic data (2-epoch runs,
 4-step epochs), so the command can be rehearsed on a CPU before a device is lent; its seed run,
 as long as the resume check's runs, is that check's uninterrupted run. ``--width`` narrows the
-GAN of the ``gan_mnist.py`` runs (the test suite's rehearsal).
+GAN of the ``gan_mnist.py`` runs and of the ``ensembles`` part (the test suite's rehearsal).
 """
 
 from __future__ import annotations
@@ -338,12 +338,12 @@ def part_ensembles(report, args, env):
                                   "--num-seeds", ENSEMBLE_SIZES[args.smoke], "--batch-sizes",
                                   str(batch), "--steps", str(steps), "--warmup", str(warmup),
                                   *width, "--json", out], min(240, report.left()), env)
-    rows = []
-    if r["returncode"] == 0 and os.path.exists(out):
+    measured = {"ensembles": [], "complete": False}
+    if os.path.exists(out):  # rewritten after each row: a timed-out run keeps those it timed
         with open(out) as f:
-            rows = json.load(f)["ensembles"]
-    return {"rows": rows, "returncode": r["returncode"], "timed_out": r["timed_out"],
-            "wall_s": r["wall_s"]}
+            measured = json.load(f)
+    return {"rows": measured["ensembles"], "complete": measured["complete"],
+            "returncode": r["returncode"], "timed_out": r["timed_out"], "wall_s": r["wall_s"]}
 
 
 def part_precision(report, args, env):
@@ -773,8 +773,9 @@ def main() -> int:
     parser.add_argument("--gans", default=",".join(GANS),
                         help="the GANs of the epochs part (%(default)s)")
     parser.add_argument("--width", type=float, default=1.0, metavar="W",
-                        help="the GAN's width in the gan_mnist.py runs (%(default)s: the "
-                             "reference's; narrower for a quicker rehearsal)")
+                        help="the GAN's width in the gan_mnist.py runs and the ensembles "
+                             "part (%(default)s: the reference's; narrower for a quicker "
+                             "rehearsal)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep DIR/work (workdirs and checkpoints of the runs)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
