@@ -138,18 +138,19 @@ def test_nearest_distances_and_memorisation():
     assert memo["nearer_train"] == 1.0 and memo["d_train"] == pytest.approx(0, abs=1e-5)
 
 
-
 def test_a_table_cell_is_the_runs_mean_and_std_and_one_runs_value_alone(monkeypatch):
     monkeypatch.syspath_prepend(STUDY)  # as `python experiments/kl/..`: its modules
     import report
 
-    rows = [{"beta": 0.0, "seed": 3, "rate": 1.0}, {"beta": 0.0, "seed": 4, "rate": 3.0},
+    rows = [{"beta": 0.0, "seed": 3, "rate": 1.0, "mi": 0.5}, {"beta": 0.0, "seed": 4, "rate": 3.0},
             {"beta": 1.0, "seed": 3, "rate": 0.5, "mi": 0.25}]
     two, one = report.summarise(rows, ("beta",))
     assert (two["runs"], one["runs"]) == (2, 1)
     assert report.mean_std(two, "rate") == "2.00 ± 1.41"  # mean 2, sample std sqrt(2)
     assert report.mean_std(one, "rate") == "0.5"  # one run has no spread to give
-    assert report.mean_std(two, "mi") == "-"  # not every run has it
+    assert report.mean_std(one, "mi") == "0.25"
+    assert report.mean_std(two, "mi") == "-"  # one of its runs lacks it: no cell
+
 
 # ----------------------------------------------------------------------------- bad input
 def _script(name):

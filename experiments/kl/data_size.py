@@ -27,7 +27,8 @@ Writes into --workdir:
                                        with several seeds, run<r>/ in it holds each run's
                                        claims.json, gap_history.json, nn_distances.npz
   data_size_runs.csv                   one row per run, every measurement
-  data_size.md                         mean +- std over seeds per point and n, the command
+  data_size.md                         per point and n, mean +- std over the seeds (one
+                                       seed's value alone), the command
   claim1_latent.png, claim2_overfitting.png, claim3_samples.png
                                        one figure per claim: its measures against n
   nn_distances.png                     nearest-image distances to train and test, per n
@@ -285,7 +286,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """Mean ± std over seeds of ``TABLE``'s columns, a row per point and n."""
+    """Mean ± std over the seeds of ``TABLE``'s columns (one seed's value alone), a row per
+    point and n."""
     return report.markdown_table(
         ["beta", "sigma", "n", "runs"] + [h for _, h in TABLE],
         ([f"{s['beta']:g}", f"{s['sigma']:g}", str(s["n"]), str(s["runs"])]
