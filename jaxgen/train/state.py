@@ -50,8 +50,9 @@ def initial_state_on(task: Task, mesh: Mesh) -> TrainState:
     """:func:`initial_state`, replicated over ``mesh``: computed once, on this process's first
     device of the mesh, and copied to its other devices (each process computes the same
     values). Computing it replicated would compute it on every device; simulated CPU devices
-    share the same cores. The seed is the program's argument: runs of the same task that
-    differ in their seed share one compiled program."""
+    share the same cores. The seed is the program's argument, not a constant in it: runs of
+    the same task that differ in their seed lower to the same program, which the persistent
+    compilation cache then compiles once."""
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     sharding = parallel.replicated(mesh)
     with jax.set_mesh(parallel.make_mesh(devices[:1])):
