@@ -159,7 +159,7 @@ def run_in_process(name: str, *args, capsys) -> tuple[int, str, str]:
     except SystemExit as e:
         if isinstance(e.code, str):  # sys.exit("error: ..."), as the interpreter prints it
             print(e.code, file=sys.stderr)
-        code = e.code if isinstance(e.code, int) else 1
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     finally:
         sys.argv = argv
     out, err = capsys.readouterr()
