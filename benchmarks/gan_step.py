@@ -171,19 +171,19 @@ def run_ensembles(args, batch_size: int, sizes: list[int]) -> None:
           f"{info['device']}; {args.gan_type} at batch {batch_size}"
           + (f", width {args.width:g}" if args.width != 1 else ""))
     default = program.runs_form_for(mesh.devices.flat[0].platform)
+    planned = [(n, form) for n in sizes
+               for form in (program.RUNS_FORMS if n > 1 else ("map",))]
     rows, solo = [], None
-    for n in sizes:
-        for form in program.RUNS_FORMS if n > 1 else ("map",):
-            r = time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form,
-                              args.width)
-            solo = r["steps_per_s"] if n == 1 else solo
-            # the time of one ensemble step over the time of N solo steps
-            r["time_vs_solo_runs"] = (round(solo / r["steps_per_s"] / n, 2) if solo else None)
-            rows.append(r)
-            # written after each row: a run stopped early keeps what it measured
-            _write_json(args.json, {"machine": info, "ensembles": rows,
-                                    "complete": len(rows) == sum(1 if m == 1 else 2
-                                                                 for m in sizes)}, say=False)
+    for n, form in planned:
+        r = time_ensemble(batch_size, n, args.steps, args.warmup, mesh, args.gan_type, form,
+                          args.width)
+        solo = r["steps_per_s"] if n == 1 else solo
+        # the time of one ensemble step over the time of N solo steps
+        r["time_vs_solo_runs"] = round(solo / r["steps_per_s"] / n, 2) if solo else None
+        rows.append(r)
+        # written after each row: a run stopped early keeps what it measured
+        _write_json(args.json, {"machine": info, "ensembles": rows,
+                                "complete": len(rows) == len(planned)}, say=False)
     header = (f"{'runs':>5} {'form':>14} {'steps/s':>8} {'runs x steps/s':>15} "
               f"{'vs N solo':>10} {'compile s':>9} {'peak MB':>8}")
     print(header)
