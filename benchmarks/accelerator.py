@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -392,15 +393,25 @@ def worker(args, name: str, *more) -> list:
         (["--smoke"] if args.smoke else [])
 
 
+def data_dir_error(data_dir: Optional[str]) -> Optional[str]:
+    """The error line for a --data-dir without Fashion-MNIST's IDX files; None if it has them."""
+    if data_dir is None:
+        return ("error: --data-dir is missing; pass the directory of Fashion-MNIST's four IDX "
+                ".gz files, or --smoke for synthetic data.")
+    if not os.path.exists(os.path.join(data_dir, "train-images-idx3-ubyte.gz")):
+        return (f"error: --data-dir {data_dir} holds no Fashion-MNIST IDX files "
+                "(train-images-idx3-ubyte.gz, ...); pass the directory that holds them, or "
+                "--smoke for synthetic data.")
+    return None
+
+
 def orchestrate(args) -> int:
     os.makedirs(os.path.join(args.out, "work"), exist_ok=True)
     if args.smoke and args.data_dir is None:
         args.data_dir = write_synthetic_idx(os.path.join(args.out, "work", "data"))
-    if args.data_dir is None or not os.path.exists(
-            os.path.join(args.data_dir, "train-images-idx3-ubyte.gz")):
-        print(f"error: --data-dir {args.data_dir} holds no Fashion-MNIST IDX files "
-              "(train-images-idx3-ubyte.gz, ...); pass the directory that holds them, or "
-              "--smoke for synthetic data.", file=sys.stderr)
+    error = data_dir_error(args.data_dir)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     report = Report(args.out, args.budget)
     env = base_env(args)

@@ -32,7 +32,15 @@ import os
 import sys
 import tarfile
 
-from accelerator import ROOT, Log, add_device_flags, base_env, run, write_synthetic_idx
+from accelerator import (
+    ROOT,
+    Log,
+    add_device_flags,
+    base_env,
+    data_dir_error,
+    run,
+    write_synthetic_idx,
+)
 
 PARTS = {1: ("GAN", "LSGAN", "WGAN", "WGAN_GP", "DRAGAN", "EBGAN", "BEGAN"),
          2: ("CGAN", "ACGAN", "infoGAN", "HINGE", "RaGAN", "GAN+EMA")}
@@ -93,14 +101,9 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     data_dir = (write_synthetic_idx(os.path.join(work, "data")) if args.smoke and
                 args.data_dir is None else args.data_dir)
-    if data_dir is None:
-        print("error: --data-dir is missing; pass the directory of Fashion-MNIST's four IDX "
-              ".gz files, or --smoke for synthetic data.", file=sys.stderr)
-        return 2
-    if not os.path.exists(os.path.join(data_dir, "train-images-idx3-ubyte.gz")):
-        print(f"error: --data-dir {data_dir} holds no Fashion-MNIST IDX files "
-              "(train-images-idx3-ubyte.gz, ...); pass the directory that holds them, or "
-              "--smoke for synthetic data.", file=sys.stderr)
+    error = data_dir_error(data_dir)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     stem = os.path.join(out, f"seed_scale_part{args.part}")
     report = Log(stem + ".log", args.budget)
